@@ -1,0 +1,92 @@
+"""Wan2.1 / Wan2.2 image-to-video (cross-attention DiT) adapter.
+
+Facts used (diffusers ``transformer_wan.py``): each ``WanTransformerBlock`` runs
+``attn2(norm2(hidden_states), encoder_hidden_states)``; ``encoder_hidden_states`` is the
+image context (first ``len - 512`` tokens) followed by 512 text tokens; text goes through
+``to_k``/``norm_k``/``to_v``, the image through ``add_k_proj``/``add_v_proj``; both
+attention results are summed before ``to_out[0]``.  Tokens are ordered (frame, y, x).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from layerscope.adapters.base import AdapterError, ModelAdapter, ProbeSite
+
+# diffusers' WanAttnProcessor hardcodes the text context length.
+WAN_TEXT_TOKENS = 512
+
+
+def _attn2_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class WanAdapter(ModelAdapter):
+    name = "wan"
+    pipeline_classes = ("WanImageToVideoPipeline",)
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        models = [self.pipe.transformer, getattr(self.pipe, "transformer_2", None)]
+        return [m for m in models if m is not None]
+
+    def probe_sites(self, denoiser: torch.nn.Module) -> list[ProbeSite]:
+        sites = []
+        for index, block in enumerate(denoiser.blocks):
+            attn = block.attn2
+            if getattr(attn, "fused_projections", False):
+                raise AdapterError(
+                    f"blocks.{index}.attn2 has fused projections (to_kv); call "
+                    "transformer.unfuse_qkv_projections() before recording"
+                )
+            sites.append(
+                ProbeSite(
+                    name=f"blocks.{index}.attn2",
+                    layer=index,
+                    attention=attn,
+                    visual_input=_attn2_hidden_states,
+                    text_value=attn.to_v,
+                    text_value_tokens=slice(None),
+                    query_norm=attn.norm_q,
+                    key_norm=attn.norm_k,
+                    attention_output=attn.to_out[0],
+                    heads=attn.heads,
+                )
+            )
+        return sites
+
+    def num_layers(self) -> int:
+        return int(self.denoisers()[0].config.num_layers)
+
+    def _patch(self) -> tuple[int, int, int]:
+        return tuple(self.denoisers()[0].config.patch_size)
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        p_t, p_h, p_w = self._patch()
+        temporal = self.pipe.vae_scale_factor_temporal
+        spatial = self.pipe.vae_scale_factor_spatial
+        latent_frames = (num_frames - 1) // temporal + 1
+        return latent_frames // p_t, height // spatial // p_h, width // spatial // p_w
+
+    def spatial_multiple(self) -> int:
+        return int(self.pipe.vae_scale_factor_spatial * self._patch()[1])
+
+    def frame_multiple(self) -> int:
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    def text_sequence_length(self) -> int:
+        return WAN_TEXT_TOKENS
+
+    def describe(self) -> dict[str, Any]:
+        config = self.denoisers()[0].config
+        return {
+            "adapter": self.name,
+            "pipeline_class": type(self.pipe).__name__,
+            "transformer_class": type(self.denoisers()[0]).__name__,
+            "num_layers": int(config.num_layers),
+            "inner_dim": int(config.num_attention_heads * config.attention_head_dim),
+            "heads": int(config.num_attention_heads),
+            "patch_size": list(config.patch_size),
+            "experts": len(self.denoisers()),
+        }

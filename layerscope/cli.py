@@ -1,0 +1,173 @@
+"""``layerscope`` command line: a thin layer over the Python API.
+
+Heavy libraries (torch, diffusers, esda) are imported inside the commands, so
+``layerscope --help`` answers in well under a second.  Usage errors print one line
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "record",
+        help="run an I2V pipeline and stream per-layer, per-step similarity maps into a Zarr store",
+        description="Record visual-keyword similarity maps of every block and denoising step. "
+        "With no --image/--prompt/--keywords the packaged example is used.",
+    )
+    p.add_argument("--out", required=True, help="store to write, e.g. runs/demo.zarr")
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded tiny model) or a local diffusers pipeline dir"
+    )
+    p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
+    p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
+    p.add_argument("--keywords", help="comma-separated words of the prompt to probe, e.g. 'circle,square'")
+    p.add_argument("--steps", type=int, help="denoising steps (default 6 for the default model, else 50)")
+    p.add_argument("--frames", type=int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
+    p.add_argument("--height", type=int, help="pixels (default 256 for the default model, else 480)")
+    p.add_argument("--width", type=int, help="pixels (default 256 for the default model, else 832)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--probe", choices=("hidden", "output", "attention"), default="hidden")
+    p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
+    p.add_argument("--layers", help="blocks to record, e.g. 0-39 or 0-3,10 (default all)")
+    p.add_argument("--record-steps", help="steps to record, e.g. 0-49 (default all)")
+    p.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--cpu-offload", action="store_true", help="enable diffusers model CPU offload (large models)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_record)
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from layerscope import testbed
+    from layerscope.keywords import check_keywords_in_prompt, parse_keywords
+    from layerscope.loading import load_image, resolve_model_dir
+
+    out = Path(args.out)
+    model_dir = resolve_model_dir(args.model)
+    is_default = args.model == "default"
+    image = load_image(args.image) if args.image else testbed.example_image()
+    prompt = args.prompt or testbed.EXAMPLE_PROMPT
+    if args.keywords:
+        keywords = parse_keywords(args.keywords)
+    elif args.prompt:
+        raise _Usage("--keywords is required with --prompt; name words of the prompt, e.g. --keywords 'cat,ball'")
+    else:
+        keywords = list(testbed.EXAMPLE_KEYWORDS)
+    check_keywords_in_prompt(prompt, keywords)
+    defaults = (testbed.EXAMPLE_STEPS, testbed.EXAMPLE_FRAMES, testbed.EXAMPLE_HEIGHT, testbed.EXAMPLE_WIDTH)
+    if not is_default:
+        defaults = (50, 81, 480, 832)
+    steps = args.steps or defaults[0]
+    frames = args.frames or defaults[1]
+    height = args.height or defaults[2]
+    width = args.width or defaults[3]
+    if out.exists() and not args.overwrite and not Path(str(out) + ".lock").exists():
+        raise _Usage(f"store {out} already exists; pass --overwrite or choose another --out")
+
+    from layerscope.loading import load_pipeline
+    from layerscope.record import record
+
+    pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=args.device, cpu_offload=args.cpu_offload)
+    info = testbed.model_info(model_dir)
+    summary = record(
+        pipe,
+        out,
+        image=image,
+        prompt=prompt,
+        keywords=keywords,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        seed=args.seed,
+        guidance_scale=args.guidance,
+        negative_prompt=args.negative_prompt,
+        probe=args.probe,
+        layers=args.layers,
+        record_steps=args.record_steps,
+        branch=args.branch,
+        dtype=args.store_dtype,
+        overwrite=args.overwrite,
+        attrs={**info, "model_path": str(model_dir) if not is_default else "default", "model_dtype": args.dtype},
+        progress=not args.quiet,
+    )
+    if info["weights"] == "random":
+        print(f"note: {info['weights_note']}")
+    print(summary.line())
+    return 0 if summary.status == "complete" else 1
+
+
+def _add_testbed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("testbed", help="the embedded default model")
+    p.add_argument("action", choices=("build", "path"), help="build: write it (once); path: print where it lives")
+    p.add_argument("--out", help="directory to write to (default: the cache directory)")
+    p.set_defaults(func=_cmd_testbed)
+
+
+def _cmd_testbed(args: argparse.Namespace) -> int:
+    from layerscope.testbed import default_cache_dir, ensure_default_model
+
+    if args.action == "path":
+        print(args.out or default_cache_dir())
+        return 0
+    print(ensure_default_model(args.out))
+    return 0
+
+
+class _Usage(ValueError):
+    """A usage error raised by the CLI itself."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from layerscope import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="layerscope",
+        description="Record, rank and report per-layer text-visual similarity in I2V diffusion transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"layerscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_record(sub)
+    _add_testbed(sub)
+    return parser
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user asked for something impossible' (exit 2)."""
+    from layerscope.adapters.base import AdapterError
+    from layerscope.keywords import KeywordError
+    from layerscope.loading import LoadError
+    from layerscope.record import RecordError
+    from layerscope.store import StoreError
+
+    return (_Usage, AdapterError, KeywordError, LoadError, RecordError, StoreError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("layerscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if isinstance(error, _usage_errors()):
+            print(f"layerscope {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

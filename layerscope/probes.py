@@ -1,0 +1,321 @@
+"""On-device visual-keyword similarity maps for the blocks of a DiT.
+
+Probes observe with PyTorch forward hooks on the modules an adapter names; they never
+replace attention processors (DAAM's processor swapping breaks with every diffusers
+release).  Which branch (cond/uncond) and which denoising step a forward call belongs to
+is tracked by one stateful diffusers ``ModelHook`` per denoiser, bound to the pipeline's
+``cache_context("cond"|"uncond")``.
+
+Probe kinds (DESIGN.md, "Probe kinds"):
+
+* ``hidden`` (default): cos(V_k, z(u, v)), the paper's Eq. 10 literally: V_k is the
+  keyword's value vector from the text value projection (``attn2.to_v``), z the hidden
+  state entering the cross-attention.
+* ``output``: cos(V_k, O(u, v)) with O the attention output before ``to_out``.
+* ``attention``: softmax cross-attention mass of each visual token on the keyword's
+  tokens, averaged over heads.
+
+A keyword of several tokens averages its tokens' value vectors (``hidden``/``output``)
+or sums their attention mass (``attention``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from layerscope.adapters.base import ModelAdapter, ProbeSite
+
+PROBE_KINDS = ("hidden", "output", "attention")
+BRANCHES = ("cond", "uncond", "both")
+_BRANCH_HOOK = "layerscope_branch_tracker"
+
+#: ``sink(step, layer, branch, maps)`` receives a float32 (K, F', H', W') tensor.
+MapSink = Callable[[int, int, str, torch.Tensor], None]
+
+
+@dataclass
+class ProbeConfig:
+    """What to record.  Round-trips through :meth:`to_dict` into store attrs."""
+
+    keyword_tokens: list[list[int]]
+    grid: tuple[int, int, int]
+    kind: str = "hidden"
+    layers: list[int] | None = None
+    steps: list[int] | None = None
+    branch: str = "cond"
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {', '.join(PROBE_KINDS)}")
+        if self.branch not in BRANCHES:
+            raise ValueError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)}")
+        if not self.keyword_tokens or any(len(t) == 0 for t in self.keyword_tokens):
+            raise ValueError("every keyword needs at least one token index")
+        self.grid = tuple(int(g) for g in self.grid)
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        return ("cond", "uncond") if self.branch == "both" else (self.branch,)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["grid"] = list(self.grid)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeConfig:
+        return cls(**data)
+
+
+@dataclass
+class StepState:
+    """Shared by all hooks of one recording: which step and branch is running now."""
+
+    step: int = -1
+    branch: str = "cond"
+    timestep: float | None = None
+    calls: dict[str, int] = field(default_factory=lambda: {"cond": 0, "uncond": 0})
+    on_step: Callable[[int, float | None], None] | None = None
+
+
+class _BranchState:
+    """Per-context state object the diffusers ``StateManager`` asks for; we keep none."""
+
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+def _make_branch_tracker(state: StepState):
+    from diffusers.hooks import ModelHook
+    from diffusers.hooks.hooks import StateManager
+
+    class BranchTrackerHook(ModelHook):
+        """Read the pipeline's ``cache_context`` name; count cond calls as steps."""
+
+        _is_stateful = True
+
+        def __init__(self):
+            super().__init__()
+            self.state_manager = StateManager(_BranchState)
+
+        def pre_forward(self, module, *args, **kwargs):
+            context = self.state_manager._context
+            branch = context.name if context is not None else "cond"
+            if branch not in ("cond", "uncond"):
+                branch = "cond"
+            if branch == "cond":
+                state.step += 1
+                timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+                state.timestep = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else None
+                if state.on_step is not None:
+                    state.on_step(state.step, state.timestep)
+            state.branch = branch
+            state.calls[branch] += 1
+            return args, kwargs
+
+        def reset_state(self, module):
+            self.state_manager.reset()
+            return module
+
+    return BranchTrackerHook()
+
+
+def attach_step_tracker(adapter: ModelAdapter, state: StepState) -> Callable[[], None]:
+    """Install the branch/step tracker on every denoiser; return its remover."""
+    from diffusers.hooks import HookRegistry
+
+    registries = []
+    for denoiser in adapter.denoisers():
+        registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+        registry.register_hook(_make_branch_tracker(state), _BRANCH_HOOK)
+        registries.append(registry)
+
+    def remove() -> None:
+        for registry in registries:
+            registry.remove_hook(_BRANCH_HOOK, recurse=False)
+
+    return remove
+
+
+def keyword_average_matrix(keyword_tokens: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat token indices, (K, T) matrix that averages each keyword's rows)."""
+    flat = [index for tokens in keyword_tokens for index in tokens]
+    weights = torch.zeros(len(keyword_tokens), len(flat))
+    column = 0
+    for row, tokens in enumerate(keyword_tokens):
+        weights[row, column : column + len(tokens)] = 1.0 / len(tokens)
+        column += len(tokens)
+    return torch.tensor(flat, dtype=torch.long), weights
+
+
+def cosine_maps(features: torch.Tensor, keyword_values: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """cos(V_k, x(u, v)) for visual features (N, D) and keyword vectors (K, D) -> (K, F', H', W').
+
+    Computed in float32 whatever the model dtype: cosines of bf16 vectors lose the
+    third decimal, and the maps are small next to the block's own work.
+    """
+    x = F.normalize(features.float(), dim=-1)
+    v = F.normalize(keyword_values.float(), dim=-1)
+    return (v @ x.T).reshape(v.shape[0], *grid)
+
+
+def attention_mass_maps(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    keyword_tokens: Sequence[Sequence[int]],
+    heads: int,
+    grid: tuple[int, int, int],
+) -> torch.Tensor:
+    """Softmax mass of each visual query (N, D) on each keyword's text keys (M, D), heads averaged."""
+    n, dim = queries.shape
+    head_dim = dim // heads
+    q = queries.float().reshape(n, heads, head_dim).transpose(0, 1)  # H, N, d
+    k = keys.float().reshape(keys.shape[0], heads, head_dim).transpose(0, 1)  # H, M, d
+    probs = torch.softmax(q @ k.transpose(1, 2) / head_dim**0.5, dim=-1)  # H, N, M
+    maps = [probs[:, :, list(tokens)].sum(-1).mean(0) for tokens in keyword_tokens]
+    return torch.stack(maps).reshape(len(keyword_tokens), *grid)
+
+
+class _SiteProbe:
+    """Hooks on one block's probe site; emits one map block per recorded call."""
+
+    def __init__(self, site: ProbeSite, config: ProbeConfig, state: StepState, is_recorded, sink: MapSink):
+        self.site = site
+        self.config = config
+        self.state = state
+        self.is_recorded = is_recorded
+        self.sink = sink
+        self.calls = 0
+        self.seconds = 0.0  # host time spent computing maps (a lower bound on GPUs)
+        self._scratch: dict[str, torch.Tensor] = {}
+        self._flat, self._avg = keyword_average_matrix(config.keyword_tokens)
+        self._device_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        kind = config.kind
+        attn = site.attention
+        self.handles.append(attn.register_forward_pre_hook(self._on_attention_input, with_kwargs=True))
+        self.handles.append(attn.register_forward_hook(self._on_attention_done))
+        if kind in ("hidden", "output"):
+            self.handles.append(site.text_value.register_forward_hook(self._on_text_value))
+        if kind == "output":
+            self.handles.append(site.attention_output.register_forward_pre_hook(self._on_attention_output))
+        if kind == "attention":
+            self.handles.append(site.query_norm.register_forward_hook(self._keep("query")))
+            self.handles.append(site.key_norm.register_forward_hook(self._keep("key")))
+
+    def _active(self) -> bool:
+        return self.is_recorded(self.state.step, self.state.branch)
+
+    def _index(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = (self._flat.to(device), self._avg.to(device=device, dtype=torch.float32))
+        return self._device_cache[key]
+
+    def _on_attention_input(self, module, args, kwargs):
+        if self._active():
+            self._scratch["visual"] = self.site.visual_input(args, kwargs)[0]
+        return None
+
+    def _on_text_value(self, module, args, output):
+        if "visual" in self._scratch:
+            values = output[0, self.site.text_value_tokens]
+            flat, avg = self._index(values.device, values.dtype)
+            self._scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
+
+    def _on_attention_output(self, module, args):
+        if "visual" in self._scratch:
+            self._scratch["attention_output"] = args[0][0]
+
+    def _keep(self, name: str):
+        def hook(module, args, output):
+            if "visual" in self._scratch:
+                self._scratch[name] = output[0]
+
+        return hook
+
+    def _on_attention_done(self, module, args, output):
+        scratch, self._scratch = self._scratch, {}
+        if "visual" not in scratch:
+            return None
+        grid = self.config.grid
+        started = time.perf_counter()
+        with torch.no_grad():
+            if self.config.kind == "hidden":
+                maps = cosine_maps(scratch["visual"], scratch["keyword_values"], grid)
+            elif self.config.kind == "output":
+                maps = cosine_maps(scratch["attention_output"], scratch["keyword_values"], grid)
+            else:
+                key_tokens = scratch["key"][self.site.text_value_tokens]
+                maps = attention_mass_maps(
+                    scratch["query"], key_tokens, self.config.keyword_tokens, self.site.heads, grid
+                )
+        self.calls += 1
+        self.seconds += time.perf_counter() - started
+        self.sink(self.state.step, self.site.layer, self.state.branch, maps)
+        return None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class ProbeHandle:
+    """What :func:`apply_probes` returns; :meth:`remove` restores the model exactly."""
+
+    def __init__(self, state: StepState, probes: list[_SiteProbe], remove_tracker: Callable[[], None]):
+        self.state = state
+        self.probes = probes
+        self._remove_tracker = remove_tracker
+
+    @property
+    def calls(self) -> dict[int, int]:
+        """Recorded map blocks per layer (for checks and tests)."""
+        counts: dict[int, int] = {}
+        for probe in self.probes:
+            counts[probe.site.layer] = counts.get(probe.site.layer, 0) + probe.calls
+        return counts
+
+    def remove(self) -> None:
+        for probe in self.probes:
+            probe.remove()
+        self.probes = []
+        self._remove_tracker()
+
+
+def apply_probes(
+    adapter: ModelAdapter, config: ProbeConfig, sink: MapSink, state: StepState | None = None
+) -> ProbeHandle:
+    """Attach probes for ``config`` to every denoiser of ``adapter``'s pipeline.
+
+    Only the selected layers get hooks, and a hook on a step or branch that is not
+    recorded returns at once, so unrecorded work costs one comparison.
+    """
+    state = state or StepState()
+    steps = None if config.steps is None else frozenset(config.steps)
+    layers = None if config.layers is None else frozenset(config.layers)
+    branches = frozenset(config.branches)
+
+    def is_recorded(step: int, branch: str) -> bool:
+        return branch in branches and (steps is None or step in steps)
+
+    remove_tracker = attach_step_tracker(adapter, state)
+    probes = []
+    try:
+        for denoiser in adapter.denoisers():
+            for site in adapter.probe_sites(denoiser):
+                if layers is None or site.layer in layers:
+                    probes.append(_SiteProbe(site, config, state, is_recorded, sink))
+    except BaseException:
+        for probe in probes:
+            probe.remove()
+        remove_tracker()
+        raise
+    return ProbeHandle(state, probes, remove_tracker)

@@ -1,0 +1,341 @@
+"""Drive a diffusers I2V pipeline with probes attached, streaming maps into a store.
+
+``record(...)`` is what ``layerscope record`` calls; :func:`trace` is the same thing as
+a context manager for people who call the pipeline themselves (DAAM-style)::
+
+    with layerscope.trace(pipe, "run.zarr", prompt=p, keywords=["cat"], height=480,
+                          width=832, num_frames=81, num_inference_steps=50) as rec:
+        out = pipe(image=img, prompt=p, height=480, width=832, num_frames=81,
+                   num_inference_steps=50, output_type="np")
+        rec.save_outputs(reference=img, video=out.frames[0])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerscope.adapters.base import ModelAdapter, resolve_adapter
+from layerscope.keywords import KeywordTokens, clean_prompt, map_keywords
+from layerscope.store import STATUS_COMPLETE, STATUS_INTERRUPTED, StoreLayout, StoreWriter
+
+
+class RecordError(ValueError):
+    """The recording request is inconsistent with the model (a usage error)."""
+
+
+@dataclass
+class RecordingSummary:
+    """What a finished (or interrupted) recording reports."""
+
+    path: Path
+    status: str
+    maps_written: int
+    steps_written: int
+    steps_expected: int
+    bytes_on_disk: int
+    seconds_total: float
+    seconds_probes: float
+    queue_waits: int
+    video: np.ndarray | None = field(default=None, repr=False)
+
+    def line(self) -> str:
+        share = 100.0 * self.seconds_probes / self.seconds_total if self.seconds_total else 0.0
+        return (
+            f"{self.status}: {self.path} ({self.bytes_on_disk / 1e6:.2f} MB), {self.maps_written} maps, "
+            f"{self.steps_written}/{self.steps_expected} steps, {self.seconds_total:.1f} s "
+            f"(probes {self.seconds_probes:.2f} s = {share:.1f}%, writer waits {self.queue_waits})"
+        )
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("layerscope", "torch", "diffusers", "transformers", "zarr", "xarray", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def directory_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def parse_index_ranges(text: str | None, limit: int, what: str) -> list[int] | None:
+    """Parse ``"0-3,7,10-12"`` into sorted indices below ``limit``; ``None`` means all."""
+    if text is None or str(text).strip() in ("", "all"):
+        return None
+    indices: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                start, end = (int(v) for v in part.split("-", 1))
+                indices.update(range(start, end + 1))
+            else:
+                indices.add(int(part))
+        except ValueError:
+            raise RecordError(f"cannot read {what} {text!r}; use ranges like 0-3,7") from None
+    bad = sorted(i for i in indices if i < 0 or i >= limit)
+    if bad:
+        raise RecordError(f"{what} {bad[0]} is out of range; this run has {what}s 0-{limit - 1}")
+    return sorted(indices)
+
+
+def validate_geometry(adapter: ModelAdapter, height: int, width: int, num_frames: int) -> tuple[int, int, int]:
+    multiple = adapter.spatial_multiple()
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise RecordError(
+            f"height and width must be positive multiples of {multiple} for this model "
+            f"(got {height}x{width}); try {max(multiple, height // multiple * multiple)}x"
+            f"{max(multiple, width // multiple * multiple)}"
+        )
+    frame_multiple = getattr(adapter, "frame_multiple", lambda: 1)()
+    if num_frames < 1 or (num_frames - 1) % frame_multiple:
+        raise RecordError(f"--frames must be {frame_multiple}*n+1 for this model (got {num_frames}), e.g. 9 or 81")
+    return adapter.token_grid(num_frames, height, width)
+
+
+class Trace:
+    """An open recording: probes attached, writer running.  See :func:`trace`."""
+
+    def __init__(self, pipe, adapter, writer, handle, keywords, probe_config, expected_steps):
+        self.pipe = pipe
+        self.adapter = adapter
+        self.writer = writer
+        self.handle = handle
+        self.keywords: list[KeywordTokens] = keywords
+        self.probe_config = probe_config
+        self.expected_steps = expected_steps
+        self.video: np.ndarray | None = None
+
+    def save_outputs(self, reference: Any = None, video: Any = None) -> None:
+        """Store the conditioning image (H, W, 3) and generated video (T, H, W, 3)."""
+        if reference is not None:
+            self.writer.write_reference(to_uint8(np.asarray(reference)))
+        if video is not None:
+            self.video = to_uint8(np.asarray(video))
+            self.writer.write_video(self.video)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pipeline output in [0, 1] floats (or already uint8) -> uint8."""
+    if array.dtype == np.uint8:
+        return array
+    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def trace(
+    pipe: Any,
+    store: str | os.PathLike,
+    *,
+    prompt: str,
+    keywords: Sequence[str],
+    height: int,
+    width: int,
+    num_frames: int,
+    num_inference_steps: int,
+    probe: str = "hidden",
+    layers: str | Sequence[int] | None = None,
+    record_steps: str | Sequence[int] | None = None,
+    branch: str = "cond",
+    dtype: str = "float16",
+    overwrite: bool = False,
+    attrs: dict[str, Any] | None = None,
+) -> Iterator[Trace]:
+    """Attach probes to ``pipe`` and stream maps into ``store`` for the calls made inside.
+
+    On normal exit the store is marked ``complete`` (or ``interrupted`` if not every
+    requested step was recorded); on an exception or Ctrl-C it is marked
+    ``interrupted`` with the steps written so far kept readable.  Hooks are always
+    removed, leaving the pipeline exactly as it was.
+    """
+    from layerscope.probes import ProbeConfig, apply_probes
+
+    adapter = resolve_adapter(pipe)
+    grid = validate_geometry(adapter, height, width, num_frames)
+    tokenizer = pipe.tokenizer
+    keyword_tokens = map_keywords(prompt, keywords, tokenizer)
+    limit = adapter.text_sequence_length()
+    for item in keyword_tokens:
+        if max(item.token_indices) >= limit:
+            raise RecordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
+    layer_list = _as_indices(layers, adapter.num_layers(), "layer")
+    step_list = _as_indices(record_steps, num_inference_steps, "step")
+    probe_config = ProbeConfig(
+        keyword_tokens=[list(k.token_indices) for k in keyword_tokens],
+        grid=grid,
+        kind=probe,
+        layers=layer_list,
+        steps=step_list,
+        branch=branch,
+    )
+    recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
+    recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
+    layout = StoreLayout(
+        steps=recorded_steps,
+        layers=recorded_layers,
+        blocks=[f"blocks.{i}" for i in recorded_layers],
+        keywords=[k.keyword for k in keyword_tokens],
+        grid=grid,
+        video_shape=(num_frames, height, width),
+        dtype=dtype,
+        branches=probe_config.branches,
+        attrs={
+            **(attrs or {}),
+            **adapter.describe(),
+            "prompt": prompt,
+            "prompt_cleaned": clean_prompt(prompt),
+            "keywords": [k.to_dict() for k in keyword_tokens],
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "num_inference_steps": num_inference_steps,
+            "grid": list(grid),
+            "probe": probe_config.to_dict(),
+            "probe_kind": probe,
+            "branch": branch,
+            "package_versions": package_versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    writer = StoreWriter(store, layout, overwrite=overwrite)
+    handle = None
+    try:
+        handle = apply_probes(adapter, probe_config, writer.submit)
+        handle.state.on_step = writer.set_timestep
+        yield Trace(pipe, adapter, writer, handle, keyword_tokens, probe_config, recorded_steps)
+    except BaseException as error:
+        if handle is not None:
+            handle.remove()
+            handle = None
+        reason = "interrupted by the user (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)
+        writer.close(STATUS_INTERRUPTED, error=reason[:500])
+        raise
+    else:
+        fired = sum(handle.calls.values())
+        handle.remove()
+        expected = len(recorded_layers) * len(recorded_steps) * len(probe_config.branches)
+        attrs_end: dict[str, Any] = {"hook_calls": fired, "hook_calls_expected": expected}
+        if fired == 0:
+            writer.close(
+                STATUS_INTERRUPTED,
+                error="no probe fired: the pipeline never ran the probed blocks/branch (uncond needs guidance > 1)",
+                **attrs_end,
+            )
+            raise RecordError(
+                "no probe fired during the run; nothing was recorded (is --branch uncond used with --guidance 1?)"
+            )
+        writer.close(STATUS_COMPLETE, **attrs_end)
+
+
+def _as_indices(value, limit: int, what: str) -> list[int] | None:
+    if value is None or isinstance(value, str):
+        return parse_index_ranges(value, limit, what)
+    indices = sorted({int(v) for v in value})
+    bad = [i for i in indices if i < 0 or i >= limit]
+    if bad:
+        raise RecordError(f"{what} {bad[0]} is out of range; this run has {what}s 0-{limit - 1}")
+    return indices
+
+
+def record(
+    pipe: Any,
+    store: str | os.PathLike,
+    *,
+    image: Any,
+    prompt: str,
+    keywords: Sequence[str],
+    height: int,
+    width: int,
+    num_frames: int,
+    num_inference_steps: int,
+    seed: int = 0,
+    guidance_scale: float = 5.0,
+    negative_prompt: str | None = None,
+    probe: str = "hidden",
+    layers: str | Sequence[int] | None = None,
+    record_steps: str | Sequence[int] | None = None,
+    branch: str = "cond",
+    dtype: str = "float16",
+    overwrite: bool = False,
+    attrs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> RecordingSummary:
+    """Run ``pipe`` once with probes and write a complete store (the CLI's ``record``)."""
+    import torch
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(to_uint8(np.asarray(image)))
+    image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    run_attrs = {
+        **(attrs or {}),
+        "seed": seed,
+        "guidance_scale": guidance_scale,
+        "negative_prompt": negative_prompt or "",
+        "intervention": (attrs or {}).get("intervention", "none"),
+    }
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
+    started = time.perf_counter()
+    with trace(
+        pipe,
+        store,
+        prompt=prompt,
+        keywords=keywords,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=num_inference_steps,
+        probe=probe,
+        layers=layers,
+        record_steps=record_steps,
+        branch=branch,
+        dtype=dtype,
+        overwrite=overwrite,
+        attrs=run_attrs,
+    ) as rec:
+        rec.save_outputs(reference=np.asarray(image))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        output = pipe(
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="np",
+        )
+        rec.save_outputs(video=output.frames[0])
+        probe_seconds = sum(p.seconds for p in rec.handle.probes)
+    elapsed = time.perf_counter() - started
+    writer = rec.writer
+    return RecordingSummary(
+        path=Path(store),
+        status=STATUS_COMPLETE if len(writer.steps_written()) == len(rec.expected_steps) else STATUS_INTERRUPTED,
+        maps_written=writer.maps_written,
+        steps_written=len(writer.steps_written()),
+        steps_expected=len(rec.expected_steps),
+        bytes_on_disk=directory_size(Path(store)),
+        seconds_total=elapsed,
+        seconds_probes=probe_seconds,
+        queue_waits=writer.queue_waits,
+        video=rec.video,
+    )

@@ -1,0 +1,377 @@
+"""Streaming Zarr v3 store for one recorded run, and lazy xarray views of stores.
+
+Layout (one run = one Zarr v3 group; see DESIGN.md "Store schema")::
+
+    similarity  (step, layer, keyword, frame, y, x)   chunks (1, 1, K, F', H', W')
+    timestep    (step)      block (layer)              coordinates
+    reference   (y_px, x_px, rgb)  uint8               the conditioning image
+    video       (frame_px, y_px, x_px, rgb)  uint8     the generated video
+    attrs       provenance, status, steps_written, ...
+
+Why a background writer: the denoising loop must never wait on disk.  Maps go into a
+bounded queue that one thread drains into Zarr chunks; the loop blocks only when the
+queue is full, and every such wait is counted in the attrs (``queue_waits``).
+
+Why a status attribute: a store is created as ``recording`` and becomes ``complete``
+only after the last chunk is flushed.  A crash or Ctrl-C leaves ``interrupted`` (or
+``recording`` if the process was killed) with ``steps_written`` listing what is whole,
+so no reader mistakes a partial store for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Bumped on incompatible schema changes; readers refuse other majors.
+STORE_FORMAT = "layerscope-run/1"
+STATUS_RECORDING = "recording"
+STATUS_COMPLETE = "complete"
+STATUS_INTERRUPTED = "interrupted"
+
+
+class StoreError(ValueError):
+    """A store cannot be created or read as asked (a usage error)."""
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire_lock(path: Path) -> Path:
+    """Create ``RUN.zarr.lock`` atomically; a lock of a dead local process is stale."""
+    lock = _lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            same_host = owner.get("host") == socket.gethostname()
+            if same_host and not _pid_alive(int(owner.get("pid", -1))):
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            raise StoreError(
+                f"store {path} is being written by another process (pid {owner.get('pid')} on "
+                f"{owner.get('host')}); wait for it or choose another --out"
+            ) from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(payload)
+        return lock
+    raise StoreError(f"could not lock {path}; remove {lock} if no recording is running")
+
+
+@dataclass
+class StoreLayout:
+    """Shape and labels of a run's ``similarity`` array, fixed before recording starts."""
+
+    steps: Sequence[int]
+    layers: Sequence[int]
+    blocks: Sequence[str]
+    keywords: Sequence[str]
+    grid: tuple[int, int, int]
+    video_shape: tuple[int, int, int]  # (frames, height, width) in pixels
+    dtype: str = "float16"
+    branches: Sequence[str] = ("cond",)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def variable_name(self, branch: str) -> str:
+        """``similarity`` for the first recorded branch, ``similarity_<branch>`` for others."""
+        return "similarity" if branch == self.branches[0] else f"similarity_{branch}"
+
+
+def _skeleton(layout: StoreLayout):
+    import dask.array as da
+    import xarray as xr
+
+    frames, height, width = layout.grid
+    k = len(layout.keywords)
+    shape = (len(layout.steps), len(layout.layers), k, frames, height, width)
+    chunks = (1, 1, k, frames, height, width)
+    dims = ("step", "layer", "keyword", "frame", "y", "x")
+    strings = np.dtypes.StringDType()
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, Any] = {}
+    for branch in layout.branches:
+        name = layout.variable_name(branch)
+        data_vars[name] = (
+            dims,
+            da.full(shape, np.nan, dtype=layout.dtype, chunks=chunks),
+            {"branch": branch, "long_name": "visual-keyword similarity"},
+        )
+        encoding[name] = {"chunks": chunks, "fill_value": np.nan}
+    n_frames, px_h, px_w = layout.video_shape
+    data_vars["reference"] = (("y_px", "x_px", "rgb"), da.zeros((px_h, px_w, 3), dtype=np.uint8))
+    data_vars["video"] = (
+        ("frame_px", "y_px", "x_px", "rgb"),
+        da.zeros((n_frames, px_h, px_w, 3), dtype=np.uint8, chunks=(1, px_h, px_w, 3)),
+    )
+    encoding["video"] = {"chunks": (1, px_h, px_w, 3)}
+    coords = {
+        "step": np.asarray(layout.steps, dtype=np.int64),
+        "timestep": ("step", np.full(len(layout.steps), np.nan)),
+        "layer": np.asarray(layout.layers, dtype=np.int64),
+        "block": ("layer", np.asarray(list(layout.blocks), dtype=strings)),
+        "keyword": np.asarray(list(layout.keywords), dtype=strings),
+        "frame": np.arange(frames),
+        "y": np.arange(height),
+        "x": np.arange(width),
+    }
+    attrs = {
+        "format": STORE_FORMAT,
+        **layout.attrs,
+        "status": STATUS_RECORDING,
+        "steps_written": [],
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
+
+
+class StoreWriter:
+    """Write one run's maps into a Zarr v3 store from a background thread.
+
+    Use as a context manager or call :meth:`close` with the final status.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        layout: StoreLayout,
+        *,
+        overwrite: bool = False,
+        queue_size: int = 64,
+    ):
+        import zarr
+
+        self.path = Path(path)
+        self.layout = layout
+        self._lock = _acquire_lock(self.path)
+        try:
+            if self.path.exists():
+                if not overwrite:
+                    raise StoreError(f"store {self.path} already exists; pass --overwrite or choose another --out")
+                shutil.rmtree(self.path)
+            dataset, encoding = _skeleton(layout)
+            dataset.to_zarr(self.path, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
+        except BaseException:
+            self._lock.unlink(missing_ok=True)
+            raise
+        self._group = zarr.open_group(self.path, mode="r+")
+        self._step_pos = {int(s): i for i, s in enumerate(layout.steps)}
+        self._layer_pos = {int(layer): i for i, layer in enumerate(layout.layers)}
+        self._arrays = {b: self._group[layout.variable_name(b)] for b in layout.branches}
+        self._per_step = np.zeros(len(layout.steps), dtype=np.int64)
+        self._expected_per_step = len(layout.layers) * len(layout.branches)
+        self.maps_written = 0
+        self.queue_waits = 0
+        self.queue_wait_seconds = 0.0
+        self._error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._drain, name="layerscope-writer", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- producer side (the denoising loop) ---------------------------------
+    def submit(self, step: int, layer: int, branch: str, maps: Any) -> None:
+        """Queue one (K, F', H', W') map block; block only if the queue is full."""
+        if self._error is not None:
+            raise RuntimeError("the store writer failed") from self._error
+        item = (step, layer, branch, _to_host(maps))
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.queue_waits += 1
+            started = time.perf_counter()
+            self._queue.put(item)
+            self.queue_wait_seconds += time.perf_counter() - started
+
+    def set_timestep(self, step: int, timestep: float) -> None:
+        if step in self._step_pos:
+            self._queue.put(("timestep", step, float(timestep)))
+
+    # -- consumer side --------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if item[0] == "timestep":
+                    self._group["timestep"][self._step_pos[item[1]]] = item[2]
+                    continue
+                step, layer, branch, host = item
+                array = _materialise(host).astype(self.layout.dtype, copy=False)
+                pos = self._step_pos[step]
+                self._arrays[branch][pos, self._layer_pos[layer]] = array
+                self._per_step[pos] += 1
+                self.maps_written += 1
+            except BaseException as error:  # surfaced to the producer on its next call
+                self._error = error
+            finally:
+                self._queue.task_done()
+
+    def steps_written(self) -> list[int]:
+        return [int(s) for s, pos in self._step_pos.items() if self._per_step[pos] >= self._expected_per_step]
+
+    def write_reference(self, image: np.ndarray) -> None:
+        self._group["reference"][...] = np.asarray(image, dtype=np.uint8)
+
+    def write_video(self, video: np.ndarray) -> None:
+        self._group["video"][...] = np.asarray(video, dtype=np.uint8)
+
+    def update_attrs(self, **attrs: Any) -> None:
+        self._group.attrs.update(_jsonable(attrs))
+
+    def close(self, status: str = STATUS_COMPLETE, **attrs: Any) -> None:
+        """Flush every queued map, then record the final status and release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and status == STATUS_COMPLETE:
+            status = STATUS_INTERRUPTED
+            attrs["error"] = f"writer failed: {self._error!r}"
+        written = self.steps_written()
+        if status == STATUS_COMPLETE and len(written) != len(self.layout.steps):
+            status = STATUS_INTERRUPTED
+            attrs.setdefault("error", f"only {len(written)} of {len(self.layout.steps)} steps were recorded")
+        self.update_attrs(
+            **attrs,
+            status=status,
+            steps_written=written,
+            maps_written=self.maps_written,
+            queue_waits=self.queue_waits,
+            queue_wait_seconds=round(self.queue_wait_seconds, 6),
+        )
+        self._lock.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close(STATUS_COMPLETE)
+        else:
+            self.close(STATUS_INTERRUPTED, error=f"{exc_type.__name__}: {exc}"[:500])
+
+
+def _to_host(maps: Any) -> Any:
+    """Start the device-to-host copy without waiting for it (CUDA), or pass CPU data on."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return np.asarray(maps)
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach()
+        if maps.device.type == "cuda":
+            host = torch.empty(maps.shape, dtype=maps.dtype, pin_memory=True)
+            host.copy_(maps, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return (host, event)
+        return maps
+    return np.asarray(maps)
+
+
+def _materialise(host: Any) -> np.ndarray:
+    if isinstance(host, tuple):
+        tensor, event = host
+        event.synchronize()
+        return tensor.numpy()
+    if hasattr(host, "numpy"):
+        return host.numpy()
+    return np.asarray(host)
+
+
+def _jsonable(value: Any) -> Any:
+    """Zarr attrs are JSON: turn tuples, numpy scalars and paths into plain values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def open_run(path: str | os.PathLike) -> Any:
+    """Open a recorded run as a lazy (dask-backed) :class:`xarray.Dataset`.
+
+    Raises:
+        StoreError: the path is not a LayerScope store or has an incompatible format.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"{path} is not a Zarr store; pass the directory written by `layerscope record`")
+    dataset = xr.open_zarr(path, consolidated=False)
+    fmt = str(dataset.attrs.get("format", ""))
+    if fmt.split("/")[0] != STORE_FORMAT.split("/")[0] or fmt.split("/")[-1] != STORE_FORMAT.split("/")[-1]:
+        raise StoreError(
+            f"{path} has store format {fmt or 'unknown'!r}; this LayerScope reads {STORE_FORMAT!r} "
+            "(re-record it with this version)"
+        )
+    return dataset
+
+
+def open_runs(paths: Sequence[str | os.PathLike]) -> Any:
+    """Open several runs stacked along a new ``run`` dimension.
+
+    Runs must share layers, keywords and grid; per-run provenance (prompt, seed,
+    status) becomes coordinates along ``run`` so nothing is lost in the stacking.
+    """
+    import xarray as xr
+
+    if not paths:
+        raise StoreError("no stores given")
+    datasets = []
+    for path in paths:
+        ds = open_run(path)
+        keep = [v for v in ds.data_vars if v.startswith("similarity") or v in ("moran_i", "moran_z", "std")]
+        names = [str(k) for k in ds["keyword"].values]
+        stacked = ds[keep].assign_coords(
+            # Prompts differ between runs, so keywords are stacked by position and their
+            # words kept as a (run, keyword) coordinate.
+            keyword=np.arange(len(names)),
+            keyword_name=("keyword", np.asarray(names, dtype=object)),
+            run=str(path),
+            run_status=ds.attrs.get("status", ""),
+            run_prompt=ds.attrs.get("prompt", ""),
+            run_seed=int(ds.attrs.get("seed", -1)),
+        )
+        datasets.append(stacked.expand_dims("run"))
+    try:
+        combined = xr.concat(
+            datasets, dim="run", join="outer", coords="different", compat="equals", combine_attrs="drop_conflicts"
+        )
+    except ValueError as error:
+        raise StoreError(f"runs cannot be stacked: {error}") from None
+    return combined

@@ -1,0 +1,242 @@
+"""The embedded default model: a tiny Wan2.1-architecture image-to-video pipeline.
+
+No model hub is reachable from the machines this project runs on, so the default
+``--model`` is built here from the *real* diffusers/transformers classes at small sizes
+(``WanImageToVideoPipeline``, ``WanTransformer3DModel`` with the image-context branch,
+``AutoencoderKLWan``, ``UMT5EncoderModel`` with a SentencePiece-style Unigram tokenizer,
+``CLIPVisionModel``, ``FlowMatchEulerDiscreteScheduler``).
+
+The weights are random (deterministic from a seed).  Every store and report made with
+it says so through :data:`RANDOM_WEIGHTS_NOTE`.  The pipeline is written once with
+``save_pretrained`` (safetensors) into a cache directory and always loaded back through
+``from_pretrained(local_dir)``, the same code path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL_NAME = "layerscope-tiny-wan-i2v-random"
+#: Bump when the architecture or the build recipe changes, so caches are rebuilt.
+DEFAULT_MODEL_VERSION = 1
+DEFAULT_SEED = 0
+RANDOM_WEIGHTS_NOTE = (
+    "random weights: the built-in tiny Wan-architecture model is untrained, so its maps "
+    "show the recording machinery, not learned semantics"
+)
+
+# The default example the CLI uses when no --image/--prompt/--keywords are given.
+EXAMPLE_PROMPT = "A red circle moves to the left while the blue square turns green."
+EXAMPLE_KEYWORDS = ("circle", "square")
+EXAMPLE_HEIGHT = 256
+EXAMPLE_WIDTH = 256
+EXAMPLE_FRAMES = 9
+EXAMPLE_STEPS = 6
+
+# Words the tiny tokenizer is trained on.  Anything else still tokenizes (into
+# characters), so arbitrary prompts work; these words become single pieces.
+_VOCABULARY_SENTENCES = [
+    "a red circle moves to the left while the blue square turns green",
+    "the green triangle moves to the right and the yellow circle turns red",
+    "a blue square moves up then the red triangle moves down",
+    "the circle pushes the triangle and the square spins slowly",
+    "a purple star jumps over the orange box on a white background",
+    "the cat walks across the room and a dog runs in the park",
+    "a man raises his hand and the woman smiles at the camera",
+    "the car drives along the road under the bright sky",
+    "bright colours low quality blurry static still picture worst quality",
+    "the ball bounces and rolls towards the wall near the tree",
+]
+
+_TEXT_DIM = 32
+_IMAGE_SIZE = 112
+_IMAGE_PATCH = 14
+_VISION_DIM = 48
+_Z_DIM = 8
+
+
+def default_cache_dir() -> Path:
+    """Where the default model is built: ``$LAYERSCOPE_CACHE`` or ``~/.cache/layerscope``."""
+    root = os.environ.get("LAYERSCOPE_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "layerscope"
+    return base / "models" / f"{DEFAULT_MODEL_NAME}-v{DEFAULT_MODEL_VERSION}-seed{DEFAULT_SEED}"
+
+
+def _build_tokenizer():
+    """A T5-style SentencePiece (Unigram + Metaspace) fast tokenizer for our vocabulary.
+
+    Wan2.1 uses UMT5's SentencePiece tokenizer; keyword mapping must meet the same
+    "▁"-prefixed pieces.  The Unigram vocabulary is written directly (whole "▁word"
+    pieces scored by frequency, then single characters as a fallback) because the
+    trainer prunes a corpus this small into sub-word fragments.
+    """
+    import math
+    import string
+    from collections import Counter
+
+    from transformers import T5Tokenizer
+
+    counts = Counter(word for sentence in _VOCABULARY_SENTENCES for word in sentence.split())
+    total = sum(counts.values())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"▁{word}", math.log(n / total)) for word, n in sorted(counts.items())]
+    fallback = math.log(1.0 / (100.0 * total))
+    chars = "▁" + string.ascii_letters + string.digits + string.punctuation
+    pieces += [(ch, fallback) for ch in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_default_pipeline(seed: int = DEFAULT_SEED) -> Any:
+    """Build the tiny Wan I2V pipeline in memory, deterministically from ``seed``."""
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    tokenizer = _build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=_TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+    torch.manual_seed(seed + 1)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=_VISION_DIM,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=_IMAGE_SIZE,
+            patch_size=_IMAGE_PATCH,
+        )
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": _IMAGE_SIZE},
+        crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE},
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLWan(
+        base_dim=16,
+        z_dim=_Z_DIM,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * _Z_DIM,
+        latents_std=[1.0] * _Z_DIM,
+    )
+    torch.manual_seed(seed + 3)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=2 * _Z_DIM + 4,
+        out_channels=_Z_DIM,
+        text_dim=_TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=128,
+        num_layers=8,
+        cross_attn_norm=True,
+        image_dim=_VISION_DIM,
+        added_kv_proj_dim=64,
+        rope_max_seq_len=256,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=transformer,
+    )
+
+
+def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
+    """Build and save the default pipeline once; return its local directory.
+
+    Written to a temporary sibling and renamed, so a crash never leaves a directory
+    that looks like a finished model.
+    """
+    target = Path(path) if path is not None else default_cache_dir()
+    marker = target / "layerscope_model.json"
+    if marker.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + f".partial-{os.getpid()}")
+    pipe = build_default_pipeline(DEFAULT_SEED)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    (staging / "layerscope_model.json").write_text(
+        json.dumps(
+            {
+                "name": DEFAULT_MODEL_NAME,
+                "version": DEFAULT_MODEL_VERSION,
+                "seed": DEFAULT_SEED,
+                "weights": "random",
+                "note": RANDOM_WEIGHTS_NOTE,
+            },
+            indent=2,
+        )
+    )
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; use its copy
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def example_image(height: int = EXAMPLE_HEIGHT, width: int = EXAMPLE_WIDTH) -> np.ndarray:
+    """The packaged example reference image: a red circle and a blue square on grey.
+
+    Drawn procedurally so the repository ships no binary image and the picture matches
+    the example prompt exactly.
+    """
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.full((height, width, 3), 200, dtype=np.uint8)
+    cy, cx, r = height * 0.5, width * 0.3, min(height, width) * 0.16
+    image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = (220, 30, 30)
+    half = min(height, width) * 0.14
+    sy, sx = height * 0.5, width * 0.72
+    image[(abs(yy - sy) <= half) & (abs(xx - sx) <= half)] = (30, 60, 220)
+    return image
+
+
+def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a store or report should say about a model directory."""
+    model_dir = Path(model_dir)
+    marker = model_dir / "layerscope_model.json"
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        return {
+            "model_id": f"{info['name']}-v{info['version']}",
+            "weights": info.get("weights", "unknown"),
+            "weights_note": info.get("note", ""),
+        }
+    return {"model_id": model_dir.name, "weights": "checkpoint", "weights_note": ""}

@@ -1,0 +1,66 @@
+"""Shared fixtures: one tiny real-architecture Wan I2V pipeline per test session.
+
+The pipeline is the embedded default model, built into a temporary cache directory and
+loaded back with ``from_pretrained(local_dir)``, exactly as ``layerscope record`` does.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the built default model out of the user's home directory."""
+    cache = tmp_path_factory.mktemp("layerscope-cache")
+    old = os.environ.get("LAYERSCOPE_CACHE")
+    os.environ["LAYERSCOPE_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("LAYERSCOPE_CACHE", None)
+    else:
+        os.environ["LAYERSCOPE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def model_dir(_isolated_cache):
+    from layerscope.testbed import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(model_dir):
+    from layerscope.loading import load_pipeline
+
+    pipe, _ = load_pipeline(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def example():
+    """Small but valid generation settings (16x16 tokens per latent frame)."""
+    from layerscope import testbed
+
+    return {
+        "image": testbed.example_image(),
+        "prompt": testbed.EXAMPLE_PROMPT,
+        "keywords": list(testbed.EXAMPLE_KEYWORDS),
+        "height": 256,
+        "width": 256,
+        "num_frames": 5,
+        "num_inference_steps": 3,
+    }
+
+
+@pytest.fixture(scope="session")
+def recorded_run(tiny_pipe, example, tmp_path_factory):
+    """One complete float32 recording of the example, shared by read-only tests."""
+    from layerscope.record import record
+
+    path = tmp_path_factory.mktemp("runs") / "base.zarr"
+    summary = record(tiny_pipe, path, dtype="float32", progress=False, **example)
+    return path, summary

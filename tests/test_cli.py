@@ -1,0 +1,82 @@
+"""The command line: fast help, one-line usage errors with exit code 2, no half stores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from layerscope.cli import main
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from layerscope.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_record_default_example_writes_complete_store(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo.zarr"
+    assert main(["record", "--out", str(out), "--frames", "5", "--steps", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "random weights" in printed and "complete:" in printed and "16 maps" in printed
+    import layerscope
+
+    ds = layerscope.open_run(out)
+    assert ds.attrs["weights"] == "random" and ds.attrs["model_id"].startswith("layerscope-tiny-wan")
+
+
+def _bad_image(tmp_path):
+    path = tmp_path / "not-an-image.png"
+    path.write_text("hello")
+    return path
+
+
+def _not_a_pipeline(tmp_path):
+    path = tmp_path / "empty-model"
+    path.mkdir()
+    return path
+
+
+def _unsupported_pipeline(tmp_path):
+    path = tmp_path / "sd-model"
+    path.mkdir()
+    (path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "a cat runs", "--keywords", "dog"], "keyword 'dog' is not in the prompt"),
+        (["--prompt", "a cat runs"], "--keywords is required"),
+        (["--image", _bad_image], "not a readable image"),
+        (["--image", "missing.png"], "no such file"),
+        (["--model", _not_a_pipeline], "no model_index.json"),
+        (["--model", _unsupported_pipeline], "supported: WanImageToVideoPipeline"),
+        (["--model", "no/such/dir"], "no such directory"),
+        (["--layers", "0-99"], "layer 8 is out of range"),
+        (["--record-steps", "7"], "step 7 is out of range"),
+        (["--height", "250"], "multiples of 16"),
+        (["--frames", "6"], "4*n+1"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2_and_leave_no_store(model_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "bad.zarr"
+    resolved = [a(tmp_path) if callable(a) else a for a in args]
+    code = main(["record", "--out", str(out), "--quiet", *map(str, resolved)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_existing_store_needs_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "x.zarr"
+    args = ["record", "--out", str(out), "--frames", "5", "--steps", "1", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
