@@ -1,1 +1,68 @@
+"""``ds.layerscope.*``: the analysis API for notebooks, on any opened store.
 
+Registered when ``layerscope.open_run``/``open_runs`` is first called (or on
+``import layerscope.accessor``); every method returns labelled xarray objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+
+@xr.register_dataset_accessor("layerscope")
+class LayerScopeAccessor:
+    def __init__(self, dataset: xr.Dataset):
+        self._ds = dataset
+
+    def metrics(self, transformation: str = "b", variable: str = "similarity") -> xr.Dataset:
+        """Lazy ``moran_i``, ``moran_z``, ``std`` (step, layer, keyword, frame)."""
+        from layerscope.metrics import compute_metrics
+
+        return compute_metrics(self._ds, transformation, variable)
+
+    def morans_i(self, transformation: str = "b") -> xr.DataArray:
+        """Moran's I per map; stored values are reused when they match ``transformation``."""
+        if "moran_i" in self._ds and self._ds["moran_i"].attrs.get("transformation") == transformation:
+            return self._ds["moran_i"]
+        return self.metrics(transformation)["moran_i"]
+
+    def std(self) -> xr.DataArray:
+        """Std of each min-max-normalised map (paper Eq. 5)."""
+        if "std" in self._ds:
+            return self._ds["std"]
+        return self.metrics()["std"]
+
+    def rank(self, **kwargs: Any) -> Any:
+        """A :class:`layerscope.ranking.Ranking` of this run (or stacked runs)."""
+        from layerscope.ranking import rank_datasets
+
+        ds = self._ds
+        if "moran_i" not in ds or "std" not in ds:
+            ds = ds.merge(self.metrics(kwargs.pop("transformation", "b")))
+        if "run" in ds.dims:
+            return rank_datasets([ds.isel(run=i) for i in range(ds.sizes["run"])], **kwargs)
+        return rank_datasets([ds], **kwargs)
+
+    def plot_layers(self, metrics: tuple[str, ...] = ("moran_i", "std")) -> Any:
+        """Figure-2-style curves: mean per layer with a ±1 std band over steps/keywords/frames."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], metrics):
+            values = self.morans_i() if name == "moran_i" else self.std()
+            reduce = [d for d in values.dims if d != "layer"]
+            mean = values.mean(reduce).values
+            spread = values.std(reduce).values
+            layers = values["layer"].values
+            ax.plot(layers, mean, marker="o", lw=1.5)
+            ax.fill_between(layers, mean - spread, mean + spread, alpha=0.25)
+            ax.set_xlabel("layer")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig

@@ -125,6 +125,49 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rank(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rank",
+        help="compute Moran's I and std of the maps and rank the semantic-weak layers",
+        description="Metrics are computed once per store (written back as moran_i, moran_z, std) and reused.",
+    )
+    p.add_argument("stores", nargs="+", help="one or more recorded stores (averaged, as the paper averages samples)")
+    p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
+    p.add_argument("--metric", choices=("moran_i", "std"), default="moran_i")
+    p.add_argument("--steps", help="step-index window A:B (B exclusive), e.g. 0:25")
+    p.add_argument("--method", choices=("band", "bottom-k", "threshold"), default="band")
+    p.add_argument("--k", type=int, help="number of layers for bottom-k")
+    p.add_argument("--threshold", type=float, help="cut for threshold; band threshold (default: mean over layers)")
+    p.add_argument("--transformation", choices=("b", "r"), default="b", help="binary (paper) or row-standardised")
+    p.add_argument("--allow-partial", action="store_true", help="analyse interrupted stores (their written steps)")
+    p.add_argument("--recompute", action="store_true", help="recompute metrics even if the store has them")
+    p.set_defaults(func=_cmd_rank)
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from layerscope.ranking import parse_step_window, rank_stores
+
+    ranking = rank_stores(
+        args.stores,
+        transformation=args.transformation,
+        allow_partial=args.allow_partial,
+        recompute=args.recompute,
+        metric=args.metric,
+        steps=parse_step_window(args.steps),
+        method=args.method,
+        k=args.k,
+        threshold=args.threshold,
+    )
+    print(ranking.table())
+    if ranking.model.get("weights") == "random":
+        print("note: the model has random weights; this ranking shows the machinery, not learned semantics")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        ranking.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 class _Usage(ValueError):
     """A usage error raised by the CLI itself."""
 
@@ -139,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_record(sub)
+    _add_rank(sub)
     _add_testbed(sub)
     return parser
 
@@ -148,10 +192,22 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from layerscope.adapters.base import AdapterError
     from layerscope.keywords import KeywordError
     from layerscope.loading import LoadError
+    from layerscope.metrics import GridError, IncompleteStoreError
+    from layerscope.ranking import RankingError
     from layerscope.record import RecordError
     from layerscope.store import StoreError
 
-    return (_Usage, AdapterError, KeywordError, LoadError, RecordError, StoreError)
+    return (
+        _Usage,
+        AdapterError,
+        KeywordError,
+        LoadError,
+        RecordError,
+        StoreError,
+        GridError,
+        IncompleteStoreError,
+        RankingError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,16 @@ def validate_geometry(adapter: ModelAdapter, height: int, width: int, num_frames
     return adapter.token_grid(num_frames, height, width)
 
 
+def describe_model(pipe: Any) -> dict[str, Any]:
+    """Which model made a run, and whether its weights are random (stores and reports say so)."""
+    from layerscope.testbed import model_info
+
+    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
+    if source and Path(str(source)).is_dir():
+        return model_info(source)
+    return {"model_id": str(source) or type(pipe).__name__, "weights": "unknown", "weights_note": ""}
+
+
 class Trace:
     """An open recording: probes attached, writer running.  See :func:`trace`."""
 
@@ -196,6 +206,7 @@ def trace(
         dtype=dtype,
         branches=probe_config.branches,
         attrs={
+            **describe_model(pipe),
             **(attrs or {}),
             **adapter.describe(),
             "prompt": prompt,

@@ -136,17 +136,16 @@ def test_interrupted_run_keeps_written_steps_readable(tiny_pipe, example, tmp_pa
             raise KeyboardInterrupt
         return kwargs
 
-    with pytest.raises(KeyboardInterrupt):
-        with trace(tiny_pipe, tmp_path / "cut.zarr", **_trace_args(example)):
-            tiny_pipe(
-                image=Image.fromarray(example["image"]),
-                prompt=example["prompt"],
-                height=256,
-                width=256,
-                num_frames=example["num_frames"],
-                num_inference_steps=example["num_inference_steps"],
-                callback_on_step_end=stop_after_step_1,
-            )
+    with pytest.raises(KeyboardInterrupt), trace(tiny_pipe, tmp_path / "cut.zarr", **_trace_args(example)):
+        tiny_pipe(
+            image=Image.fromarray(example["image"]),
+            prompt=example["prompt"],
+            height=256,
+            width=256,
+            num_frames=example["num_frames"],
+            num_inference_steps=example["num_inference_steps"],
+            callback_on_step_end=stop_after_step_1,
+        )
     ds = layerscope.open_run(tmp_path / "cut.zarr")
     assert ds.attrs["status"] == "interrupted"
     assert ds.attrs["steps_written"] == [0, 1]

@@ -1,0 +1,99 @@
+"""Weak-layer selection on constructed curves, metrics written back, and `layerscope rank`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import layerscope
+from layerscope.cli import main
+from layerscope.metrics import IncompleteStoreError, ensure_metrics, morans_i
+from layerscope.ranking import RankingError, max_sum_band, rank_stores, select_weak
+
+
+def test_band_finds_the_dip_despite_a_noisy_layer():
+    # the paper's shape: high at both ends, a low band 11-26 of 40 with one bump at 18
+    curve = np.full(40, 0.7)
+    curve[11:27] = 0.2
+    curve[18] = 0.65
+    weak, explanation, params = select_weak(curve, "band")
+    assert weak == list(range(11, 27))
+    assert "11-26" in explanation and params["threshold"] == pytest.approx(curve.mean())
+
+
+def test_bottom_k_and_threshold():
+    curve = np.array([0.5, 0.1, 0.3, 0.05, 0.9])
+    assert select_weak(curve, "bottom-k", k=2)[0] == [1, 3]
+    assert select_weak(curve, "threshold", threshold=0.31)[0] == [1, 2, 3]
+    with pytest.raises(RankingError):
+        select_weak(curve, "bottom-k")
+    assert max_sum_band(np.array([1.0, 0.0, 0.0, 1.0]), 0.5) == (1, 2)
+
+
+def test_metrics_written_back_and_reopened(recorded_run, tmp_path):
+    path, _ = recorded_run
+    copy = tmp_path / "m.zarr"
+    shutil.copytree(path, copy)
+    ds = ensure_metrics(copy)
+    reopened = layerscope.open_run(copy)
+    assert reopened.moran_i.dims == ("step", "layer", "keyword", "frame")
+    assert reopened.moran_i.attrs["transformation"] == "b"
+    assert reopened.attrs["status"] == "complete" and reopened.attrs["prompt"] == ds.attrs["prompt"]
+    maps = reopened.similarity.values
+    np.testing.assert_allclose(reopened.moran_i.values, morans_i(maps), rtol=0, atol=1e-12)
+    # row-standardised on request replaces them, and says so
+    again = ensure_metrics(copy, "r")
+    assert again.moran_i.attrs["transformation"] == "r"
+    np.testing.assert_allclose(again.moran_i.values, morans_i(maps, "r"), rtol=0, atol=1e-12)
+    # the accessor reads the stored values
+    assert reopened.layerscope.std().identical(reopened["std"])
+
+
+def test_incomplete_store_is_refused_unless_allowed(recorded_run, tmp_path):
+    import zarr
+
+    path, _ = recorded_run
+    copy = tmp_path / "cut.zarr"
+    shutil.copytree(path, copy)
+    group = zarr.open_group(copy, mode="r+")
+    group.attrs.update({"status": "interrupted", "steps_written": [0]})
+    with pytest.raises(IncompleteStoreError, match="1 of 3 steps"):
+        ensure_metrics(copy)
+    assert "moran_i" in ensure_metrics(copy, allow_partial=True)
+
+
+def test_multi_run_ranking_averages_runs(recorded_run, tiny_pipe, example, tmp_path):
+    from layerscope.record import record
+
+    path, _ = recorded_run
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    shutil.copytree(path, a)
+    record(tiny_pipe, b, seed=3, dtype="float32", progress=False, **example)
+    ranking = rank_stores([a, b])
+    single = [rank_stores([p]).layers for p in (a, b)]
+    for row, row_a, row_b in zip(ranking.layers, *single):
+        assert row["moran_i"] == pytest.approx((row_a["moran_i"] + row_b["moran_i"]) / 2, abs=1e-12)
+    assert len(ranking.runs) == 2
+    # the accessor on stacked runs gives the same numbers
+    stacked = layerscope.open_runs([a, b])
+    via_accessor = stacked.layerscope.rank()
+    assert [r["moran_i"] for r in via_accessor.layers] == pytest.approx([r["moran_i"] for r in ranking.layers])
+
+
+def test_rank_cli_writes_json_with_weak_layers(recorded_run, tmp_path, capsys):
+    path, _ = recorded_run
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(path, copy)
+    out = tmp_path / "ranking.json"
+    assert main(["rank", str(copy), "--out", str(out), "--steps", "0:2"]) == 0
+    data = json.loads(out.read_text())
+    for key in ("weak_layers", "layers", "method", "params", "runs", "model", "probe"):
+        assert key in data
+    assert data["params"]["steps"] == "0:2" and data["runs"][0]["steps"] == [0, 1]
+    assert data["model"]["weights"] == "random"
+    printed = capsys.readouterr().out
+    assert "weak layers (band on moran_i)" in printed
+    assert main(["rank", str(copy), "--method", "threshold"]) == 2
