@@ -20,10 +20,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/layerscope record --out $(RUNS)/demo.zarr --overwrite
-	@if $(BIN)/layerscope --help | grep -q " rank "; then \
-	  $(BIN)/layerscope rank $(RUNS)/demo.zarr --out $(RUNS)/demo-ranking.json; fi
-	@if $(BIN)/layerscope --help | grep -q " report "; then \
-	  $(BIN)/layerscope report $(RUNS)/demo.zarr --out $(RUNS)/demo-report.html; fi
+	$(BIN)/layerscope rank $(RUNS)/demo.zarr --out $(RUNS)/demo-ranking.json
+	$(BIN)/layerscope report $(RUNS)/demo.zarr --out $(RUNS)/demo-report.html
 
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh || echo "chromium unavailable: browser tests will be skipped"

@@ -40,7 +40,7 @@ class LayerScopeAccessor:
 
         ds = self._ds
         if "moran_i" not in ds or "std" not in ds:
-            ds = ds.merge(self.metrics(kwargs.pop("transformation", "b")))
+            ds = ds.assign(self.metrics(kwargs.pop("transformation", "b")).data_vars)
         if "run" in ds.dims:
             return rank_datasets([ds.isel(run=i) for i in range(ds.sizes["run"])], **kwargs)
         return rank_datasets([ds], **kwargs)

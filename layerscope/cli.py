@@ -168,6 +168,32 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run, or of a before/after pair",
+        description="One file, no external requests: figures and video are embedded.",
+    )
+    p.add_argument("store", help="the run (the 'before' run with --compare)")
+    p.add_argument("--compare", help="the 'after' run, e.g. recorded with --intervene focal-guidance")
+    p.add_argument("--out", required=True, help="HTML file to write, e.g. runs/report.html")
+    p.add_argument("--force", action="store_true", help="compare runs even if model/prompt/seed/grid differ")
+    p.add_argument("--steps-shown", type=int, default=5, help="steps shown in the similarity grids")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from layerscope.report import write
+
+    started = time.perf_counter()
+    out = write(args.store, args.out, args.compare, force=args.force, steps_shown=args.steps_shown)
+    size = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size:.2f} MB in {time.perf_counter() - started:.1f} s); open it in a browser")
+    return 0
+
+
 class _Usage(ValueError):
     """A usage error raised by the CLI itself."""
 
@@ -183,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_record(sub)
     _add_rank(sub)
+    _add_report(sub)
     _add_testbed(sub)
     return parser
 
@@ -195,6 +222,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from layerscope.metrics import GridError, IncompleteStoreError
     from layerscope.ranking import RankingError
     from layerscope.record import RecordError
+    from layerscope.report.render import ReportError
     from layerscope.store import StoreError
 
     return (
@@ -207,6 +235,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
         GridError,
         IncompleteStoreError,
         RankingError,
+        ReportError,
     )
 
 

@@ -1,0 +1,1 @@
+"""Focal Guidance interventions for LayerScope (see fg_intervene.plugin)."""

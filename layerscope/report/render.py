@@ -1,0 +1,276 @@
+"""Self-contained HTML reports of one run, or of a before/after pair of runs.
+
+Everything the page shows is inside the file (figures as PNG data URIs, the video as an
+animated GIF data URI, CSS and a few lines of JS inline), so a reviewer can open it
+offline from mail or chat.  jinja2 autoescaping is on: prompts are user text.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerscope.report import figures
+
+MAX_VIDEO_WIDTH = 320
+MAX_VIDEO_FRAMES = 41
+FIGURE_DPI = 80
+
+
+class ReportError(ValueError):
+    """Runs that cannot be reported or compared as asked (a usage error)."""
+
+
+def _template_dir() -> Path:
+    """Templates ship as ``layerscope.report_templates`` (mapped from ``reports/templates``)."""
+    return Path(str(resources.files("layerscope.report_templates")))
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_template_dir())),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, default=str)
+    return env
+
+
+def figure_uri(fig: Any, dpi: int = FIGURE_DPI) -> str:
+    """PNG data URI of a matplotlib figure (closed afterwards to free memory)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_uri(array: np.ndarray, max_width: int = MAX_VIDEO_WIDTH) -> str:
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def video_uri(frames: np.ndarray, fps: int = 8) -> tuple[str, str]:
+    """Animated GIF data URI (downsampled) and a note saying how it was reduced."""
+    from PIL import Image
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    total, height, width = frames.shape[:3]
+    stride = max(1, int(np.ceil(total / MAX_VIDEO_FRAMES)))
+    chosen = frames[::stride]
+    scale = min(1.0, MAX_VIDEO_WIDTH / width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    images = [Image.fromarray(f).resize(size) if scale < 1 else Image.fromarray(f) for f in chosen]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 * stride / fps), loop=0
+    )
+    note = f"{len(chosen)} of {total} frames at {size[0]}x{size[1]} px"
+    return "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), note
+
+
+def prompt_segments(ds: Any) -> list[dict[str, Any]]:
+    """The (cleaned) prompt cut into plain and keyword segments, for highlighting."""
+    text = ds.attrs.get("prompt_cleaned") or ds.attrs.get("prompt", "")
+    spans = sorted(
+        (start, end, item["keyword"]) for item in ds.attrs.get("keywords", []) for start, end in item["char_spans"]
+    )
+    segments, cursor = [], 0
+    for start, end, keyword in spans:
+        if start < cursor:
+            continue
+        if start > cursor:
+            segments.append({"text": text[cursor:start], "keyword": None})
+        segments.append({"text": text[start:end], "keyword": keyword})
+        cursor = end
+    if cursor < len(text):
+        segments.append({"text": text[cursor:], "keyword": None})
+    return segments
+
+
+def _with_metrics(ds: Any) -> tuple[Any, str | None]:
+    """The run with metrics: the stored ones, or computed in memory (and the page says so)."""
+    if all(name in ds for name in ("moran_i", "std")):
+        return ds, None
+    return ds.assign(ds.layerscope.metrics().data_vars), "Metrics were computed for this report and not stored."
+
+
+def _settings(ds: Any) -> list[tuple[str, str]]:
+    a = ds.attrs
+    probe = a.get("probe", {})
+    return [
+        ("model", f"{a.get('model_id', '?')} ({a.get('pipeline_class', '?')})"),
+        ("weights", str(a.get("weights", "unknown"))),
+        ("seed", str(a.get("seed", "?"))),
+        ("denoising steps", f"{a.get('num_inference_steps', '?')} (recorded: {ds.sizes['step']})"),
+        ("resolution", f"{a.get('width', '?')}x{a.get('height', '?')} px, {a.get('num_frames', '?')} frames"),
+        ("token grid (F', H', W')", " x ".join(str(g) for g in a.get("grid", []))),
+        ("guidance", str(a.get("guidance_scale", "?"))),
+        ("probe", f"{a.get('probe_kind', probe.get('kind', '?'))}"),
+        ("branch", str(a.get("branch", "?"))),
+        ("layers recorded", f"{ds.sizes['layer']} of {a.get('num_layers', '?')}"),
+        ("status", str(a.get("status", "?"))),
+        ("created", str(a.get("created", "?"))),
+    ]
+
+
+def _run_context(ds: Any, name: str, rank_kwargs: dict[str, Any]) -> dict[str, Any]:
+    from layerscope.ranking import rank_datasets
+
+    ds, metrics_note = _with_metrics(ds)
+    ranking = rank_datasets([ds], names=[name], **rank_kwargs)
+    video, video_note = (None, None)
+    if "video" in ds and np.asarray(ds["video"].values).any():
+        video, video_note = video_uri(ds["video"].values)
+    status = ds.attrs.get("status")
+    warnings = []
+    if ds.attrs.get("weights") == "random":
+        warnings.append(
+            "This run was made by a model with random weights: its maps show the recording machinery, "
+            "not learned semantics."
+        )
+    if status != "complete":
+        written = len(ds.attrs.get("steps_written", []))
+        warnings.append(f"This store is {status}: {written} of {ds.sizes['step']} steps were written.")
+    return {
+        "name": name,
+        "ds": ds,
+        "attrs": ds.attrs,
+        "settings": _settings(ds),
+        "prompt": prompt_segments(ds),
+        "negative_prompt": ds.attrs.get("negative_prompt", ""),
+        "keywords": [str(k) for k in ds["keyword"].values],
+        "reference": image_uri(ds["reference"].values) if "reference" in ds else None,
+        "video": video,
+        "video_note": video_note,
+        "ranking": ranking,
+        "metrics_note": metrics_note,
+        "warnings": warnings,
+        "intervention": ds.attrs.get("intervention", "none"),
+        "versions": ds.attrs.get("package_versions", {}),
+    }
+
+
+def _grid_sections(contexts: list[dict[str, Any]], steps_shown: int) -> list[dict[str, Any]]:
+    """One section per keyword: the Figure-1 grid of every run on one shared colour scale."""
+    sections = []
+    for position, keyword in enumerate(contexts[0]["keywords"]):
+        values = []
+        for ctx in contexts:
+            ds = ctx["ds"]
+            kw = str(ds["keyword"].values[position])
+            chosen = figures.pick_steps(ds["step"].values.tolist(), steps_shown)
+            values.append(ds["similarity"].sel(keyword=kw, step=chosen).isel(frame=0).values.astype(np.float32))
+        finite = np.concatenate([v[np.isfinite(v)] for v in values])
+        vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+        grids = []
+        for ctx in contexts:
+            ds = ctx["ds"]
+            kw = str(ds["keyword"].values[position])
+            fig = figures.similarity_grid(
+                ds, kw, steps=figures.pick_steps(ds["step"].values.tolist(), steps_shown), vmin=vmin, vmax=vmax
+            )
+            grids.append({"label": ctx["name"], "uri": figure_uri(fig, dpi=60)})
+        sections.append({"keyword": keyword, "slug": f"kw{position}", "grids": grids})
+    return sections
+
+
+def _check_comparable(before: Any, after: Any) -> list[str]:
+    problems = []
+    for key in ("model_id", "prompt", "seed", "grid", "height", "width", "num_frames"):
+        if before.attrs.get(key) != after.attrs.get(key):
+            problems.append(f"{key} differs ({before.attrs.get(key)!r} vs {after.attrs.get(key)!r})")
+    if [int(v) for v in before["layer"].values] != [int(v) for v in after["layer"].values]:
+        problems.append("recorded layers differ")
+    return problems
+
+
+def render(
+    run: str | os.PathLike | Any,
+    compare: str | os.PathLike | Any | None = None,
+    *,
+    force: bool = False,
+    steps_shown: int = 5,
+    rank_kwargs: dict[str, Any] | None = None,
+) -> str:
+    """HTML of one run, or of ``run`` (before) against ``compare`` (after).
+
+    ``run``/``compare`` are store paths or opened datasets.  A pair that does not share
+    model, prompt, seed and grid is refused unless ``force``.
+    """
+    import layerscope
+
+    rank_kwargs = rank_kwargs or {}
+    datasets = []
+    names = []
+    for item in (run, compare):
+        if item is None:
+            continue
+        if isinstance(item, (str, os.PathLike)):
+            datasets.append(layerscope.open_run(item))
+            names.append(Path(item).name)
+        else:
+            datasets.append(item)
+            names.append(str(item.attrs.get("model_id", "run")))
+    if len(datasets) == 2:
+        problems = _check_comparable(*datasets)
+        if problems and not force:
+            raise ReportError("runs are not a before/after pair: " + "; ".join(problems) + " (pass --force to compare)")
+        names = [f"before: {names[0]}", f"after: {names[1]}"]
+    contexts = [_run_context(ds, name, rank_kwargs) for ds, name in zip(datasets, names)]
+    weak = contexts[0]["ranking"].weak_layers
+    if len(contexts) == 2 and contexts[1]["intervention"] not in ("none", None, {}):
+        configured = contexts[1]["intervention"]
+        if isinstance(configured, dict) and configured.get("weak_layers"):
+            weak = list(configured["weak_layers"])
+    curves = figure_uri(
+        figures.layer_curves([c["ranking"] for c in contexts], [c["name"] for c in contexts], weak_layers=weak)
+    )
+    delta = None
+    if len(contexts) == 2:
+        delta = figure_uri(figures.delta_curves(contexts[0]["ranking"], contexts[1]["ranking"], weak_layers=weak))
+    from layerscope import __version__
+
+    template = _environment().get_template("compare.html.j2" if len(contexts) == 2 else "run.html.j2")
+    return template.render(
+        runs=contexts,
+        sections=_grid_sections(contexts, steps_shown),
+        curves=curves,
+        delta=delta,
+        weak_layers=weak,
+        layerscope_version=__version__,
+        thumbnail_note=f"Similarity grids show {steps_shown} evenly spaced steps, latent frame 0, "
+        f"at {60} dpi; videos are downsampled GIFs.",
+    )
+
+
+def write(
+    run: str | os.PathLike | Any,
+    out: str | os.PathLike,
+    compare: str | os.PathLike | Any | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Render and write atomically (a half-written report never replaces a good one)."""
+    html = render(run, compare, **kwargs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(html, encoding="utf-8")
+    partial.replace(out)
+    return out

@@ -1,0 +1,1 @@
+"""Jinja2 templates of LayerScope reports (shipped as ``layerscope.report_templates``)."""
