@@ -45,6 +45,16 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-offload", action="store_true", help="enable diffusers model CPU offload (large models)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("interventions (e.g. Focal Guidance from fg_intervene)")
+    g.add_argument("--intervene", help="intervention to apply while recording, e.g. focal-guidance")
+    g.add_argument("--ranking", help="ranking JSON from `layerscope rank` (its weak_layers are guided)")
+    g.add_argument("--intervene-config", help="TOML file with the intervention's settings")
+    g.add_argument("--clip", help="open_clip checkpoint dir matching the image encoder (default: <model>/clip)")
+    g.add_argument(
+        "--fg-mode",
+        choices=("fsg+cache", "fsg", "cache", "baseline"),
+        help="Focal Guidance ablation: both mechanisms (default), FSG only, Attention Cache only, or none",
+    )
     p.set_defaults(func=_cmd_record)
 
 
@@ -75,6 +85,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite and not Path(str(out) + ".lock").exists():
         raise _Usage(f"store {out} already exists; pass --overwrite or choose another --out")
 
+    intervention = _load_intervention(args)
+
     from layerscope.loading import load_pipeline
     from layerscope.record import record
 
@@ -101,11 +113,31 @@ def _cmd_record(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         attrs={**info, "model_path": str(model_dir) if not is_default else "default", "model_dtype": args.dtype},
         progress=not args.quiet,
+        intervention=intervention,
     )
     if info["weights"] == "random":
         print(f"note: {info['weights_note']}")
     print(summary.line())
     return 0 if summary.status == "complete" else 1
+
+
+def _load_intervention(args: argparse.Namespace):
+    if not args.intervene:
+        if args.ranking or args.intervene_config or args.fg_mode or args.clip:
+            raise _Usage("--ranking/--intervene-config/--fg-mode/--clip need --intervene focal-guidance")
+        return None
+    from layerscope.interventions import load_intervention
+
+    modes = {"fsg+cache": (True, True), "fsg": (True, False), "cache": (False, True), "baseline": (False, False)}
+    fsg, cache = modes[args.fg_mode] if args.fg_mode else (None, None)
+    return load_intervention(
+        args.intervene,
+        ranking=args.ranking,
+        config=args.intervene_config,
+        clip=args.clip,
+        fsg=fsg,
+        attention_cache=cache,
+    )
 
 
 def _add_testbed(sub: argparse._SubParsersAction) -> None:
@@ -217,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _usage_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user asked for something impossible' (exit 2)."""
     from layerscope.adapters.base import AdapterError
+    from layerscope.clip import ClipError
+    from layerscope.interventions import InterventionError
     from layerscope.keywords import KeywordError
     from layerscope.loading import LoadError
     from layerscope.metrics import GridError, IncompleteStoreError
@@ -236,7 +270,10 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
         IncompleteStoreError,
         RankingError,
         ReportError,
+        ClipError,
+        InterventionError,
     )
+
 
 
 def main(argv: list[str] | None = None) -> int:

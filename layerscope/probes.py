@@ -126,19 +126,23 @@ def _make_branch_tracker(state: StepState):
     return BranchTrackerHook()
 
 
-def attach_step_tracker(adapter: ModelAdapter, state: StepState) -> Callable[[], None]:
-    """Install the branch/step tracker on every denoiser; return its remover."""
+def attach_step_tracker(adapter: ModelAdapter, state: StepState, name: str = _BRANCH_HOOK) -> Callable[[], None]:
+    """Install the branch/step tracker on every denoiser; return its remover.
+
+    ``name`` keys the hook in diffusers' registry, so an intervention and a recording
+    can each track steps on the same model.
+    """
     from diffusers.hooks import HookRegistry
 
     registries = []
     for denoiser in adapter.denoisers():
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-        registry.register_hook(_make_branch_tracker(state), _BRANCH_HOOK)
+        registry.register_hook(_make_branch_tracker(state), name)
         registries.append(registry)
 
     def remove() -> None:
         for registry in registries:
-            registry.remove_hook(_BRANCH_HOOK, recurse=False)
+            registry.remove_hook(name, recurse=False)
 
     return remove
 
@@ -291,7 +295,11 @@ class ProbeHandle:
 
 
 def apply_probes(
-    adapter: ModelAdapter, config: ProbeConfig, sink: MapSink, state: StepState | None = None
+    adapter: ModelAdapter,
+    config: ProbeConfig,
+    sink: MapSink,
+    state: StepState | None = None,
+    tracker_name: str = _BRANCH_HOOK,
 ) -> ProbeHandle:
     """Attach probes for ``config`` to every denoiser of ``adapter``'s pipeline.
 
@@ -306,7 +314,7 @@ def apply_probes(
     def is_recorded(step: int, branch: str) -> bool:
         return branch in branches and (steps is None or step in steps)
 
-    remove_tracker = attach_step_tracker(adapter, state)
+    remove_tracker = attach_step_tracker(adapter, state, tracker_name)
     probes = []
     try:
         for denoiser in adapter.denoisers():

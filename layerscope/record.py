@@ -166,9 +166,13 @@ def trace(
     dtype: str = "float16",
     overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
+    image: Any = None,
+    intervention: Any = None,
 ) -> Iterator[Trace]:
     """Attach probes to ``pipe`` and stream maps into ``store`` for the calls made inside.
 
+    ``intervention`` (see :mod:`layerscope.interventions`) is installed before the
+    probes, so the maps show the intervened model, and needs the reference ``image``.
     On normal exit the store is marked ``complete`` (or ``interrupted`` if not every
     requested step was recorded); on an exception or Ctrl-C it is marked
     ``interrupted`` with the steps written so far kept readable.  Hooks are always
@@ -193,6 +197,9 @@ def trace(
         layers=layer_list,
         steps=step_list,
         branch=branch,
+    )
+    remove_intervention = _apply_intervention(
+        intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs
     )
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
     recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
@@ -221,10 +228,15 @@ def trace(
             "probe_kind": probe,
             "branch": branch,
             "package_versions": package_versions(),
+            "intervention": intervention.to_dict() if intervention is not None else "none",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    writer = StoreWriter(store, layout, overwrite=overwrite)
+    try:
+        writer = StoreWriter(store, layout, overwrite=overwrite)
+    except BaseException:
+        remove_intervention()
+        raise
     handle = None
     try:
         handle = apply_probes(adapter, probe_config, writer.submit)
@@ -234,12 +246,14 @@ def trace(
         if handle is not None:
             handle.remove()
             handle = None
+        remove_intervention()
         reason = "interrupted by the user (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)
         writer.close(STATUS_INTERRUPTED, error=reason[:500])
         raise
     else:
         fired = sum(handle.calls.values())
         handle.remove()
+        remove_intervention()
         expected = len(recorded_layers) * len(recorded_steps) * len(probe_config.branches)
         attrs_end: dict[str, Any] = {"hook_calls": fired, "hook_calls_expected": expected}
         if fired == 0:
@@ -252,6 +266,33 @@ def trace(
                 "no probe fired during the run; nothing was recorded (is --branch uncond used with --guidance 1?)"
             )
         writer.close(STATUS_COMPLETE, **attrs_end)
+
+
+def _apply_intervention(intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs):
+    """Install ``intervention`` (validating it against this run); return its remover."""
+    if intervention is None:
+        return lambda: None
+    from layerscope.interventions import InterventionError, RunInputs
+
+    if image is None:
+        raise InterventionError("an intervention needs the reference image: pass image= to trace()")
+    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
+    model_dir = Path(str(source)) if source and Path(str(source)).is_dir() else None
+    model = {**describe_model(pipe), **(attrs or {})}
+    inputs = RunInputs(
+        pipe=pipe,
+        adapter=adapter,
+        prompt=prompt,
+        image=image,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        grid=grid,
+        model_dir=model_dir,
+        extra={"model_id": model.get("model_id")},
+    )
+    handle = intervention.apply(inputs)
+    return handle.remove
 
 
 def _as_indices(value, limit: int, what: str) -> list[int] | None:
@@ -286,6 +327,7 @@ def record(
     overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
     progress: bool = True,
+    intervention: Any = None,
 ) -> RecordingSummary:
     """Run ``pipe`` once with probes and write a complete store (the CLI's ``record``)."""
     import torch
@@ -299,7 +341,6 @@ def record(
         "seed": seed,
         "guidance_scale": guidance_scale,
         "negative_prompt": negative_prompt or "",
-        "intervention": (attrs or {}).get("intervention", "none"),
     }
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     started = time.perf_counter()
@@ -319,6 +360,8 @@ def record(
         dtype=dtype,
         overwrite=overwrite,
         attrs=run_attrs,
+        image=image,
+        intervention=intervention,
     ) as rec:
         rec.save_outputs(reference=np.asarray(image))
         generator = torch.Generator(device="cpu").manual_seed(seed)

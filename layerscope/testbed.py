@@ -23,7 +23,7 @@ import numpy as np
 
 DEFAULT_MODEL_NAME = "layerscope-tiny-wan-i2v-random"
 #: Bump when the architecture or the build recipe changes, so caches are rebuilt.
-DEFAULT_MODEL_VERSION = 1
+DEFAULT_MODEL_VERSION = 2
 DEFAULT_SEED = 0
 RANDOM_WEIGHTS_NOTE = (
     "random weights: the built-in tiny Wan-architecture model is untrained, so its maps "
@@ -58,6 +58,21 @@ _IMAGE_SIZE = 112
 _IMAGE_PATCH = 14
 _VISION_DIM = 48
 _Z_DIM = 8
+#: The CLIP of the default model: its vision tower (converted to transformers) is the
+#: pipeline's image encoder, its text tower serves Focal Guidance's keyword selection.
+CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {
+        "layers": 3,
+        "width": _VISION_DIM,
+        "head_width": 12,
+        "patch_size": _IMAGE_PATCH,
+        "image_size": _IMAGE_SIZE,
+        "mlp_ratio": 2.0,
+    },
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+CLIP_SUBFOLDER = "clip"
 
 
 def default_cache_dir() -> Path:
@@ -91,7 +106,17 @@ def _build_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def build_default_pipeline(seed: int = DEFAULT_SEED) -> Any:
+def build_default_clip(seed: int = DEFAULT_SEED) -> Any:
+    """The default model's open_clip model (random weights, deterministic from ``seed``)."""
+    import torch
+
+    from layerscope.clip import build_open_clip
+
+    torch.manual_seed(seed + 1)
+    return build_open_clip(CLIP_CONFIG).eval()
+
+
+def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None) -> Any:
     """Build the tiny Wan I2V pipeline in memory, deterministically from ``seed``."""
     import torch
     from diffusers import (
@@ -100,13 +125,9 @@ def build_default_pipeline(seed: int = DEFAULT_SEED) -> Any:
         WanImageToVideoPipeline,
         WanTransformer3DModel,
     )
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        UMT5Config,
-        UMT5EncoderModel,
-    )
+    from transformers import CLIPImageProcessor, UMT5Config, UMT5EncoderModel
+
+    from layerscope.clip import vision_tower_to_transformers
 
     tokenizer = _build_tokenizer()
     torch.manual_seed(seed)
@@ -124,17 +145,9 @@ def build_default_pipeline(seed: int = DEFAULT_SEED) -> Any:
             decoder_start_token_id=tokenizer.pad_token_id,
         )
     )
-    torch.manual_seed(seed + 1)
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=_VISION_DIM,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=_IMAGE_SIZE,
-            patch_size=_IMAGE_PATCH,
-        )
-    )
+    clip = clip if clip is not None else build_default_clip(seed)
+    image_encoder = vision_tower_to_transformers(clip)
+    # open_clip's preprocessing: resize the short side, centre crop, OpenAI CLIP mean/std.
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": _IMAGE_SIZE},
         crop_size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE},
@@ -189,8 +202,12 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(target.name + f".partial-{os.getpid()}")
-    pipe = build_default_pipeline(DEFAULT_SEED)
+    from layerscope.clip import save_open_clip
+
+    clip = build_default_clip(DEFAULT_SEED)
+    pipe = build_default_pipeline(DEFAULT_SEED, clip=clip)
     pipe.save_pretrained(staging, safe_serialization=True)
+    save_open_clip(clip, CLIP_CONFIG, staging / CLIP_SUBFOLDER)
     (staging / "layerscope_model.json").write_text(
         json.dumps(
             {

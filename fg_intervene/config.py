@@ -1,0 +1,146 @@
+"""``FocalGuidanceConfig``: every knob of Focal Guidance, as data.
+
+It validates itself, round-trips through dicts (so it is stored verbatim in a run's
+attrs) and TOML, and takes its weak layers from a ``layerscope rank`` JSON.  The paper
+(arXiv 2601.07287) gives no values for the lambdas and taus; the defaults here are
+ours, chosen so the default model's outputs change visibly without diverging, and are
+recorded with every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from layerscope.interventions import InterventionError
+
+CACHE_POLICIES = ("latest",)
+BRANCHES = ("cond", "uncond", "both")
+
+
+class ConfigError(InterventionError):
+    """An invalid Focal Guidance configuration (a usage error)."""
+
+
+@dataclass
+class FocalGuidanceConfig:
+    """Focal Guidance = FSG (Eq. 6-9) + Attention Cache (Eq. 10-13) on the weak layers.
+
+    Attributes:
+        weak_layers: block indices that get guidance (from the ranking).
+        keywords: words of the prompt to guide; ``None`` selects them automatically
+            with CLIP (Eq. 6).
+        lambda_txt: strength of the anchor fused into the keywords' text values (Eq. 8).
+        lambda_lat: strength of the anchor injected into the reference frame (Eq. 9).
+        lambda_cache: strength of the Attention Cache injection (Eq. 13).
+        tau_sel: keyword-selection threshold on max_n S_mn (Eq. 6).
+        selection_sign: +1 selects words that *match* the image.  Eq. 6 as printed
+            has a minus sign (S = -cos), which with "max S > tau" would pick the
+            least-matching words and contradict the paper's own Figure 3; -1
+            reproduces the printed equation.
+        tau_region: R_k = cells whose min-max-normalised S_k exceeds this (Eq. 9).
+        tau_cache: threshold on the aggregated cache maps (Eq. 12).
+        fsg / attention_cache: switch each mechanism (ablations).
+        branch: which classifier-free-guidance branch is guided.
+        cache_policy: which strong-layer maps feed a weak layer at step t.  ``latest``:
+            each strong layer's most recent map, i.e. the current step's for layers
+            that already ran and the previous step's for later layers (first step:
+            earlier layers only, averaged over those available).
+        stopwords: words never selected automatically.
+    """
+
+    weak_layers: list[int] = field(default_factory=list)
+    keywords: list[str] | None = None
+    lambda_txt: float = 0.5
+    lambda_lat: float = 0.5
+    lambda_cache: float = 0.5
+    tau_sel: float = 0.2
+    selection_sign: int = 1
+    tau_region: float = 0.5
+    tau_cache: float = 0.0
+    fsg: bool = True
+    attention_cache: bool = True
+    branch: str = "cond"
+    cache_policy: str = "latest"
+    stopwords: list[str] = field(
+        default_factory=lambda: ["a", "an", "the", "to", "of", "and", "while", "then", "on", "in", "at", "is"]
+    )
+    ranking_source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.weak_layers = sorted({int(i) for i in self.weak_layers})
+        if any(i < 0 for i in self.weak_layers):
+            raise ConfigError(f"weak layer {min(self.weak_layers)} is negative")
+        if self.selection_sign not in (1, -1):
+            raise ConfigError("selection_sign must be 1 (select matching words) or -1 (Eq. 6 as printed)")
+        if self.branch not in BRANCHES:
+            raise ConfigError(f"branch must be one of {', '.join(BRANCHES)}")
+        if self.cache_policy not in CACHE_POLICIES:
+            raise ConfigError(f"cache_policy must be one of {', '.join(CACHE_POLICIES)}")
+        for name in ("lambda_txt", "lambda_lat", "lambda_cache"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        if self.keywords is not None:
+            self.keywords = [str(k) for k in self.keywords]
+
+    @property
+    def mode(self) -> str:
+        """The ablation this config is: baseline, fsg, cache or fsg+cache."""
+        if self.fsg and self.attention_cache:
+            return "fsg+cache"
+        return "fsg" if self.fsg else ("cache" if self.attention_cache else "baseline")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "focal-guidance", "mode": self.mode, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FocalGuidanceConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"name", "mode"})
+        if unknown:
+            raise ConfigError(f"unknown Focal Guidance option(s): {', '.join(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> FocalGuidanceConfig:
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--intervene-config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"--intervene-config {path}: not valid TOML ({error})") from None
+        data = data.get("focal_guidance", data)
+        return cls.from_dict({**data, **overrides})
+
+    def to_toml(self) -> str:
+        lines = ["[focal_guidance]"]
+        for key, value in asdict(self).items():
+            if value is None or key == "ranking_source":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        return "\n".join(lines) + "\n"
+
+    def with_ranking(self, path: str | os.PathLike) -> FocalGuidanceConfig:
+        """Take ``weak_layers`` from a ``layerscope rank`` JSON, remembering where they came from."""
+        try:
+            ranking = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--ranking {path}: no such file") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--ranking {path}: not a ranking JSON ({error})") from None
+        if "weak_layers" not in ranking:
+            raise ConfigError(f"--ranking {path}: no 'weak_layers'; write it with `layerscope rank --out`")
+        data = asdict(self)
+        data["weak_layers"] = ranking["weak_layers"]
+        data["ranking_source"] = {
+            "path": str(path),
+            "model": ranking.get("model", {}),
+            "method": ranking.get("method"),
+            "metric": ranking.get("metric"),
+        }
+        return FocalGuidanceConfig(**data)

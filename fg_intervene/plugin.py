@@ -1,0 +1,81 @@
+"""The ``focal-guidance`` entry point that ``layerscope record --intervene`` loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fg_intervene.config import ConfigError, FocalGuidanceConfig
+
+
+class FocalGuidance:
+    """Focal Guidance as a LayerScope intervention (see :mod:`layerscope.interventions`)."""
+
+    name = "focal-guidance"
+
+    def __init__(self, config: FocalGuidanceConfig, clip_dir: str | Path | None = None):
+        self.config = config
+        self.clip_dir = Path(clip_dir) if clip_dir else None
+        self.guidance = None
+
+    def _clip(self, model_dir: Path | None) -> Any:
+        from layerscope.clip import ClipError, load_open_clip
+        from layerscope.testbed import CLIP_SUBFOLDER
+
+        directory = self.clip_dir or (model_dir / CLIP_SUBFOLDER if model_dir else None)
+        if directory is None:
+            raise ClipError("Focal Guidance needs the CLIP that matches the pipeline's image encoder; pass --clip DIR")
+        return load_open_clip(directory)
+
+    def _check_ranking(self, inputs: Any) -> None:
+        source = self.config.ranking_source.get("model", {})
+        model_id = inputs.extra.get("model_id")
+        if source.get("model_id") and model_id and source["model_id"] != model_id:
+            raise ConfigError(
+                f"the ranking was computed on model {source['model_id']}, this run uses {model_id}; "
+                "rank a recording of this model first"
+            )
+        layers = source.get("num_layers")
+        if layers and layers != inputs.adapter.num_layers():
+            raise ConfigError(f"the ranking is for a {layers}-layer model; this one has {inputs.adapter.num_layers()}")
+        grid = source.get("grid")
+        if grid and [int(g) for g in grid][1:] != [int(g) for g in inputs.grid][1:]:
+            raise ConfigError(
+                f"the ranking was computed on a {grid[1]}x{grid[2]} token grid, this run has "
+                f"{inputs.grid[1]}x{inputs.grid[2]}; record and rank at this resolution"
+            )
+
+    def apply(self, inputs: Any) -> Any:
+        from fg_intervene.wan import apply_focal_guidance, prepare_guidance
+
+        if inputs.adapter.name != "wan":
+            raise ConfigError(f"Focal Guidance supports Wan pipelines; got {inputs.adapter.name}")
+        self._check_ranking(inputs)
+        self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
+        return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.config.to_dict()
+        if self.guidance is not None:
+            data["selected_keywords"] = self.guidance.keywords
+            data["keyword_token_indices"] = self.guidance.token_indices
+            data["selection_scores"] = self.guidance.scores
+        data["clip"] = str(self.clip_dir) if self.clip_dir else "the model's clip/ folder"
+        return data
+
+
+def create(
+    ranking: str | Path | None = None,
+    config: str | Path | None = None,
+    clip: str | Path | None = None,
+    **overrides: Any,
+) -> FocalGuidance:
+    """Entry-point factory: ``layerscope record --intervene focal-guidance --ranking R [--intervene-config C]``.
+
+    ``overrides`` (e.g. ``fsg=False`` from ``--fg-mode cache``) win over the TOML file.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = FocalGuidanceConfig.from_toml(config, **overrides) if config else FocalGuidanceConfig(**overrides)
+    if ranking:
+        settings = settings.with_ranking(ranking)
+    return FocalGuidance(settings, clip)

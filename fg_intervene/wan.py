@@ -1,0 +1,200 @@
+"""Focal Guidance wired into a Wan I2V transformer (CrossDiT).
+
+Where each equation acts, in every weak block ``blocks.l``:
+
+* Eq. 8 (fusion): a forward hook on ``attn2.to_v`` (the text value projection) adds
+  lambda_txt * V_k^vis to the keyword rows; queries and keys are untouched.
+* Eq. 9 (latent injection) and Eq. 13 (Attention Cache): a forward pre-hook on
+  ``attn2`` adds to z, the visual hidden state entering the cross-attention (the same
+  z that LayerScope's ``hidden`` probe compares in Eq. 10).
+* V_k^vis = ``attn2.add_v_proj`` (the image value projection, W_v^vis) of the projected
+  anchor P_v(v_anchor,k), with P_v = ``condition_embedder.image_embedder`` (Eq. 7).
+
+Guidance applies to the configured branch (cond by default); hooks are removed after the
+run and the model's weights are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fg_intervene import fsg
+from fg_intervene.attention_cache import AttentionCache, inject
+from fg_intervene.config import ConfigError, FocalGuidanceConfig
+
+_TRACKER = "fg_intervene_step_tracker"
+_CACHE_TRACKER = "fg_intervene_cache_tracker"
+
+
+@dataclass
+class Guidance:
+    """Everything precomputed once per run (the anchors depend only on image and prompt)."""
+
+    keywords: list[str]
+    token_indices: list[list[int]]  # DiT text-token rows of each keyword
+    keyword_sims: torch.Tensor  # (K, N) S_k over CLIP patches
+    region: torch.Tensor  # (K, H', W') Eq. 9 weights, zero outside R_k
+    visual_values: dict[int, torch.Tensor]  # weak layer -> (K, D) V_k^vis
+    grid: tuple[int, int, int]  # (F', H', W') of the run
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pipeline_image_tokens(pipe: Any, image: Any) -> torch.Tensor:
+    """The pipeline's own image context c_img: penultimate-layer patch tokens (N, D), no CLS."""
+    tokens = pipe.encode_image(image, device=pipe._execution_device)
+    return tokens[0, 1:].float()
+
+
+def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, inputs: Any, clip: Any) -> Guidance:
+    """Select keywords (Eq. 6), build anchors and V_k^vis (Eq. 7), regions (Eq. 9)."""
+    from layerscope.clip import image_patch_features, text_token_features
+    from layerscope.keywords import KeywordError, map_keywords
+
+    transformer = adapter.denoisers()[0]
+    num_layers = adapter.num_layers()
+    bad = [layer for layer in config.weak_layers if layer >= num_layers]
+    if bad:
+        raise ConfigError(f"weak layer {bad[0]} is out of range; this model has layers 0-{num_layers - 1}")
+    if not config.weak_layers:
+        raise ConfigError("no weak layers: pass --ranking ranking.json or set weak_layers in the config")
+
+    pixels = _clip_pixels(pipe, inputs.image)
+    _, patch_joint = image_patch_features(clip, pixels)
+    image_tokens = pipeline_image_tokens(pipe, inputs.image)
+    if image_tokens.shape[0] != patch_joint.shape[0]:
+        raise ConfigError(
+            f"the CLIP checkpoint sees {patch_joint.shape[0]} patches but the pipeline's image encoder "
+            f"{image_tokens.shape[0]}; use the open_clip model that matches the pipeline's image encoder"
+        )
+    text_features, pieces = text_token_features(clip, inputs.prompt.lower())
+    similarity = fsg.similarity_matrix(text_features, patch_joint, config.selection_sign)
+    words = fsg.group_words(pieces)
+    scores = fsg.score_words(similarity, words, config.tau_sel, config.stopwords)
+    keywords = config.keywords or fsg.select_keywords(scores, config.tau_sel)
+    try:
+        mapped = map_keywords(inputs.prompt, keywords, pipe.tokenizer)
+    except KeywordError as error:
+        raise ConfigError(f"Focal Guidance keywords: {error}") from None
+    keyword_sims = torch.stack([fsg.keyword_similarity(similarity, words, k) for k in keywords])
+
+    side = int(round(patch_joint.shape[0] ** 0.5))
+    _, height, width = inputs.grid
+    region = fsg.region_weights(keyword_sims, (side, side), (height, width), config.tau_region)
+    anchors = fsg.visual_anchors(keyword_sims, image_tokens)  # (K, D_img)
+    embedder = transformer.condition_embedder.image_embedder
+    with torch.no_grad():
+        device, dtype = _param_device_dtype(embedder)
+        projected = embedder(anchors[None].to(device=device, dtype=dtype))[0]  # P_v: (K, dim)
+        visual_values = {
+            layer: transformer.blocks[layer].attn2.add_v_proj(projected.to(_param_device_dtype(transformer)[1]))
+            for layer in config.weak_layers
+        }
+    return Guidance(
+        keywords=list(keywords),
+        token_indices=[list(m.token_indices) for m in mapped],
+        keyword_sims=keyword_sims,
+        region=region,
+        visual_values=visual_values,
+        grid=tuple(inputs.grid),
+        scores=[{"word": s.word, "score": round(s.score, 6), "selected": s.selected} for s in scores],
+    )
+
+
+def _param_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _clip_pixels(pipe: Any, image: Any) -> torch.Tensor:
+    """The reference image preprocessed exactly as the pipeline's image encoder sees it."""
+    return pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].float()
+
+
+class FocalGuidanceHandle:
+    """Installed hooks; :meth:`remove` restores the pipeline exactly."""
+
+    def __init__(self, removers: list[Any], state: Any, cache: AttentionCache | None):
+        self._removers = removers
+        self.state = state
+        self.cache = cache
+
+    def remove(self) -> None:
+        for remover in reversed(self._removers):
+            remover()
+        self._removers = []
+        if self.cache is not None:
+            self.cache.clear()
+
+
+def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Guidance) -> FocalGuidanceHandle:
+    """Install FSG and/or the Attention Cache on the weak layers of every denoiser."""
+    from layerscope.probes import ProbeConfig, StepState, apply_probes, attach_step_tracker
+
+    branches = ("cond", "uncond") if config.branch == "both" else (config.branch,)
+    state = StepState()
+    removers: list[Any] = []
+    cache = None
+    try:
+        if config.attention_cache:
+            cache = AttentionCache(adapter.num_layers(), config.weak_layers)
+            probe_config = ProbeConfig(
+                keyword_tokens=guidance.token_indices,
+                grid=guidance.grid,
+                kind="hidden",
+                layers=cache.strong_layers,
+                branch=config.branch,
+            )
+            # LayerScope's own Eq. 10 probe on the strong layers feeds the cache.
+            probe_handle = apply_probes(adapter, probe_config, cache.update, state=state, tracker_name=_CACHE_TRACKER)
+            removers.append(probe_handle.remove)
+        else:
+            removers.append(attach_step_tracker(adapter, state, _TRACKER))
+
+        def active() -> bool:
+            return state.branch in branches
+
+        for denoiser in adapter.denoisers():
+            for layer in config.weak_layers:
+                attn = denoiser.blocks[layer].attn2
+                values = guidance.visual_values[layer]
+                if config.fsg:
+                    removers.append(_hook_text_values(attn, guidance, values, config, active).remove)
+                removers.append(_hook_visual_input(attn, guidance, values, config, cache, active).remove)
+    except BaseException:
+        for remover in reversed(removers):
+            remover()
+        raise
+    return FocalGuidanceHandle(removers, state, cache)
+
+
+def _hook_text_values(attn, guidance: Guidance, values: torch.Tensor, config: FocalGuidanceConfig, active):
+    def hook(module, args, output):
+        if not active():
+            return None
+        return fsg.fuse_text_values(output, guidance.token_indices, values, config.lambda_txt)
+
+    return attn.to_v.register_forward_hook(hook)
+
+
+def _hook_visual_input(attn, guidance, values, config, cache: AttentionCache | None, active):
+    def hook(module, args, kwargs):
+        if not active():
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        changed = hidden
+        if config.fsg:
+            changed = fsg.inject_reference_frame(changed, guidance.region, values, config.lambda_lat)
+        if cache is not None:
+            aggregated = cache.current(config.tau_cache)
+            if aggregated is not None:
+                changed = inject(changed, aggregated, values, config.lambda_cache)
+        if changed is hidden:
+            return None
+        if args:
+            return (changed, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": changed}
+
+    return attn.register_forward_pre_hook(hook, with_kwargs=True)
