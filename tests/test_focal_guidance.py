@@ -1,0 +1,306 @@
+"""Focal Guidance on the tiny real-architecture Wan pipeline: exactness, locality, ablations, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import layerscope
+from fg_intervene.config import ConfigError, FocalGuidanceConfig
+from fg_intervene.plugin import FocalGuidance
+from layerscope.adapters.base import resolve_adapter
+from layerscope.cli import main
+from layerscope.interventions import RunInputs, load_intervention
+from layerscope.record import record
+
+WEAK = [3, 4, 5]
+
+
+def _fg(model_dir, **options):
+    config = FocalGuidanceConfig(weak_layers=WEAK, keywords=["circle", "square"], **options)
+    return FocalGuidance(config, clip_dir=model_dir / "clip")
+
+
+def _inputs(pipe, example):
+    adapter = resolve_adapter(pipe)
+    image = Image.fromarray(example["image"]).resize((example["width"], example["height"]))
+    grid = adapter.token_grid(example["num_frames"], example["height"], example["width"])
+    return RunInputs(pipe, adapter, example["prompt"], image, 256, 256, example["num_frames"], grid)
+
+
+def _transformer_inputs(pipe, example, seed=0):
+    """Fixed inputs for one direct transformer call of the tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    frames = (example["num_frames"] - 1) // 4 + 1
+    prompt_embeds = pipe.encode_prompt(example["prompt"], do_classifier_free_guidance=False)[0]
+    image_embeds = pipe.encode_image(Image.fromarray(example["image"]), device=torch.device("cpu"))
+    return {
+        "hidden_states": torch.randn(1, 20, frames, 32, 32, generator=g),
+        "timestep": torch.tensor([700.0]),
+        "encoder_hidden_states": prompt_embeds,
+        "encoder_hidden_states_image": image_embeds,
+        "return_dict": False,
+    }
+
+
+def _capture(pipe, inputs, modules):
+    """Run the transformer once (cond branch) and capture each module's input and output."""
+    seen = {}
+    handles = []
+    for name, module in modules.items():
+
+        def hook(mod, args, kwargs, output, name=name):
+            x = args[0] if args else kwargs["hidden_states"]
+            seen[name] = (x.detach().clone(), output.detach().clone())
+
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad(), pipe.transformer.cache_context("cond"):
+            out = pipe.transformer(**inputs)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return out, seen
+
+
+def test_lambda_zero_is_bit_identical_to_baseline(tiny_pipe, example, model_dir, recorded_run, tmp_path):
+    path, _ = recorded_run
+    fg = _fg(model_dir, lambda_txt=0.0, lambda_lat=0.0, lambda_cache=0.0)
+    record(tiny_pipe, tmp_path / "zero.zarr", dtype="float32", progress=False, intervention=fg, **example)
+    base, zero = layerscope.open_run(path), layerscope.open_run(tmp_path / "zero.zarr")
+    np.testing.assert_array_equal(base.similarity.values, zero.similarity.values)
+    np.testing.assert_array_equal(base.video.values, zero.video.values)
+    assert zero.attrs["intervention"]["name"] == "focal-guidance"
+    assert zero.attrs["intervention"]["weak_layers"] == WEAK
+
+
+def test_fsg_changes_only_keyword_values_in_weak_layers_and_never_q_or_k(tiny_pipe, example, model_dir):
+    blocks = tiny_pipe.transformer.blocks
+    modules = {}
+    for i, block in enumerate(blocks):
+        modules.update({f"v{i}": block.attn2.to_v, f"q{i}": block.attn2.to_q, f"k{i}": block.attn2.to_k})
+    inputs = _transformer_inputs(tiny_pipe, example)
+    _, base = _capture(tiny_pipe, inputs, modules)
+    fg = _fg(model_dir, lambda_lat=0.0, attention_cache=False)
+    handle = fg.apply(_inputs(tiny_pipe, example))
+    try:
+        _, guided = _capture(tiny_pipe, inputs, modules)
+    finally:
+        handle.remove()
+    keyword_rows = sorted(i for rows in fg.guidance.token_indices for i in rows)
+    for i in range(len(blocks)):
+        v_base, v_fg = base[f"v{i}"][1], guided[f"v{i}"][1]
+        if i < WEAK[0]:
+            assert torch.equal(base[f"q{i}"][1], guided[f"q{i}"][1]), "blocks before the band are untouched"
+        if i in WEAK:
+            changed = (v_fg - v_base).abs().sum(-1)[0].nonzero().flatten().tolist()
+            assert changed == keyword_rows
+            # the text values' input (the text context) is the same: only to_v's output moved
+            assert torch.equal(base[f"v{i}"][0], guided[f"v{i}"][0])
+            k = fg.guidance.token_indices[0][0]
+            expected = v_base[0, k] + 0.5 * fg.guidance.visual_values[i][0]
+            torch.testing.assert_close(v_fg[0, k], expected, rtol=0, atol=1e-6)
+        # keys never change (text context is identical in every block); queries only
+        # change downstream of a modified block, never inside the first weak block
+        assert torch.equal(base[f"k{i}"][1], guided[f"k{i}"][1])
+    assert torch.equal(base[f"q{WEAK[0]}"][1], guided[f"q{WEAK[0]}"][1])
+
+
+def test_latent_injection_touches_only_reference_frame_tokens_in_region(tiny_pipe, example, model_dir):
+    first = tiny_pipe.transformer.blocks[WEAK[0]].attn2
+    inputs = _transformer_inputs(tiny_pipe, example)
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured.setdefault("z", []).append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    fg = _fg(model_dir, lambda_txt=0.0, attention_cache=False, lambda_lat=0.75)
+    h = first.register_forward_pre_hook(grab, with_kwargs=True)  # registered first: sees the raw input
+    try:
+        handle = fg.apply(_inputs(tiny_pipe, example))
+        h2 = first.register_forward_pre_hook(grab, with_kwargs=True)  # after FG: sees the injected input
+        with torch.no_grad(), tiny_pipe.transformer.cache_context("cond"):
+            tiny_pipe.transformer(**inputs)
+        h2.remove()
+        handle.remove()
+    finally:
+        h.remove()
+    raw, injected = captured["z"]
+    diff = (injected - raw)[0]
+    region = fg.guidance.region  # (K, 16, 16)
+    expected = 0.75 * region.reshape(region.shape[0], -1).T @ fg.guidance.visual_values[WEAK[0]]
+    torch.testing.assert_close(diff[:256], expected, rtol=0, atol=1e-5)
+    assert diff[256:].abs().max() == 0, "only the reference (first latent) frame changes"
+    outside = (region.sum(0).flatten() == 0).nonzero().flatten()
+    assert len(outside) > 0 and diff[outside].abs().max() == 0, "only tokens inside some R_k change"
+
+
+def test_models_are_unchanged_after_a_run(tiny_pipe, example, model_dir, tmp_path):
+    state = {k: v.clone() for k, v in tiny_pipe.transformer.state_dict().items()}
+    inputs = _transformer_inputs(tiny_pipe, example)
+    before, _ = _capture(tiny_pipe, inputs, {})
+    record(tiny_pipe, tmp_path / "fg.zarr", progress=False, intervention=_fg(model_dir), **example)
+    after, _ = _capture(tiny_pipe, inputs, {})
+    assert torch.equal(before, after)
+    for key, value in tiny_pipe.transformer.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    for block in tiny_pipe.transformer.blocks:
+        assert not block.attn2._forward_pre_hooks and not block.attn2.to_v._forward_hooks
+    assert not tiny_pipe.transformer._diffusers_hook.hooks
+
+
+def test_ablations_differ_and_lambda_cache_zero_equals_fsg_only(tiny_pipe, example, model_dir, tmp_path):
+    runs = {}
+    for name, options in {
+        "fsg": {"attention_cache": False},
+        "fsg_cache0": {"lambda_cache": 0.0},
+        "cache": {"fsg": False},
+        "both": {},
+    }.items():
+        record(
+            tiny_pipe,
+            tmp_path / f"{name}.zarr",
+            dtype="float32",
+            progress=False,
+            intervention=_fg(model_dir, **options),
+            **example,
+        )
+        runs[name] = layerscope.open_run(tmp_path / f"{name}.zarr")
+    np.testing.assert_array_equal(runs["fsg"].similarity.values, runs["fsg_cache0"].similarity.values)
+    np.testing.assert_array_equal(runs["fsg"].video.values, runs["fsg_cache0"].video.values)
+    assert not np.array_equal(runs["fsg"].similarity.values, runs["both"].similarity.values)
+    assert not np.array_equal(runs["cache"].similarity.values, runs["both"].similarity.values)
+    assert runs["cache"].attrs["intervention"]["mode"] == "cache"
+
+
+def test_cache_ordering_policy(tiny_pipe, example, model_dir):
+    """Weak layer l at step t uses strong layers < l from step t and > l from step t-1."""
+    fg = _fg(model_dir, fsg=False)
+    seen = []
+    handle = fg.apply(_inputs(tiny_pipe, example))
+    hooks = []
+    for layer in WEAK:
+
+        def snapshot(module, args, kwargs, layer=layer):
+            if handle.state.branch == "cond":
+                seen.append((handle.state.step, layer, handle.cache.sources()))
+
+        hooks.append(tiny_pipe.transformer.blocks[layer].attn2.register_forward_pre_hook(snapshot, with_kwargs=True))
+    try:
+        tiny_pipe(
+            image=Image.fromarray(example["image"]),
+            prompt=example["prompt"],
+            height=256,
+            width=256,
+            num_frames=example["num_frames"],
+            num_inference_steps=3,
+            output_type="latent",
+        )
+    finally:
+        for h in hooks:
+            h.remove()
+        handle.remove()
+    strong_before, strong_after = [0, 1, 2], [6, 7]
+    for step, layer, sources in seen:
+        assert {s: sources[s] for s in strong_before} == {s: step for s in strong_before}
+        if step == 0:
+            assert not any(s in sources for s in strong_after), "first step: earlier strong layers only"
+        else:
+            assert {s: sources[s] for s in strong_after} == {s: step - 1 for s in strong_after}
+        assert not any(w in sources for w in WEAK)
+    assert len(seen) == 3 * len(WEAK)
+
+
+def test_entry_point_loads_with_ranking(tmp_path, model_dir):
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(json.dumps({"weak_layers": [2, 3], "model": {"model_id": "x"}}))
+    config = tmp_path / "fg.toml"
+    config.write_text("[focal_guidance]\nlambda_txt = 0.1\nkeywords = ['circle']\n")
+    fg = load_intervention("focal-guidance", ranking=str(ranking), config=str(config), fsg=False)
+    assert fg.config.weak_layers == [2, 3] and fg.config.lambda_txt == 0.1 and fg.config.mode == "cache"
+    assert fg.config.ranking_source["path"] == str(ranking)
+
+
+@pytest.fixture()
+def base_ranking(recorded_run, tmp_path):
+    path, _ = recorded_run
+    copy = tmp_path / "base.zarr"
+    shutil.copytree(path, copy)
+    out = tmp_path / "ranking.json"
+    assert main(["rank", str(copy), "--out", str(out)]) == 0
+    return out
+
+
+FAST = ["--frames", "5", "--steps", "2", "--quiet"]
+
+
+def test_record_with_focal_guidance_cli(base_ranking, tmp_path, capsys):
+    out = tmp_path / "fg.zarr"
+    assert (
+        main(["record", "--out", str(out), *FAST, "--intervene", "focal-guidance", "--ranking", str(base_ranking)]) == 0
+    )
+    ds = layerscope.open_run(out)
+    data = json.loads(base_ranking.read_text())
+    assert ds.attrs["intervention"]["weak_layers"] == data["weak_layers"]
+    assert ds.attrs["intervention"]["selected_keywords"]
+    assert ds.attrs["status"] == "complete"
+
+
+def _edit(path, **changes):
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key == "model_id":
+            data["model"]["model_id"] = value
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (lambda r, t: ["--ranking", str(_edit(r, model_id="another-model"))], "computed on model another-model"),
+        (lambda r, t: ["--ranking", str(_edit(r, weak_layers=[3, 40]))], "weak layer 40 is out of range"),
+        (lambda r, t: ["--ranking", str(r), "--clip", str(t)], "no CLIP checkpoint"),
+        (
+            lambda r, t: ["--ranking", str(r), "--intervene-config", str(_toml(t, "keywords = ['dragon']"))],
+            "keyword 'dragon' is not in the prompt",
+        ),
+        (
+            lambda r, t: ["--ranking", str(r), "--intervene-config", str(_toml(t, "tau_sel = 0.99"))],
+            "tau_sel=0.99; the best was",
+        ),
+        (lambda r, t: ["--ranking", str(r), "--intervene", "nothing"], "unknown intervention 'nothing'"),
+    ],
+)
+def test_focal_guidance_bad_input(base_ranking, tmp_path, capsys, extra, message):
+    out = tmp_path / "bad.zarr"
+    code = main(["record", "--out", str(out), *FAST, "--intervene", "focal-guidance", *extra(base_ranking, tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def _toml(directory, line):
+    path = directory / "fg.toml"
+    path.write_text(f"[focal_guidance]\n{line}\n")
+    return path
+
+
+def test_ranking_from_another_grid_is_refused(base_ranking, tmp_path, capsys):
+    out = tmp_path / "g.zarr"
+    args = ["record", "--out", str(out), *FAST, "--intervene", "focal-guidance", "--ranking", str(base_ranking)]
+    assert main([*args, "--height", "128"]) == 2
+    assert "token grid" in capsys.readouterr().err
+
+
+def test_config_error_type(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        FocalGuidanceConfig.from_toml(tmp_path / "missing.toml")
