@@ -206,7 +206,7 @@ def test_cache_ordering_policy(tiny_pipe, example, model_dir):
             h.remove()
         handle.remove()
     strong_before, strong_after = [0, 1, 2], [6, 7]
-    for step, layer, sources in seen:
+    for step, _layer, sources in seen:
         assert {s: sources[s] for s in strong_before} == {s: step for s in strong_before}
         if step == 0:
             assert not any(s in sources for s in strong_after), "first step: earlier strong layers only"
