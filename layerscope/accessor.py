@@ -47,12 +47,9 @@ class LayerScopeAccessor:
 
     def plot_layers(self, metrics: tuple[str, ...] = ("moran_i", "std")) -> Any:
         """Figure-2-style curves: mean per layer with a ±1 std band over steps/keywords/frames."""
-        import matplotlib
+        from layerscope.report.figures import new_figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.2), squeeze=False)
+        fig, axes = new_figure(1, len(metrics), figsize=(5 * len(metrics), 3.2))
         for ax, name in zip(axes[0], metrics):
             values = self.morans_i() if name == "moran_i" else self.std()
             reduce = [d for d in values.dims if d != "layer"]
@@ -63,6 +60,5 @@ class LayerScopeAccessor:
             ax.fill_between(layers, mean - spread, mean + spread, alpha=0.25)
             ax.set_xlabel("layer")
             ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
         fig.tight_layout()
         return fig

@@ -15,15 +15,18 @@ import numpy as np
 WEAK_BAND_COLOUR = "#f4a261"
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(nrows: int, ncols: int, figsize: tuple[float, float], **subplot_kw: Any) -> tuple[Any, Any]:
+    """A figure outside pyplot: no global state, no backend switch, safe in servers and notebooks.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Styled with seaborn's "whitegrid"/"paper" look, applied only while the axes are made.
+    """
     import seaborn as sns
+    from matplotlib.figure import Figure
 
-    sns.set_theme(style="whitegrid", context="paper")
-    return plt
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig = Figure(figsize=figsize)
+        axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
+    return fig, axes
 
 
 def pick_steps(steps: Sequence[int], count: int = 5) -> list[int]:
@@ -57,7 +60,6 @@ def similarity_grid(
     One colour scale for the whole grid (``vmin``/``vmax``, default the grid's 1st-99th
     percentile), so cells compare at a glance; a shared colorbar on the right.
     """
-    plt = _pyplot()
     steps = list(steps) if steps is not None else pick_steps(ds["step"].values.tolist())
     layers = list(layers) if layers is not None else ds["layer"].values.tolist()
     maps = ds[variable].sel(keyword=keyword, step=steps, layer=layers).isel(frame=frame).values.astype(np.float32)
@@ -67,11 +69,10 @@ def similarity_grid(
         vmin = low if vmin is None else vmin
         vmax = high if vmax is None else vmax
     background = _frame_image(ds, frame)
-    fig, axes = plt.subplots(
+    fig, axes = new_figure(
         len(layers),
         len(steps),
         figsize=(cell_inches * len(steps) + 1.2, cell_inches * len(layers) + 0.6),
-        squeeze=False,
         gridspec_kw={"wspace": 0.04, "hspace": 0.04},
     )
     image = None
@@ -123,8 +124,7 @@ def layer_curves(
     ``rankings`` are :class:`layerscope.ranking.Ranking` objects (one per run, drawn on
     shared axes so a before/after pair compares directly).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.0), squeeze=False)
+    fig, axes = new_figure(1, len(metrics), figsize=(5.2 * len(metrics), 3.0))
     palette = ["#264653", "#e76f51", "#2a9d8f", "#8d99ae"]
     for ax, metric in zip(axes[0], metrics):
         _shade_band(ax, weak_layers)
@@ -151,8 +151,7 @@ def _shade_band(ax: Any, weak_layers: Sequence[int]) -> None:
 
 def delta_curves(before: Any, after: Any, weak_layers: Sequence[int] = ()) -> Any:
     """Per-layer change (after - before) of Moran's I and std, weak band shaded."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10.4, 2.8), squeeze=False)
+    fig, axes = new_figure(1, 2, figsize=(10.4, 2.8))
     layers = np.array([row["layer"] for row in before.layers])
     for ax, metric in zip(axes[0], ("moran_i", "std")):
         _shade_band(ax, weak_layers)

@@ -46,12 +46,9 @@ def _environment():
 
 
 def figure_uri(fig: Any, dpi: int = FIGURE_DPI) -> str:
-    """PNG data URI of a matplotlib figure (closed afterwards to free memory)."""
-    import matplotlib.pyplot as plt
-
+    """PNG data URI of a matplotlib figure."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
