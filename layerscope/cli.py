@@ -275,7 +275,6 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -156,7 +156,11 @@ def _moran_chunk(x: Any, weights: GridWeights, need_z4: bool) -> tuple[Any, Any,
     scale = torch.maximum(x.amax(dim=(-2, -1)), -x.amin(dim=(-2, -1)))
     flat = z2 <= weights.n * (RELATIVE_SPREAD_FLOOR * scale) ** 2
     value = torch.where(flat, torch.nan, weights.n / weights.s0 * cross / torch.where(flat, 1.0, z2))
-    z4 = (z_row**4).sum(dim=(-2, -1)) if need_z4 else z2
+    if need_z4:
+        z_sq = z_row * z_row
+        z4 = torch.bmm(z_sq, z_sq.transpose(1, 2)).reshape(m)
+    else:
+        z4 = z2
     return value, z2, z4
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MODEL_NAME = "layerscope-tiny-wan-i2v-random"
+TRAINED_MODEL_NAME = "layerscope-shapes-wan-i2v"
 #: Bump when the architecture or the build recipe changes, so caches are rebuilt.
 DEFAULT_MODEL_VERSION = 2
 DEFAULT_SEED = 0
@@ -82,7 +83,7 @@ def default_cache_dir() -> Path:
     return base / "models" / f"{DEFAULT_MODEL_NAME}-v{DEFAULT_MODEL_VERSION}-seed{DEFAULT_SEED}"
 
 
-def _build_tokenizer():
+def _build_tokenizer(extra_words: list[str] | None = None):
     """A T5-style SentencePiece (Unigram + Metaspace) fast tokenizer for our vocabulary.
 
     Wan2.1 uses UMT5's SentencePiece tokenizer; keyword mapping must meet the same
@@ -97,6 +98,7 @@ def _build_tokenizer():
     from transformers import T5Tokenizer
 
     counts = Counter(word for sentence in _VOCABULARY_SENTENCES for word in sentence.split())
+    counts.update(w.lower() for w in (extra_words or []) if w.isalpha())
     total = sum(counts.values())
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [(f"▁{word}", math.log(n / total)) for word, n in sorted(counts.items())]
@@ -116,7 +118,7 @@ def build_default_clip(seed: int = DEFAULT_SEED) -> Any:
     return build_open_clip(CLIP_CONFIG).eval()
 
 
-def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None) -> Any:
+def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None, vocabulary: list[str] | None = None) -> Any:
     """Build the tiny Wan I2V pipeline in memory, deterministically from ``seed``."""
     import torch
     from diffusers import (
@@ -129,7 +131,7 @@ def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None) -> Any:
 
     from layerscope.clip import vision_tower_to_transformers
 
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(vocabulary)
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
