@@ -141,9 +141,17 @@ def _load_intervention(args: argparse.Namespace):
 
 
 def _add_testbed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("testbed", help="the embedded default model")
-    p.add_argument("action", choices=("build", "path"), help="build: write it (once); path: print where it lives")
-    p.add_argument("--out", help="directory to write to (default: the cache directory)")
+    p = sub.add_parser("testbed", help="the embedded models: build the random one, train the shapes-world one")
+    p.add_argument(
+        "action",
+        choices=("build", "path", "train"),
+        help="build: write the random tiny model (once); path: print where it lives; "
+        "train: train the shapes-world model (long: run it in the background)",
+    )
+    p.add_argument("--out", help="directory to write to (default: the cache directory for build/path)")
+    p.add_argument("--minutes", type=float, default=60.0, help="train: total time budget")
+    p.add_argument("--seed", type=int, default=0, help="train: seed (data, init, batches)")
+    p.add_argument("--scenes", type=int, default=480, help="train: number of training scenes")
     p.set_defaults(func=_cmd_testbed)
 
 
@@ -152,6 +160,13 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
     if args.action == "path":
         print(args.out or default_cache_dir())
+        return 0
+    if args.action == "train":
+        if not args.out:
+            raise _Usage("testbed train needs --out DIR")
+        from layerscope.shapes.train import TrainConfig, train
+
+        print(train(TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)))
         return 0
     print(ensure_default_model(args.out))
     return 0
