@@ -65,7 +65,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     model_dir = resolve_model_dir(args.model)
-    is_default = args.model == "default"
+    is_default = args.model in ("default", "random")
     image = load_image(args.image) if args.image else testbed.example_image()
     prompt = args.prompt or testbed.EXAMPLE_PROMPT
     if args.keywords:
@@ -111,7 +111,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         branch=args.branch,
         dtype=args.store_dtype,
         overwrite=args.overwrite,
-        attrs={**info, "model_path": str(model_dir) if not is_default else "default", "model_dtype": args.dtype},
+        attrs={**info, "model_path": str(model_dir) if not is_default else args.model, "model_dtype": args.dtype},
         progress=not args.quiet,
         intervention=intervention,
     )
@@ -241,6 +241,59 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="instruction-following benchmark on held-out shapes-world prompts (all-correct rule)",
+        description="Generates one video per held-out prompt and scores it from pixels: colour changed? moved "
+        "left? contact? A prompt counts only if every question passes.",
+    )
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", help="JSON results, e.g. runs/eval.json")
+    p.add_argument("--count", type=int, default=30, help="prompts (balanced over the three dimensions)")
+    p.add_argument("--split", choices=("heldout", "train"), default="heldout")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps (a smoke test)")
+    p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
+    p.add_argument("--ranking", help="ranking JSON for the intervention")
+    p.add_argument("--intervene-config", help="TOML settings for the intervention")
+    p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from layerscope.loading import load_pipeline
+    from layerscope.shapes.evaluate import evaluate_pipeline, format_table, write_results
+
+    if args.quick:
+        args.count, args.steps = 6, 4
+    args.clip = None
+    factory = None
+    if args.intervene:
+        _load_intervention(args)  # validate the options once, before the long part
+        factory = lambda: _load_intervention(args)  # noqa: E731 - a fresh intervention per video
+    pipe, model_dir = load_pipeline(args.model)
+    common = {"count": args.count, "split": args.split, "seed": args.seed, "steps": args.steps}
+    results = {"baseline": evaluate_pipeline(pipe, guidance=args.guidance, **common)}
+    if factory is not None:
+        results[args.intervene] = evaluate_pipeline(
+            pipe, guidance=args.guidance, intervention_factory=factory, **common
+        )
+    from layerscope.testbed import model_info
+
+    info = model_info(model_dir)
+    print(
+        f"model {info['model_id']} (weights: {info['weights']}), {args.count} {args.split} prompts, {args.steps} steps"
+    )
+    print(format_table(results))
+    if args.out:
+        write_results({"model": info, "results": results}, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 class _Usage(ValueError):
     """A usage error raised by the CLI itself."""
 
@@ -257,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record(sub)
     _add_rank(sub)
     _add_report(sub)
+    _add_eval(sub)
     _add_testbed(sub)
     return parser
 

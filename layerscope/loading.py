@@ -23,8 +23,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """``"default"`` -> the embedded model's directory; otherwise a checked local path."""
+    """``default`` (trained shapes-world model), ``random`` (random tiny model), or a checked local path."""
     if str(model) == "default":
+        from layerscope.testbed import default_model_dir
+
+        return default_model_dir()
+    if str(model) == "random":
         from layerscope.testbed import ensure_default_model
 
         return ensure_default_model()

@@ -32,8 +32,8 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 # The default example the CLI uses when no --image/--prompt/--keywords are given.
-EXAMPLE_PROMPT = "A red circle moves to the left while the blue square turns green."
-EXAMPLE_KEYWORDS = ("circle", "square")
+EXAMPLE_PROMPT = "the red circle moves to the left."
+EXAMPLE_KEYWORDS = ("red", "circle")
 EXAMPLE_HEIGHT = 256
 EXAMPLE_WIDTH = 256
 EXAMPLE_FRAMES = 9
@@ -74,6 +74,20 @@ CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
 CLIP_SUBFOLDER = "clip"
+
+
+#: The trained shapes-world model ships inside the package (see MODEL_CARD.md there).
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "shapes-wan-i2v"
+
+
+def shipped_model_dir() -> Path | None:
+    """The trained default model's directory, if this installation ships it."""
+    return SHIPPED_MODEL_DIR if (SHIPPED_MODEL_DIR / "model_index.json").exists() else None
+
+
+def default_model_dir() -> Path:
+    """``--model default``: the trained shapes-world model, else the random tiny model."""
+    return shipped_model_dir() or ensure_default_model()
 
 
 def default_cache_dir() -> Path:
@@ -231,20 +245,23 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def example_scene() -> Any:
+    """The packaged example as a shapes-world scene: a red circle (moving left) and a blue square."""
+    from layerscope.shapes.world import Event, Scene, Shape
+
+    shapes = [Shape("circle", "red", 0.62, 0.62, 0.09), Shape("square", "blue", 0.3, 0.22, 0.08)]
+    return Scene(shapes, Event("motion", 0, direction="left"), prompt=EXAMPLE_PROMPT)
+
+
 def example_image(height: int = EXAMPLE_HEIGHT, width: int = EXAMPLE_WIDTH) -> np.ndarray:
-    """The packaged example reference image: a red circle and a blue square on grey.
+    """The packaged example reference image, rendered from :func:`example_scene`.
 
     Drawn procedurally so the repository ships no binary image and the picture matches
     the example prompt exactly.
     """
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.full((height, width, 3), 200, dtype=np.uint8)
-    cy, cx, r = height * 0.5, width * 0.3, min(height, width) * 0.16
-    image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = (220, 30, 30)
-    half = min(height, width) * 0.14
-    sy, sx = height * 0.5, width * 0.72
-    image[(abs(yy - sy) <= half) & (abs(xx - sx) <= half)] = (30, 60, 220)
-    return image
+    from layerscope.shapes.render import reference_image
+
+    return reference_image(example_scene(), height=height, width=width)
 
 
 def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def test_help_does_not_import_torch():
 
 def test_record_default_example_writes_complete_store(model_dir, tmp_path, capsys):
     out = tmp_path / "demo.zarr"
-    assert main(["record", "--out", str(out), "--frames", "5", "--steps", "2", "--quiet"]) == 0
+    assert main(["record", "--out", str(out), "--model", "random", "--frames", "5", "--steps", "2", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "random weights" in printed and "complete:" in printed and "16 maps" in printed
     import layerscope
@@ -65,7 +65,7 @@ def _unsupported_pipeline(tmp_path):
 def test_usage_errors_are_one_line_exit_2_and_leave_no_store(model_dir, tmp_path, capsys, args, message):
     out = tmp_path / "bad.zarr"
     resolved = [a(tmp_path) if callable(a) else a for a in args]
-    code = main(["record", "--out", str(out), "--quiet", *map(str, resolved)])
+    code = main(["record", "--out", str(out), "--model", "random", "--quiet", *map(str, resolved)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err
@@ -75,7 +75,7 @@ def test_usage_errors_are_one_line_exit_2_and_leave_no_store(model_dir, tmp_path
 
 def test_existing_store_needs_overwrite(model_dir, tmp_path, capsys):
     out = tmp_path / "x.zarr"
-    args = ["record", "--out", str(out), "--frames", "5", "--steps", "1", "--quiet"]
+    args = ["record", "--out", str(out), "--model", "random", "--frames", "5", "--steps", "1", "--quiet"]
     assert main(args) == 0
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def loop_dir(tmp_path_factory, model_dir):
     out = tmp_path_factory.mktemp("loop")
     argv = sys.argv
-    sys.argv = ["focal_guidance.py", "--out-dir", str(out), "--frames", "5", "--steps", "3"]
+    sys.argv = ["focal_guidance.py", "--out-dir", str(out), "--model", "random", "--frames", "5", "--steps", "3"]
     try:
         with pytest.raises(SystemExit) as done:
             runpy.run_path(str(ROOT / "examples" / "focal_guidance.py"), run_name="__main__")

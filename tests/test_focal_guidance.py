@@ -22,7 +22,7 @@ WEAK = [3, 4, 5]
 
 
 def _fg(model_dir, **options):
-    config = FocalGuidanceConfig(weak_layers=WEAK, keywords=["circle", "square"], **options)
+    config = FocalGuidanceConfig(weak_layers=WEAK, keywords=["red", "circle"], **options)
     return FocalGuidance(config, clip_dir=model_dir / "clip")
 
 
@@ -236,7 +236,7 @@ def base_ranking(recorded_run, tmp_path):
     return out
 
 
-FAST = ["--frames", "5", "--steps", "2", "--quiet"]
+FAST = ["--model", "random", "--frames", "5", "--steps", "2", "--quiet"]
 
 
 def test_record_with_focal_guidance_cli(base_ranking, tmp_path, capsys):

@@ -75,9 +75,11 @@ def test_header_tells_model_status_and_highlights_keywords(run_html, run_with_me
     assert soup.find(id="model-id").text == attrs["model_id"]
     assert soup.find(id="status").text == "complete"
     assert "random weights" in soup.find(class_="warning").text
+    from layerscope.testbed import EXAMPLE_KEYWORDS
+
     marks = [m.text for m in soup.select(".prompt mark")]
-    assert marks == ["circle", "square"]
-    assert [b.text for b in soup.select(".tabs button")] == ["circle", "square"]
+    assert marks == list(EXAMPLE_KEYWORDS)
+    assert [b.text for b in soup.select(".tabs button")] == list(EXAMPLE_KEYWORDS)
 
 
 def test_weak_band_and_ranking_match_the_store(run_html, run_with_metrics):
