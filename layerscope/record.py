@@ -198,9 +198,6 @@ def trace(
         steps=step_list,
         branch=branch,
     )
-    remove_intervention = _apply_intervention(
-        intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs
-    )
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
     recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
     layout = StoreLayout(
@@ -228,11 +225,15 @@ def trace(
             "probe_kind": probe,
             "branch": branch,
             "package_versions": package_versions(),
-            "intervention": intervention.to_dict() if intervention is not None else "none",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
+    remove_intervention = _apply_intervention(
+        intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs
+    )
     try:
+        # after apply: an intervention may resolve settings (e.g. selected keywords) there
+        layout.attrs["intervention"] = intervention.to_dict() if intervention is not None else "none"
         writer = StoreWriter(store, layout, overwrite=overwrite)
     except BaseException:
         remove_intervention()
