@@ -1,21 +1,42 @@
-"""The shapes world: deterministic scenes, unseen held-out combinations, and a scorer that
-measures what it claims (ground truth passes, wrong videos fail, shuffled is near chance)."""
+"""The shapes world: deterministic scenes, unseen held-out combinations, a renderer whose events are
+visible, and a scorer that measures what it claims (ground truth passes, wrong videos fail,
+shuffled pairs score near chance) from pixels alone."""
 
 from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from layerscope.shapes.render import reference_image, render_video
-from layerscope.shapes.scorer import evaluate, score_video
-from layerscope.shapes.world import HELD_OUT, VOCABULARY, Scene, sample_scenes, subject_key
+from layerscope.shapes import (
+    COLOURS,
+    DIMENSIONS,
+    HELD_OUT,
+    KINDS,
+    VOCABULARY,
+    Scene,
+    chance_level,
+    evaluate,
+    questions,
+    reference_image,
+    render_video,
+    sample_scenes,
+    score_video,
+)
+from layerscope.shapes.render import background
+from layerscope.shapes.scorer import ANSWER, colour_labels, connected_components
+from layerscope.shapes.world import DIRECTIONS, subject_key
 
 SIZE = 128  # the scorer works in frame fractions; half resolution keeps the tests fast
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 @pytest.fixture(scope="module")
 def scenes():
-    return {split: sample_scenes(60, split, seed=7) for split in ("train", "heldout")}
+    return {split: sample_scenes(100, split, seed=7) for split in ("train", "heldout")}
 
 
 @pytest.fixture(scope="module")
@@ -23,59 +44,190 @@ def videos(scenes):
     return {split: [render_video(s, 9, SIZE, SIZE) for s in chosen] for split, chosen in scenes.items()}
 
 
+def _copy(scene: Scene) -> Scene:
+    return Scene.from_dict(json.loads(json.dumps(scene.to_dict())))
+
+
+# ---------------------------------------------------------------- world
+
+
 def test_generator_is_deterministic():
     a, b = sample_scenes(12, "train", seed=3), sample_scenes(12, "train", seed=3)
     assert [s.to_dict() for s in a] == [s.to_dict() for s in b]
-    assert np.array_equal(render_video(a[5], 9, SIZE, SIZE), render_video(b[5], 9, SIZE, SIZE))
-    assert [s.prompt for s in sample_scenes(12, "train", seed=4)] != [s.prompt for s in a]
-    assert Scene.from_dict(a[0].to_dict()) == a[0]
+    for i in range(3):  # one scene of each dimension
+        assert np.array_equal(render_video(a[i]), render_video(b[i]))
+    assert [s.to_dict() for s in sample_scenes(12, "train", seed=4)] != [s.to_dict() for s in a]
+    assert [s.to_dict() for s in sample_scenes(12, "heldout", seed=3)] != [s.to_dict() for s in a]
+
+
+def test_scenes_round_trip_through_json(scenes):
+    for scene in scenes["train"] + scenes["heldout"]:
+        assert _copy(scene) == scene
 
 
 def test_heldout_combinations_never_appear_in_training():
-    train = {subject_key(s) for s in sample_scenes(600, "train", seed=1)}
-    heldout = {subject_key(s) for s in sample_scenes(300, "heldout", seed=1)}
+    train = {subject_key(s) for s in sample_scenes(500, "train", seed=1)}
+    heldout = {subject_key(s) for s in sample_scenes(500, "heldout", seed=1)}
+    combinations = set(itertools.product(KINDS, COLOURS, DIMENSIONS))
+    assert len(HELD_OUT) == 9 and HELD_OUT <= combinations  # 20% of 45
     assert not train & HELD_OUT
-    assert heldout <= HELD_OUT and len(heldout) > 10
+    assert heldout == set(HELD_OUT)
+    assert train == combinations - HELD_OUT
+    # only the combination is new: every pair of its parts is seen in training
+    for kind, colour, dimension in HELD_OUT:
+        assert any(k == kind and c == colour for k, c, _ in train)
+        assert any(k == kind and d == dimension for k, _, d in train)
+        assert any(c == colour and d == dimension for _, c, d in train)
 
 
-def test_prompts_use_only_the_vocabulary(scenes):
-    for chosen in scenes.values():
-        for scene in chosen:
-            assert set(scene.prompt.rstrip(".").split()) <= set(VOCABULARY), scene.prompt
+def test_prompts_use_only_the_vocabulary():
+    assert VOCABULARY == sorted(set(VOCABULARY)) and all(w.isalpha() and w.islower() for w in VOCABULARY)
+    used = set()
+    for scene in sample_scenes(300, "train", seed=2) + sample_scenes(300, "heldout", seed=2):
+        assert scene.prompt.endswith(".") and scene.prompt.count(".") == 1, scene.prompt
+        words = scene.prompt[:-1].split(" ")
+        assert set(words) <= set(VOCABULARY), scene.prompt
+        used |= set(words)
+    assert used == set(VOCABULARY)  # and the grammar does emit every word
+
+
+def test_scenes_have_one_to_three_shapes_with_unique_colours(scenes):
+    for scene in scenes["train"] + scenes["heldout"]:
+        colours = [s.colour for s in scene.shapes] + [scene.event.target_colour or ""]
+        assert 1 <= len(scene.shapes) <= 3
+        assert len(set(colours)) == len(colours)  # a colour names a shape, the target colour is new
+        assert scene.background in ("plain", "textured")
+
+
+def test_questions_are_data_without_trajectories(scenes):
+    for scene in scenes["train"]:
+        asked = questions(scene)
+        assert asked and len({q.text for q in asked}) == len(asked)
+        for q in asked:
+            assert q.kind in ANSWER
+            assert not {"x", "y", "size", "path"} & set(q.params)
+            assert all(isinstance(v, (str, float, int)) for v in q.params.values())
+
+
+# ---------------------------------------------------------------- renderer
 
 
 def test_reference_is_the_first_frame(scenes):
-    scene = scenes["train"][0]
-    assert np.array_equal(reference_image(scene, SIZE, SIZE), render_video(scene, 9, SIZE, SIZE)[0])
+    for scene in scenes["train"][:6]:
+        assert np.array_equal(reference_image(scene, 96, 160), render_video(scene, 9, 96, 160)[0])
+
+
+def test_events_are_visible_and_shapes_stay_inside(scenes, videos):
+    names = list(COLOURS)
+    for scene, video in zip(scenes["train"], videos["train"]):
+        labels = colour_labels(video)
+        edge = np.concatenate([labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]], axis=1)
+        assert (edge == -1).all(), scene.prompt  # nothing touches the frame edge
+        own = labels == names.index(scene.subject.colour)
+        if scene.dimension == "motion":
+            ux, uy = DIRECTIONS[scene.event.direction]
+            (y0, x0), (y1, x1) = (np.argwhere(own[t]).mean(0) for t in (0, -1))
+            assert ((x1 - x0) * ux + (y1 - y0) * uy) / SIZE >= 0.25  # >= a quarter of the frame
+            assert own.sum((1, 2)).min() >= 0.9 * own.sum((1, 2)).max()  # whole all along (+- a pixel row)
+        elif scene.dimension == "dynamic_attribute":
+            target = labels[-1] == names.index(scene.event.target_colour)
+            assert own[0].sum() > 0 and own[-1].sum() == 0 and target.sum() == own[0].sum()
+
+
+def test_textured_background_never_looks_like_a_shape():
+    scene = next(s for s in sample_scenes(20, "train", seed=0) if s.background == "textured")
+    image = background(scene, 256, 256)
+    assert image.std() > 3  # it is textured
+    assert (colour_labels(image) == -1).all()
+    greys = np.arange(256, dtype=np.float32)[:, None]
+    for rgb in COLOURS.values():  # any grey at all is far from every shape colour
+        assert np.linalg.norm(greys - np.array(rgb, dtype=np.float32), axis=1).min() > 90
+
+
+# ---------------------------------------------------------------- scorer
+
+
+def test_connected_components():
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 2:5] = mask[10:15, 3:20] = mask[12, 25:29] = mask[0, 0] = True
+    mask[5, 4] = True  # joins the first square's bottom edge
+    assert sorted(int(c.sum()) for c in connected_components(mask)) == [1, 4, 10, 85]
+    assert connected_components(np.zeros((4, 4), bool)) == []
 
 
 def test_scorer_passes_ground_truth(scenes, videos):
     for split in scenes:
         result = evaluate(scenes[split], videos[split])
         assert result["overall"]["all_correct"] >= 0.98, split
+        assert all(r["all_correct"] >= 0.98 for r in result["per_dimension"].values()), split
         assert result["overall"]["first_frame_consistency"] == 1.0
 
 
-def test_scorer_fails_static_reversed_and_wrong_colour_videos(scenes, videos):
+def test_scorer_handles_any_length_size_and_mild_noise(scenes):
+    chosen = scenes["heldout"][:30]
+    for frames, height, width in [(2, 96, 160), (16, 64, 64), (9, 256, 256)]:
+        clips = [render_video(s, frames, height, width) for s in chosen]
+        assert evaluate(chosen, clips)["overall"]["all_correct"] == 1.0, (frames, height, width)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(render_video(s, 9, SIZE, SIZE) + rng.normal(0, 10, (9, SIZE, SIZE, 3)), 0, 255) for s in chosen]
+    assert evaluate(chosen, [v.astype(np.uint8) for v in noisy])["overall"]["all_correct"] >= 0.95
+
+
+def test_scorer_reads_pixels_not_the_scene_layout(scenes, videos):
+    """Moving the scene's shapes around (same prompt) must not change any answer: no trajectories used."""
+    for scene, video in list(zip(scenes["train"], videos["train"]))[:30]:
+        moved = _copy(scene)
+        moved.shapes = [replace(s, x=1 - s.x, y=1 - s.y, size=0.05) for s in moved.shapes]
+        assert score_video(moved, video, video[0])["answers"] == score_video(scene, video)["answers"]
+
+
+def test_static_video_fails_every_event(scenes, videos):
     chosen, clips = scenes["heldout"], videos["heldout"]
     static = evaluate(chosen, [np.repeat(v[:1], len(v), 0) for v in clips])
     assert static["overall"]["all_correct"] == 0.0
-    reversed_ = evaluate(chosen, [v[::-1] for v in clips])
-    assert reversed_["overall"]["all_correct"] <= 0.05
-    colour_scene = next(s for s in chosen if s.dimension == "dynamic_attribute")
-    wrong = Scene.from_dict(colour_scene.to_dict())
-    wrong.event.target_colour = next(
-        c
-        for c in ("red", "green", "blue", "yellow", "purple")
-        if c not in {sh.colour for sh in wrong.shapes} and c != colour_scene.event.target_colour
-    )
-    video = render_video(wrong, 9, SIZE, SIZE)
-    assert not score_video(colour_scene, video)["all_correct"]
-    assert score_video(colour_scene, render_video(colour_scene, 9, SIZE, SIZE))["all_correct"]
+    assert static["overall"]["first_frame_consistency"] == 1.0  # consistency alone cannot tell
+    for scene, score in zip(chosen, static["scores"]):
+        failed = {q.kind for q, a in zip(questions(scene), score["answers"]) if not a}
+        assert failed & {"colour_at_end", "moved", "approached", "contact", "pushed"}, scene.prompt
 
 
-def test_shuffled_pairs_score_near_chance(scenes, videos):
-    chosen, clips = scenes["train"], videos["train"]
-    order = np.random.default_rng(0).permutation(len(chosen))
-    shuffled = evaluate(chosen, [clips[i] for i in order], references=[clips[i][0] for i in order])
-    assert shuffled["overall"]["all_correct"] <= 0.1
+def test_reversed_and_wrong_direction_videos_fail_motion(scenes, videos):
+    reversed_ = evaluate(scenes["heldout"], [v[::-1] for v in videos["heldout"]])
+    assert reversed_["overall"]["all_correct"] == 0.0
+    for scene, score in zip(scenes["heldout"], reversed_["scores"]):
+        if scene.dimension == "motion":
+            assert score["answers"][0] is False or score["answers"][1] is False
+    for scene in [s for s in scenes["train"] if s.dimension == "motion"][:10]:
+        wrong = _copy(scene)
+        wrong.event.direction = OPPOSITE[scene.event.direction]
+        assert not score_video(scene, render_video(wrong, 9, SIZE, SIZE))["all_correct"], scene.prompt
+
+
+def test_wrong_target_colour_fails(scenes):
+    colour_scenes = [s for s in scenes["train"] + scenes["heldout"] if s.dimension == "dynamic_attribute"]
+    for scene in colour_scenes[:20]:
+        wrong = _copy(scene)
+        used = {s.colour for s in scene.shapes} | {scene.event.target_colour}
+        wrong.event.target_colour = next(c for c in COLOURS if c not in used)
+        answers = score_video(scene, render_video(wrong, 9, SIZE, SIZE))["answers"]
+        assert answers == [True, False], scene.prompt  # present at the start, wrong colour at the end
+
+
+def test_push_without_contact_fails():
+    scene = next(s for s in sample_scenes(9, "train", seed=5) if s.dimension == "interaction")
+    ux, uy = DIRECTIONS[scene.event.direction]
+    frames = []
+    for f in np.linspace(0, 1, 9):  # subject and object glide the same way together and never touch
+        glide = _copy(scene)
+        for shape in glide.shapes[:2]:
+            shape.x, shape.y = shape.x + ux * 0.12 * f, shape.y + uy * 0.12 * f
+        frames.append(reference_image(glide, SIZE, SIZE))
+    assert score_video(scene, np.stack(frames))["answers"] == [True, False, True]
+
+
+def test_shuffled_pairs_and_chance_level(scenes, videos):
+    chance = chance_level(scenes["train"], videos["train"], seed=0)
+    assert chance["static"]["overall"]["all_correct"] == 0.0
+    assert chance["reversed"]["overall"]["all_correct"] == 0.0
+    assert chance["shuffled"]["overall"]["all_correct"] <= 0.08  # only coincidences pass
+    assert set(chance["shuffled"]["per_dimension"]) == set(DIMENSIONS)
