@@ -51,36 +51,45 @@ def inject(hidden: torch.Tensor, cache: torch.Tensor, visual_values: torch.Tenso
     ``hidden`` (B, N, D) with N = F'H'W' in (frame, y, x) order; ``cache`` (K, F', H', W').
     """
     k = cache.shape[0]
-    per_token = cache.reshape(k, -1).T.to(visual_values.dtype) @ visual_values  # (N, D)
+    visual_values = visual_values.to(hidden.device)
+    per_token = cache.reshape(k, -1).T.to(visual_values) @ visual_values  # (N, D)
     return hidden + (lambda_cache * per_token).to(hidden.dtype)
 
 
 class AttentionCache:
-    """The latest map of each strong layer, and which step it came from."""
+    """The latest map of each strong layer per branch, and which step it came from.
+
+    Branches are kept apart: with guidance on both, the uncond pass must not overwrite
+    the cond maps a cond weak layer reads.
+    """
 
     def __init__(self, num_layers: int, weak_layers: Sequence[int]):
         self.num_layers = num_layers
         self.weak_layers = sorted(weak_layers)
         self.strong_layers = [layer for layer in range(num_layers) if layer not in set(weak_layers)]
-        self._maps: dict[int, torch.Tensor] = {}
-        self._steps: dict[int, int] = {}
+        self._maps: dict[str, dict[int, torch.Tensor]] = {}
+        self._steps: dict[str, dict[int, int]] = {}
 
     def update(self, step: int, layer: int, branch: str, maps: torch.Tensor) -> None:
-        """A probe sink: remember ``maps`` as ``layer``'s latest (replacing the older one)."""
+        """A probe sink: remember ``maps`` as ``layer``'s latest on ``branch`` (replacing the older one)."""
         if layer in self.weak_layers:
             return
-        self._maps[layer] = maps
-        self._steps[layer] = step
+        self._maps.setdefault(branch, {})[layer] = maps
+        self._steps.setdefault(branch, {})[layer] = step
 
-    def sources(self) -> dict[int, int]:
-        """layer -> step of the map the next weak layer will use (the ordering policy)."""
-        return dict(sorted(self._steps.items()))
+    def sources(self, branch: str = "cond") -> dict[int, int]:
+        """layer -> step of the map the next weak layer of ``branch`` will use (the ordering policy)."""
+        return dict(sorted(self._steps.get(branch, {}).items()))
 
-    def current(self, tau_cache: float) -> torch.Tensor | None:
-        """Thresholded aggregate of the latest maps, or None before any strong layer ran."""
-        alpha = aggregation_weights(self.num_layers, self.weak_layers, list(self._maps))
-        cache = aggregate(self._maps, alpha)
+    def current(self, tau_cache: float, branch: str = "cond") -> torch.Tensor | None:
+        """Thresholded aggregate of the latest maps of ``branch``, or None before any strong layer ran."""
+        maps = self._maps.get(branch, {})
+        alpha = aggregation_weights(self.num_layers, self.weak_layers, list(maps))
+        cache = aggregate(maps, alpha)
         return None if cache is None else threshold(cache, tau_cache)
+
+    def stored_maps(self) -> int:
+        return sum(len(m) for m in self._maps.values())
 
     def clear(self) -> None:
         self._maps.clear()

@@ -110,21 +110,38 @@ def visual_anchors(keyword_sims: torch.Tensor, image_tokens: torch.Tensor) -> to
     return anchor_weights(keyword_sims) @ image_tokens.float()
 
 
+def centre_crop_window(latent_grid: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Latent cells (y0, y1, x0, x1) that CLIP's resize-short-side + centre-crop keeps.
+
+    CLIP image processors (open_clip's and transformers' CLIPImageProcessor, as in Wan)
+    see only the central square of a non-square frame; the CLIP patch grid maps there.
+    """
+    height, width = latent_grid
+    side = min(height, width)
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    return y0, y0 + side, x0, x0 + side
+
+
 def region_weights(
     keyword_sims: torch.Tensor, patch_grid: tuple[int, int], latent_grid: tuple[int, int], tau_region: float
 ) -> torch.Tensor:
     """Eq. 9's w_k(u, v) on the latent grid, zero outside the region R_k.
 
-    S_k is laid out on the CLIP patch grid, resized (bilinear) to H' x W', min-max
-    normalised to [0, 1]; R_k keeps the cells above ``tau_region``.
+    S_k is laid out on the CLIP patch grid, resized (bilinear) onto the latent cells of
+    CLIP's centre crop (:func:`centre_crop_window`; zero outside it), min-max normalised
+    to [0, 1]; R_k keeps the cells above ``tau_region``.
     """
     k = keyword_sims.shape[0]
+    y0, y1, x0, x1 = centre_crop_window(latent_grid)
     maps = keyword_sims.float().reshape(k, 1, *patch_grid)
-    resized = F.interpolate(maps, size=latent_grid, mode="bilinear", align_corners=False).reshape(k, *latent_grid)
+    resized = F.interpolate(maps, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[:, 0]
     low = resized.amin(dim=(-2, -1), keepdim=True)
     span = (resized.amax(dim=(-2, -1), keepdim=True) - low).clamp(min=1e-12)
     normalised = (resized - low) / span
-    return torch.where(normalised > tau_region, normalised, torch.zeros_like(normalised))
+    inside = torch.where(normalised > tau_region, normalised, torch.zeros_like(normalised))
+    weights = keyword_sims.new_zeros((k, *latent_grid), dtype=torch.float32)
+    weights[:, y0:y1, x0:x1] = inside
+    return weights
 
 
 def fuse_text_values(
@@ -136,8 +153,9 @@ def fuse_text_values(
     changed only at the keyword rows.
     """
     fused = values.clone()
+    visual_values = visual_values.to(device=values.device, dtype=values.dtype)
     for k, indices in enumerate(token_indices):
-        fused[:, indices] = fused[:, indices] + lambda_txt * visual_values[k].to(values.dtype)
+        fused[:, indices] = fused[:, indices] + lambda_txt * visual_values[k]
     return fused
 
 
@@ -150,7 +168,8 @@ def inject_reference_frame(
     Only the first H'W' tokens (the reference frame) change; summed over keywords.
     """
     k, height, width = weights.shape
-    per_token = weights.reshape(k, height * width).T.to(visual_values.dtype) @ visual_values  # (H'W', D)
+    visual_values = visual_values.to(hidden.device)
+    per_token = weights.reshape(k, height * width).T.to(visual_values) @ visual_values  # (H'W', D)
     out = hidden.clone()
     out[:, : height * width] = out[:, : height * width] + (lambda_lat * per_token).to(hidden.dtype)
     return out

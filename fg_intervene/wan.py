@@ -78,7 +78,13 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
         mapped = map_keywords(inputs.prompt, keywords, pipe.tokenizer)
     except KeywordError as error:
         raise ConfigError(f"Focal Guidance keywords: {error}") from None
-    keyword_sims = torch.stack([fsg.keyword_similarity(similarity, words, k) for k in keywords])
+    for item in mapped:
+        if max(item.token_indices) >= adapter.text_sequence_length():
+            raise ConfigError(
+                f"keyword {item.keyword!r} lies beyond the text encoder's {adapter.text_sequence_length()} tokens"
+            )
+    # CLIP runs on the CPU; move its similarities to where the pipeline's tokens are
+    keyword_sims = torch.stack([fsg.keyword_similarity(similarity, words, k) for k in keywords]).to(image_tokens.device)
 
     side = int(round(patch_joint.shape[0] ** 0.5))
     _, height, width = inputs.grid
@@ -162,7 +168,7 @@ def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Gu
                 values = guidance.visual_values[layer]
                 if config.fsg:
                     removers.append(_hook_text_values(attn, guidance, values, config, active).remove)
-                removers.append(_hook_visual_input(attn, guidance, values, config, cache, active).remove)
+                removers.append(_hook_visual_input(attn, guidance, values, config, cache, active, state).remove)
     except BaseException:
         for remover in reversed(removers):
             remover()
@@ -179,16 +185,16 @@ def _hook_text_values(attn, guidance: Guidance, values: torch.Tensor, config: Fo
     return attn.to_v.register_forward_hook(hook)
 
 
-def _hook_visual_input(attn, guidance, values, config, cache: AttentionCache | None, active):
+def _hook_visual_input(attn, guidance, values, config, cache: AttentionCache | None, active, state):
     def hook(module, args, kwargs):
         if not active():
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         changed = hidden
         if config.fsg:
-            changed = fsg.inject_reference_frame(changed, guidance.region, values, config.lambda_lat)
+            changed = fsg.inject_reference_frame(changed, guidance.region.to(hidden.device), values, config.lambda_lat)
         if cache is not None:
-            aggregated = cache.current(config.tau_cache)
+            aggregated = cache.current(config.tau_cache, state.branch)
             if aggregated is not None:
                 changed = inject(changed, aggregated, values, config.lambda_cache)
         if changed is hidden:

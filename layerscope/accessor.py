@@ -39,8 +39,10 @@ class LayerScopeAccessor:
         from layerscope.ranking import rank_datasets
 
         ds = self._ds
-        if "moran_i" not in ds or "std" not in ds:
-            ds = ds.assign(self.metrics(kwargs.pop("transformation", "b")).data_vars)
+        transformation = kwargs.pop("transformation", "b")
+        stored = ds["moran_i"].attrs.get("transformation") if "moran_i" in ds else None
+        if stored != transformation or "std" not in ds:
+            ds = ds.assign(self.metrics(transformation).data_vars)
         if "run" in ds.dims:
             return rank_datasets([ds.isel(run=i) for i in range(ds.sizes["run"])], **kwargs)
         return rank_datasets([ds], **kwargs)

@@ -14,6 +14,17 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would silently mean 'use the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "record",
@@ -28,10 +39,10 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
     p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
     p.add_argument("--keywords", help="comma-separated words of the prompt to probe, e.g. 'circle,square'")
-    p.add_argument("--steps", type=int, help="denoising steps (default 6 for the default model, else 50)")
-    p.add_argument("--frames", type=int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
-    p.add_argument("--height", type=int, help="pixels (default 256 for the default model, else 480)")
-    p.add_argument("--width", type=int, help="pixels (default 256 for the default model, else 832)")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default 6 for the default model, else 50)")
+    p.add_argument("--frames", type=_positive_int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
+    p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the default model, else 480)")
+    p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the default model, else 832)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--negative-prompt", default=None)
@@ -225,7 +236,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", help="the 'after' run, e.g. recorded with --intervene focal-guidance")
     p.add_argument("--out", required=True, help="HTML file to write, e.g. runs/report.html")
     p.add_argument("--force", action="store_true", help="compare runs even if model/prompt/seed/grid differ")
-    p.add_argument("--steps-shown", type=int, default=5, help="steps shown in the similarity grids")
+    p.add_argument("--steps-shown", type=_positive_int, default=5, help="steps shown in the similarity grids")
     p.set_defaults(func=_cmd_report)
 
 
@@ -250,9 +261,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="default")
     p.add_argument("--out", help="JSON results, e.g. runs/eval.json")
-    p.add_argument("--count", type=int, default=30, help="prompts (balanced over the three dimensions)")
+    p.add_argument("--count", type=_positive_int, default=30, help="prompts (balanced over the three dimensions)")
     p.add_argument("--split", choices=("heldout", "train"), default="heldout")
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=_positive_int, default=12)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps (a smoke test)")

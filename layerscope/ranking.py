@@ -118,8 +118,10 @@ def select_weak(
     if method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     values = np.asarray(values, dtype=np.float64)
-    if np.isnan(values).any():
-        raise RankingError("some layers have no finite value (all their maps were constant)")
+    if np.isnan(values).all():
+        raise RankingError("no layer has a finite value (no map was written, or all maps were constant)")
+    # a layer without any finite map is never called weak: there is nothing to judge
+    values = np.where(np.isnan(values), np.inf, values)
     if method == "bottom-k":
         if k is None or not 1 <= k <= len(values):
             raise RankingError(f"bottom-k needs --k between 1 and {len(values)}")
@@ -130,7 +132,8 @@ def select_weak(
             raise RankingError("the threshold method needs --threshold T")
         chosen = np.flatnonzero(values < threshold).tolist()
         return chosen, f"layers with value below {threshold:g}", {"threshold": threshold}
-    cut = float(values.mean()) if threshold is None else float(threshold)
+    finite = values[np.isfinite(values)]
+    cut = float(finite.mean()) if threshold is None else float(threshold)
     if not (values < cut).any():
         return [], f"no layer is below the band threshold {cut:.4f}", {"threshold": cut}
     start, end = max_sum_band(values, cut)
@@ -172,6 +175,10 @@ def rank_datasets(
         if [int(v) for v in ds["layer"].values] != layers:
             raise RankingError("runs record different layers; rank runs of the same model and --layers")
         window = ds if steps is None else ds.isel(step=steps)
+        if ds.attrs.get("status", "complete") != "complete":
+            # a partial store: only the steps that were written carry maps
+            written = set(ds.attrs.get("steps_written", []))
+            window = window.sel(step=[s for s in window["step"].values.tolist() if s in written])
         if window.sizes["step"] == 0:
             raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
         for name in per_metric:

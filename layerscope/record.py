@@ -82,17 +82,23 @@ def parse_index_ranges(text: str | None, limit: int, what: str) -> list[int] | N
         if not part:
             continue
         try:
-            if "-" in part:
-                start, end = (int(v) for v in part.split("-", 1))
-                indices.update(range(start, end + 1))
-            else:
-                indices.add(int(part))
+            start, _, end = part.partition("-")
+            first, last = int(start), int(end or start)
         except ValueError:
             raise RecordError(f"cannot read {what} {text!r}; use ranges like 0-3,7") from None
-    bad = sorted(i for i in indices if i < 0 or i >= limit)
+        if first > last:
+            raise RecordError(f"{what} range {part!r} is reversed; write it as {last}-{first}")
+        indices.update(range(first, last + 1))
+    return _checked(sorted(indices), limit, what)
+
+
+def _checked(indices: list[int], limit: int, what: str) -> list[int]:
+    if not indices:
+        raise RecordError(f"the {what} selection is empty; use ranges like 0-3,7")
+    bad = [i for i in indices if i < 0 or i >= limit]
     if bad:
         raise RecordError(f"{what} {bad[0]} is out of range; this run has {what}s 0-{limit - 1}")
-    return sorted(indices)
+    return indices
 
 
 def validate_geometry(adapter: ModelAdapter, height: int, width: int, num_frames: int) -> tuple[int, int, int]:
@@ -190,16 +196,18 @@ def trace(
             raise RecordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
     layer_list = _as_indices(layers, adapter.num_layers(), "layer")
     step_list = _as_indices(record_steps, num_inference_steps, "step")
+    if num_inference_steps < 1:
+        raise RecordError(f"--steps must be at least 1 (got {num_inference_steps})")
+    recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
+    recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
     probe_config = ProbeConfig(
         keyword_tokens=[list(k.token_indices) for k in keyword_tokens],
         grid=grid,
         kind=probe,
         layers=layer_list,
-        steps=step_list,
+        steps=recorded_steps,  # explicit, so calls beyond the declared steps are never recorded
         branch=branch,
     )
-    recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
-    recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
     layout = StoreLayout(
         steps=recorded_steps,
         layers=recorded_layers,
@@ -225,7 +233,7 @@ def trace(
             "probe_kind": probe,
             "branch": branch,
             "package_versions": package_versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
     remove_intervention = _apply_intervention(
@@ -244,17 +252,22 @@ def trace(
         handle.state.on_step = writer.set_timestep
         yield Trace(pipe, adapter, writer, handle, keyword_tokens, probe_config, recorded_steps)
     except BaseException as error:
-        if handle is not None:
-            handle.remove()
-            handle = None
-        remove_intervention()
         reason = "interrupted by the user (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)
-        writer.close(STATUS_INTERRUPTED, error=reason[:500])
+        try:
+            if handle is not None:
+                handle.remove()
+            remove_intervention()
+        finally:
+            writer.close(STATUS_INTERRUPTED, error=reason[:500])
         raise
     else:
         fired = sum(handle.calls.values())
-        handle.remove()
-        remove_intervention()
+        try:
+            handle.remove()
+            remove_intervention()
+        except BaseException:
+            writer.close(STATUS_INTERRUPTED, error="removing hooks failed")
+            raise
         expected = len(recorded_layers) * len(recorded_steps) * len(probe_config.branches)
         attrs_end: dict[str, Any] = {"hook_calls": fired, "hook_calls_expected": expected}
         if fired == 0:
@@ -299,11 +312,7 @@ def _apply_intervention(intervention, pipe, adapter, prompt, image, height, widt
 def _as_indices(value, limit: int, what: str) -> list[int] | None:
     if value is None or isinstance(value, str):
         return parse_index_ranges(value, limit, what)
-    indices = sorted({int(v) for v in value})
-    bad = [i for i in indices if i < 0 or i >= limit]
-    if bad:
-        raise RecordError(f"{what} {bad[0]} is out of range; this run has {what}s 0-{limit - 1}")
-    return indices
+    return _checked(sorted({int(v) for v in value}), limit, what)
 
 
 def record(
@@ -384,7 +393,7 @@ def record(
     writer = rec.writer
     return RecordingSummary(
         path=Path(store),
-        status=STATUS_COMPLETE if len(writer.steps_written()) == len(rec.expected_steps) else STATUS_INTERRUPTED,
+        status=writer.status,
         maps_written=writer.maps_written,
         steps_written=len(writer.steps_written()),
         steps_expected=len(rec.expected_steps),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-#: Bumped on incompatible schema changes; readers refuse other majors.
+#: Bumped on incompatible schema changes; readers refuse any other version.
 STORE_FORMAT = "layerscope-run/1"
 STATUS_RECORDING = "recording"
 STATUS_COMPLETE = "complete"
@@ -171,20 +171,21 @@ class StoreWriter:
         self.layout = layout
         self._lock = _acquire_lock(self.path)
         try:
-            if self.path.exists():
+            if self.path.exists() or self.path.is_symlink():
                 if not overwrite:
                     raise StoreError(f"store {self.path} already exists; pass --overwrite or choose another --out")
-                shutil.rmtree(self.path)
+                _remove_store(self.path)
             dataset, encoding = _skeleton(layout)
             dataset.to_zarr(self.path, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
+            self._group = zarr.open_group(self.path, mode="r+")
         except BaseException:
             self._lock.unlink(missing_ok=True)
             raise
-        self._group = zarr.open_group(self.path, mode="r+")
         self._step_pos = {int(s): i for i, s in enumerate(layout.steps)}
         self._layer_pos = {int(layer): i for i, layer in enumerate(layout.layers)}
         self._arrays = {b: self._group[layout.variable_name(b)] for b in layout.branches}
-        self._per_step = np.zeros(len(layout.steps), dtype=np.int64)
+        # which (layer, branch) blocks each step has: a step is whole when all are there
+        self._written: list[set[tuple[int, str]]] = [set() for _ in layout.steps]
         self._expected_per_step = len(layout.layers) * len(layout.branches)
         self.maps_written = 0
         self.queue_waits = 0
@@ -194,6 +195,7 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._drain, name="layerscope-writer", daemon=True)
         self._thread.start()
         self._closed = False
+        self.status = STATUS_RECORDING
 
     # -- producer side (the denoising loop) ---------------------------------
     def submit(self, step: int, layer: int, branch: str, maps: Any) -> None:
@@ -227,7 +229,7 @@ class StoreWriter:
                 array = _materialise(host).astype(self.layout.dtype, copy=False)
                 pos = self._step_pos[step]
                 self._arrays[branch][pos, self._layer_pos[layer]] = array
-                self._per_step[pos] += 1
+                self._written[pos].add((layer, branch))
                 self.maps_written += 1
             except BaseException as error:  # surfaced to the producer on its next call
                 self._error = error
@@ -235,7 +237,7 @@ class StoreWriter:
                 self._queue.task_done()
 
     def steps_written(self) -> list[int]:
-        return [int(s) for s, pos in self._step_pos.items() if self._per_step[pos] >= self._expected_per_step]
+        return [int(s) for s, pos in self._step_pos.items() if len(self._written[pos]) == self._expected_per_step]
 
     def write_reference(self, image: np.ndarray) -> None:
         self._group["reference"][...] = np.asarray(image, dtype=np.uint8)
@@ -246,29 +248,36 @@ class StoreWriter:
     def update_attrs(self, **attrs: Any) -> None:
         self._group.attrs.update(_jsonable(attrs))
 
-    def close(self, status: str = STATUS_COMPLETE, **attrs: Any) -> None:
-        """Flush every queued map, then record the final status and release the lock."""
+    def close(self, status: str = STATUS_COMPLETE, **attrs: Any) -> str:
+        """Flush every queued map, record the final status, release the lock; return the status.
+
+        ``complete`` is written only if the writer never failed and every step is whole.
+        """
         if self._closed:
-            return
+            return self.status
         self._closed = True
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None and status == STATUS_COMPLETE:
-            status = STATUS_INTERRUPTED
-            attrs["error"] = f"writer failed: {self._error!r}"
-        written = self.steps_written()
-        if status == STATUS_COMPLETE and len(written) != len(self.layout.steps):
-            status = STATUS_INTERRUPTED
-            attrs.setdefault("error", f"only {len(written)} of {len(self.layout.steps)} steps were recorded")
-        self.update_attrs(
-            **attrs,
-            status=status,
-            steps_written=written,
-            maps_written=self.maps_written,
-            queue_waits=self.queue_waits,
-            queue_wait_seconds=round(self.queue_wait_seconds, 6),
-        )
-        self._lock.unlink(missing_ok=True)
+        try:
+            self._queue.put(None)
+            self._thread.join()
+            if self._error is not None and status == STATUS_COMPLETE:
+                status = STATUS_INTERRUPTED
+                attrs["error"] = f"writer failed: {self._error!r}"
+            written = self.steps_written()
+            if status == STATUS_COMPLETE and len(written) != len(self.layout.steps):
+                status = STATUS_INTERRUPTED
+                attrs.setdefault("error", f"only {len(written)} of {len(self.layout.steps)} steps were recorded")
+            self.update_attrs(
+                **attrs,
+                status=status,
+                steps_written=written,
+                maps_written=self.maps_written,
+                queue_waits=self.queue_waits,
+                queue_wait_seconds=round(self.queue_wait_seconds, 6),
+            )
+            self.status = status
+        finally:
+            self._lock.unlink(missing_ok=True)
+        return status
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -278,6 +287,24 @@ class StoreWriter:
             self.close(STATUS_COMPLETE)
         else:
             self.close(STATUS_INTERRUPTED, error=f"{exc_type.__name__}: {exc}"[:500])
+
+
+def _remove_store(path: Path) -> None:
+    """Delete an old LayerScope store for --overwrite, and nothing else.
+
+    ``--out ~ --overwrite`` must not wipe a home directory: only a directory holding a
+    Zarr group written by ``layerscope record`` is removed.
+    """
+    marker = path / "zarr.json"
+    fmt = ""
+    if path.is_dir() and not path.is_symlink() and marker.exists():
+        try:
+            fmt = str(json.loads(marker.read_text()).get("attributes", {}).get("format", ""))
+        except (OSError, json.JSONDecodeError):
+            fmt = ""
+    if not fmt.startswith(STORE_FORMAT.split("/")[0]):
+        raise StoreError(f"{path} exists and is not a LayerScope store; refusing to overwrite it, choose another --out")
+    shutil.rmtree(path)
 
 
 def _to_host(maps: Any) -> Any:

@@ -57,6 +57,8 @@ def _unsupported_pipeline(tmp_path):
         (["--model", _unsupported_pipeline], "supported: WanImageToVideoPipeline"),
         (["--model", "no/such/dir"], "no such directory"),
         (["--layers", "0-99"], "layer 8 is out of range"),
+        (["--layers", "5-3"], "is reversed"),
+        (["--record-steps", ","], "selection is empty"),
         (["--record-steps", "7"], "step 7 is out of range"),
         (["--height", "250"], "multiples of 16"),
         (["--frames", "6"], "4*n+1"),
@@ -71,6 +73,24 @@ def test_usage_errors_are_one_line_exit_2_and_leave_no_store(model_dir, tmp_path
     assert message in err
     assert len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_zero_steps_is_a_usage_error(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["record", "--out", str(tmp_path / "z.zarr"), "--model", "random", "--steps", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "z.zarr").exists()
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_store(model_dir, tmp_path, capsys):
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    code = main(["record", "--out", str(precious), "--model", "random", "--quiet", "--overwrite"])
+    assert code == 2
+    assert "is not a LayerScope store" in capsys.readouterr().err
+    assert (precious / "thesis.txt").read_text() == "do not delete"
 
 
 def test_existing_store_needs_overwrite(model_dir, tmp_path, capsys):

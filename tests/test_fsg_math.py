@@ -47,6 +47,10 @@ def test_region_weights_threshold_and_resize():
     assert w.tolist() == [[[0.0, 0.0], [0.5, 1.0]]]
     big = fsg.region_weights(sims, (2, 2), (4, 4), tau_region=0.0)
     assert big.shape == (1, 4, 4) and float(big.max()) == 1.0 and float(big.min()) == 0.0
+    # a wide frame: CLIP saw only the centre square, so nothing lands outside it
+    wide = fsg.region_weights(sims, (2, 2), (2, 6), tau_region=0.3)
+    assert wide[0, :, 2:4].tolist() == [[0.0, 0.0], [0.5, 1.0]]
+    assert wide[0, :, :2].abs().sum() == 0 and wide[0, :, 4:].abs().sum() == 0
 
 
 def test_text_fusion_changes_only_keyword_rows():
@@ -97,7 +101,9 @@ def test_cache_keeps_only_the_latest_map_per_strong_layer():
         for layer in range(4):
             cache.update(step, layer, "cond", torch.full((1, 1, 1, 1), float(step)))
     assert cache.sources() == {0: 4, 3: 4}
-    assert len(cache._maps) == 2
+    assert cache.stored_maps() == 2
+    cache.update(5, 0, "uncond", torch.full((1, 1, 1, 1), -1.0))
+    assert cache.sources("cond") == {0: 4, 3: 4} and cache.sources("uncond") == {0: 5}
     assert float(cache.current(-1.0).flatten()[0]) == 4.0
 
 

@@ -128,10 +128,14 @@ def _settings(ds: Any) -> list[tuple[str, str]]:
 
 
 def _run_context(ds: Any, name: str, rank_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from layerscope.ranking import rank_datasets
+    from layerscope.ranking import RankingError, rank_datasets
 
     ds, metrics_note = _with_metrics(ds)
-    ranking = rank_datasets([ds], names=[name], **rank_kwargs)
+    try:
+        ranking = rank_datasets([ds], names=[name], **rank_kwargs)
+    except RankingError as error:
+        status = ds.attrs.get("status")
+        raise ReportError(f"cannot report {name} (status {status}): {error}") from None
     video, video_note = (None, None)
     if "video" in ds and np.asarray(ds["video"].values).any():
         video, video_note = video_uri(ds["video"].values)
