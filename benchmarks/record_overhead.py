@@ -16,7 +16,9 @@ Cases:
   c  peak RSS of a 5-step vs a 50-step recording of the default model, each in a fresh
      subprocess: memory must not grow with the number of steps.
 
-Targets: (b) hidden and output <= 1.05x plain; (c) 50-step peak RSS within 10% of 5-step.
+     Also Focal Guidance on blocks 1-2 (FSG only, Attention Cache only, both).
+
+Targets: (b) hidden, output and every Focal Guidance mode <= 1.05x plain; (c) 50-step peak RSS within 10% of 5-step.
 
     python benchmarks/record_overhead.py [--quick] [--realistic] [--cases a,b,c] [--repeats N]
                                          [--out benchmarks/results/record_overhead.json]
@@ -51,6 +53,8 @@ from layerscope.testbed import (  # noqa: E402
 )
 
 PROBE_KINDS = ("hidden", "output", "attention")
+#: Focal Guidance ablations measured on the realistic shape (weak layers 1-2 of 4).
+FG_MODES = ("fg:fsg", "fg:cache", "fg:fsg+cache")
 # Case b: Wan2.1-1.3B width, 480p latent grid (81 frames would be 21 latent frames; 3 keep it CPU-sized).
 REALISTIC_GRID = (3, 30, 52)
 REALISTIC_KEYWORD_TOKENS = [[3], [7, 8], [12]]
@@ -269,10 +273,39 @@ def bench_realistic(repeats: int) -> dict[str, Any]:
 
         return run
 
+    def guided(mode: str) -> Callable[[], float]:
+        from fg_intervene.config import FocalGuidanceConfig
+        from fg_intervene.wan import Guidance, apply_focal_guidance
+
+        g = torch.Generator().manual_seed(2)
+        guidance = Guidance(
+            keywords=[f"keyword{i}" for i in range(len(REALISTIC_KEYWORD_TOKENS))],
+            token_indices=REALISTIC_KEYWORD_TOKENS,
+            keyword_sims=torch.rand(len(REALISTIC_KEYWORD_TOKENS), 256, generator=g),
+            region=(torch.rand(len(REALISTIC_KEYWORD_TOKENS), height, width, generator=g) > 0.7).float(),
+            visual_values={layer: torch.randn(len(REALISTIC_KEYWORD_TOKENS), 1536, generator=g) for layer in (1, 2)},
+            grid=REALISTIC_GRID,
+        )
+        config = FocalGuidanceConfig(
+            weak_layers=[1, 2], keywords=guidance.keywords, fsg="fsg" in mode, attention_cache="cache" in mode
+        )
+
+        def run() -> float:
+            handle = apply_focal_guidance(adapter, config, guidance)
+            try:
+                started = time.perf_counter()
+                forward()
+                return time.perf_counter() - started
+            finally:
+                handle.remove()
+
+        return run
+
     with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
         forward()  # warm-up
         variants: dict[str, Callable[[], float]] = {"plain": plain}
         variants.update({kind: probed(kind, Path(tmp)) for kind in PROBE_KINDS})
+        variants.update({mode: guided(mode) for mode in FG_MODES})
         result = _interleaved(variants, repeats)
     result["maps_written"] = maps_written
     result["setup"] = {
@@ -345,12 +378,12 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str, s
             rows.append(("a default model", name, _ms(s["median"]), _ms(s["min"]), _ms(s["max"]), ratio, "", ""))
     if "b" in results:
         b = results["b"]
-        for name in ("plain", *PROBE_KINDS):
+        for name in ("plain", *PROBE_KINDS, *FG_MODES):
             s = b["seconds"][name]
             ratio, target, met = "", "", ""
             if name in b["ratio"]:
                 ratio = f"{b['ratio'][name]:.3f}x"
-                if name in ("hidden", "output"):
+                if name in ("hidden", "output", *FG_MODES):
                     target = f"<= {OVERHEAD_TARGET:.2f}x"
                     met = "yes" if b["ratio"][name] <= OVERHEAD_TARGET else "NO"
             rows.append(("b Wan-1.3B width", name, _ms(s["median"]), _ms(s["min"]), _ms(s["max"]), ratio, target, met))

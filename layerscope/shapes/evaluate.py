@@ -79,7 +79,8 @@ def evaluate_pipeline(
         finally:
             if handle is not None:
                 handle.remove()
-    summary = evaluate(scenes, videos)
+    # first-frame consistency compares each video with the image it was conditioned on
+    summary = evaluate(scenes, videos, references=[reference_image(s, height=256, width=256) for s in scenes])
     summary.update(
         {
             "split": split,
