@@ -211,3 +211,11 @@ def test_templates_ship_inside_the_wheel(tmp_path):
         check=True,
     ).stdout.split()
     assert out[0].startswith(str(unpacked)) and out[1] == "run.html.j2"
+
+
+def test_store_with_sparse_provenance_still_renders(run_with_metrics):
+    ds = layerscope.open_run(run_with_metrics)
+    for key in ("probe_kind", "branch", "model_id", "weights", "probe", "keywords", "prompt_cleaned"):
+        ds.attrs.pop(key, None)
+    soup = BeautifulSoup(render(ds), "html.parser")
+    assert soup.find(id="model-id").text == "?"

@@ -149,10 +149,13 @@ def _run_context(ds: Any, name: str, rank_kwargs: dict[str, Any]) -> dict[str, A
     if status != "complete":
         written = len(ds.attrs.get("steps_written", []))
         warnings.append(f"This store is {status}: {written} of {ds.sizes['step']} steps were written.")
+    # stores written by other tools (or older versions) may lack some provenance: say "?"
+    shown = {key: "?" for key in ("model_id", "weights", "probe_kind", "branch", "status")}
+    shown.update({"probe": {}, "keywords": []}, **ds.attrs)
     return {
         "name": name,
         "ds": ds,
-        "attrs": ds.attrs,
+        "attrs": shown,
         "settings": _settings(ds),
         "prompt": prompt_segments(ds),
         "negative_prompt": ds.attrs.get("negative_prompt", ""),
