@@ -115,13 +115,20 @@ def validate_geometry(adapter: ModelAdapter, height: int, width: int, num_frames
     return adapter.token_grid(num_frames, height, width)
 
 
+def pipeline_dir(pipe: Any) -> Path | None:
+    """The local directory a pipeline was loaded from, if any."""
+    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
+    return Path(str(source)) if source and Path(str(source)).is_dir() else None
+
+
 def describe_model(pipe: Any) -> dict[str, Any]:
     """Which model made a run, and whether its weights are random (stores and reports say so)."""
     from layerscope.testbed import model_info
 
+    directory = pipeline_dir(pipe)
+    if directory is not None:
+        return model_info(directory)
     source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    if source and Path(str(source)).is_dir():
-        return model_info(source)
     return {"model_id": str(source) or type(pipe).__name__, "weights": "unknown", "weights_note": ""}
 
 
@@ -290,8 +297,7 @@ def _apply_intervention(intervention, pipe, adapter, prompt, image, height, widt
 
     if image is None:
         raise InterventionError("an intervention needs the reference image: pass image= to trace()")
-    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    model_dir = Path(str(source)) if source and Path(str(source)).is_dir() else None
+    model_dir = pipeline_dir(pipe)
     model = {**describe_model(pipe), **(attrs or {})}
     inputs = RunInputs(
         pipe=pipe,

@@ -56,6 +56,7 @@ def evaluate_pipeline(
 
     from layerscope.adapters.base import resolve_adapter
     from layerscope.interventions import RunInputs
+    from layerscope.record import pipeline_dir
     from layerscope.shapes.render import reference_image
     from layerscope.shapes.scorer import evaluate
     from layerscope.shapes.world import sample_scenes
@@ -72,7 +73,7 @@ def evaluate_pipeline(
 
             image = Image.fromarray(reference_image(scene, height=256, width=256))
             inputs = RunInputs(pipe, adapter, scene.prompt, image, 256, 256, 9, adapter.token_grid(9, 256, 256))
-            inputs.model_dir = _model_dir(pipe)
+            inputs.model_dir = pipeline_dir(pipe)
             handle = intervention_factory().apply(inputs)
         try:
             videos.append(generate(pipe, scene, steps=steps, seed=seed + index, guidance=guidance))
@@ -92,11 +93,6 @@ def evaluate_pipeline(
         }
     )
     return summary
-
-
-def _model_dir(pipe: Any) -> Path | None:
-    source = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
-    return Path(str(source)) if source and Path(str(source)).is_dir() else None
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
