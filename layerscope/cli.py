@@ -276,7 +276,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from layerscope.loading import load_pipeline
-    from layerscope.shapes.evaluate import evaluate_pipeline, format_table, write_results
+    from layerscope.shapes.evaluate import evaluate_pipeline, format_table, reference_points, write_results
 
     if args.quick:
         args.count, args.steps = 6, 4
@@ -299,8 +299,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"model {info['model_id']} (weights: {info['weights']}), {args.count} {args.split} prompts, {args.steps} steps"
     )
     print(format_table(results))
+    references = reference_points(count=args.count, split=args.split, seed=args.seed)
+    print("\nthe scorer on the same prompts (ceiling and chance level):")
+    print(format_table(references))
     if args.out:
-        write_results({"model": info, "results": results}, args.out)
+        write_results({"model": info, "results": results, "reference_points": references}, args.out)
         print(f"wrote {args.out}")
     return 0
 

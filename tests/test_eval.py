@@ -18,4 +18,10 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     # random weights cannot follow an instruction; consistency is measured against the real reference
     assert baseline["overall"]["all_correct"] == 0.0
     assert 0.0 < baseline["overall"]["first_frame_consistency"] < 1.0
-    assert "| baseline |" in capsys.readouterr().out
+    # the same prompts scored on known videos: the ceiling and the chance level
+    references = data["reference_points"]
+    assert references["ground truth"]["overall"]["all_correct"] == 1.0
+    assert references["static"]["overall"]["all_correct"] == 0.0
+    assert references["ground truth"]["overall"]["count"] == 6
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "| ground truth | 1.000 | 1.000 | 1.000 | 1.000 |" in printed

@@ -95,6 +95,23 @@ def evaluate_pipeline(
     return summary
 
 
+def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, size: int = 128) -> dict[str, Any]:
+    """The scorer on the same scenes :func:`evaluate_pipeline` uses, fed known videos.
+
+    ``ground truth`` is the ceiling (the scorer's own accuracy, ~1.0); ``static``,
+    ``reversed`` and ``shuffled`` (see :func:`~layerscope.shapes.scorer.chance_level`) are
+    the chance level a model has to beat.  Rendered at ``size`` px: the scorer is
+    resolution-independent and this keeps it to a second or two.
+    """
+    from layerscope.shapes.render import render_video
+    from layerscope.shapes.scorer import chance_level, evaluate, summarise
+    from layerscope.shapes.world import sample_scenes
+
+    scenes = sample_scenes(count, split=split, seed=seed + 1000)
+    truth = [render_video(s, 9, size, size) for s in scenes]
+    return {"ground truth": summarise(evaluate(scenes, truth)["scores"]), **chance_level(scenes, truth, seed=seed)}
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per evaluated variant, all-correct rate per dimension."""
     dimensions = sorted({d for r in results.values() for d in r.get("per_dimension", {})})

@@ -343,6 +343,12 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
     transformer.eval()
 
 
+def recipe(config: TrainConfig) -> dict[str, Any]:
+    """The configuration as recorded with the model: everything but the output path,
+    which is machine-specific and would leak into a committed model directory."""
+    return {k: v for k, v in asdict(config).items() if k != "out"}
+
+
 def train(config: TrainConfig) -> Path:
     """Run all stages and write a loadable pipeline directory (safetensors) to ``config.out``."""
     import torch
@@ -357,7 +363,7 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     log = _Log(out / "train_log.jsonl")
     budget = config.minutes * 60.0
-    log("config", **asdict(config))
+    log("config", **recipe(config))
 
     scenes = sample_scenes(config.train_scenes, split="train", seed=config.seed)
     videos = _videos(scenes)
@@ -409,7 +415,7 @@ def train(config: TrainConfig) -> Path:
                 "seed": config.seed,
                 "weights": "trained",
                 "note": "trained on the procedural shapes world (see MODEL_CARD.md)",
-                "train_config": asdict(config),
+                "train_config": recipe(config),
             },
             indent=2,
         )
