@@ -49,6 +49,7 @@ class KeywordScore:
     word: str
     score: float  # max over the word's tokens and all patches of S
     selected: bool
+    stopword: bool = False
 
 
 def score_words(
@@ -62,7 +63,7 @@ def score_words(
         if not clean:
             continue
         best = float(similarity[indices].max())
-        scores.append(KeywordScore(clean, best, best > tau_sel and clean not in stop))
+        scores.append(KeywordScore(clean, best, best > tau_sel and clean not in stop, clean in stop))
     return scores
 
 
@@ -70,7 +71,9 @@ def select_keywords(scores: list[KeywordScore], tau_sel: float) -> list[str]:
     """The selected words in prompt order, each once; fail with the best score if none."""
     chosen = list(dict.fromkeys(s.word for s in scores if s.selected))
     if not chosen:
-        best = max(scores, key=lambda s: s.score, default=None)
+        # the best word that could have been chosen: a stopword above tau_sel is no help
+        eligible = [s for s in scores if not s.stopword] or scores
+        best = max(eligible, key=lambda s: s.score, default=None)
         detail = f"the best was {best.word!r} at {best.score:.3f}" if best else "the prompt has no words"
         raise SelectionError(
             f"automatic keyword selection found no word with max similarity above tau_sel={tau_sel}; "

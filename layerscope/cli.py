@@ -25,6 +25,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0 (time budgets)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _add_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "record",
@@ -34,7 +56,9 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="store to write, e.g. runs/demo.zarr")
     p.add_argument(
-        "--model", default="default", help="'default' (embedded tiny model) or a local diffusers pipeline dir"
+        "--model",
+        default="default",
+        help="'default' (trained shapes-world model), 'random' (random tiny model) or a local diffusers pipeline dir",
     )
     p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
     p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
@@ -156,30 +180,55 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "action",
         choices=("build", "path", "train"),
-        help="build: write the random tiny model (once); path: print where it lives; "
+        help="build: write the random tiny model (once); path: print where --model default/random lives; "
         "train: train the shapes-world model (long: run it in the background)",
     )
-    p.add_argument("--out", help="directory to write to (default: the cache directory for build/path)")
-    p.add_argument("--minutes", type=float, default=60.0, help="train: total time budget")
-    p.add_argument("--seed", type=int, default=0, help="train: seed (data, init, batches)")
-    p.add_argument("--scenes", type=int, default=480, help="train: number of training scenes")
+    p.add_argument("--out", help="directory to write to (build: default the cache directory; train: required)")
+    p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
+    p.add_argument("--minutes", type=_positive_float, default=60.0, help="train: total time budget")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="train: seed (data, init, batches)")
+    p.add_argument("--scenes", type=_positive_int, default=480, help="train: number of training scenes (>= 8)")
+    p.add_argument(
+        "--replay",
+        metavar="MODEL_JSON",
+        help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other options)",
+    )
     p.set_defaults(func=_cmd_testbed)
 
 
 def _cmd_testbed(args: argparse.Namespace) -> int:
-    from layerscope.testbed import default_cache_dir, ensure_default_model
+    from layerscope.testbed import default_cache_dir, ensure_default_model, shipped_model_dir
 
-    if args.action == "path":
-        print(args.out or default_cache_dir())
+    if args.action == "path":  # where the model is (or will be built), without building it
+        print((shipped_model_dir() if args.model == "default" else None) or default_cache_dir())
         return 0
     if args.action == "train":
-        if not args.out:
-            raise _Usage("testbed train needs --out DIR")
-        from layerscope.shapes.train import TrainConfig, train
-
-        print(train(TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)))
-        return 0
+        return _train(args)
     print(ensure_default_model(args.out))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from layerscope.shapes.train import TrainConfig, TrainingError, replay_config, train
+
+    if not args.out:
+        raise _Usage("testbed train needs --out DIR (e.g. runs/shapes-model)")
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise _Usage(f"--out {args.out} is not empty; choose a new directory")
+    if args.replay:
+        try:
+            config = replay_config(args.replay, args.out)
+        except (OSError, ValueError) as error:
+            raise _Usage(f"--replay: {error}") from None
+    else:
+        if args.scenes < 8:
+            raise _Usage(f"--scenes {args.scenes}: at least 8 are needed (the VAE check uses 8 clips)")
+        config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)
+    try:
+        print(train(config))
+    except TrainingError as error:
+        print(f"layerscope testbed: training failed: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -261,50 +310,56 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="default")
     p.add_argument("--out", help="JSON results, e.g. runs/eval.json")
-    p.add_argument("--count", type=_positive_int, default=30, help="prompts (balanced over the three dimensions)")
+    p.add_argument("--count", type=_positive_int, help="prompts, balanced over the three dimensions (default 30)")
     p.add_argument("--split", choices=("heldout", "train"), default="heldout")
-    p.add_argument("--steps", type=_positive_int, default=12)
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default 12)")
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps (a smoke test)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps: a smoke test")
     p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
     p.add_argument("--ranking", help="ranking JSON for the intervention")
     p.add_argument("--intervene-config", help="TOML settings for the intervention")
     p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
+    p.add_argument("--clip", help="open_clip directory for FSG keyword selection (default: the model's clip/)")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from layerscope.loading import load_pipeline
-    from layerscope.shapes.evaluate import evaluate_pipeline, format_table, reference_points, write_results
+    from layerscope.shapes.evaluate import (
+        check_intervention,
+        evaluate_pipeline,
+        format_table,
+        reference_points,
+        write_results,
+    )
 
-    if args.quick:
-        args.count, args.steps = 6, 4
-    args.clip = None
-    factory = None
-    if args.intervene:
-        _load_intervention(args)  # validate the options once, before the long part
-        factory = lambda: _load_intervention(args)  # noqa: E731 - a fresh intervention per video
+    if args.quick and (args.count is not None or args.steps is not None):
+        raise _Usage("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
+    count, steps = (6, 4) if args.quick else (args.count or 30, args.steps or 12)
+    _load_intervention(args)  # validate the options (and refuse them without --intervene) first
+    factory = (lambda: _load_intervention(args)) if args.intervene else None
     pipe, model_dir = load_pipeline(args.model)
-    common = {"count": args.count, "split": args.split, "seed": args.seed, "steps": args.steps}
-    results = {"baseline": evaluate_pipeline(pipe, guidance=args.guidance, **common)}
+    common = {"count": count, "split": args.split, "seed": args.seed, "steps": steps, "guidance": args.guidance}
     if factory is not None:
-        results[args.intervene] = evaluate_pipeline(
-            pipe, guidance=args.guidance, intervention_factory=factory, **common
-        )
+        check_intervention(pipe, factory, split=args.split, seed=args.seed)  # before the long part
+    results = {"baseline": evaluate_pipeline(pipe, **common)}
+    if factory is not None:
+        results[args.intervene] = evaluate_pipeline(pipe, intervention_factory=factory, **common)
     from layerscope.testbed import model_info
 
     info = model_info(model_dir)
-    print(
-        f"model {info['model_id']} (weights: {info['weights']}), {args.count} {args.split} prompts, {args.steps} steps"
+    references = reference_points(count=count, split=args.split, seed=args.seed)
+    table = (
+        f"model {info['model_id']} (weights: {info['weights']}), {count} {args.split} prompts, {steps} steps, "
+        f"guidance {args.guidance:g}\n\n{format_table(results)}\n\n"
+        f"the scorer on the same prompts (ceiling and chance level):\n\n{format_table(references)}\n"
     )
-    print(format_table(results))
-    references = reference_points(count=args.count, split=args.split, seed=args.seed)
-    print("\nthe scorer on the same prompts (ceiling and chance level):")
-    print(format_table(references))
+    print(table)
     if args.out:
-        write_results({"model": info, "results": results, "reference_points": references}, args.out)
-        print(f"wrote {args.out}")
+        out = write_results({"model": info, "results": results, "reference_points": references}, args.out)
+        out.with_suffix(".md").write_text(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 

@@ -1,15 +1,20 @@
-"""The embedded default model: a tiny Wan2.1-architecture image-to-video pipeline.
+"""The embedded models: tiny Wan2.1-architecture image-to-video pipelines.
 
-No model hub is reachable from the machines this project runs on, so the default
-``--model`` is built here from the *real* diffusers/transformers classes at small sizes
+No model hub is reachable from the machines this project runs on, so LayerScope's models
+are built from the *real* diffusers/transformers classes at small sizes
 (``WanImageToVideoPipeline``, ``WanTransformer3DModel`` with the image-context branch,
 ``AutoencoderKLWan``, ``UMT5EncoderModel`` with a SentencePiece-style Unigram tokenizer,
-``CLIPVisionModel``, ``FlowMatchEulerDiscreteScheduler``).
+``CLIPVisionModel``, ``FlowMatchEulerDiscreteScheduler``):
 
-The weights are random (deterministic from a seed).  Every store and report made with
-it says so through :data:`RANDOM_WEIGHTS_NOTE`.  The pipeline is written once with
-``save_pretrained`` (safetensors) into a cache directory and always loaded back through
-``from_pretrained(local_dir)``, the same code path a real checkpoint takes.
+* ``--model default``: the *trained* shapes-world model shipped in
+  ``layerscope/models/shapes-wan-i2v`` (see its ``MODEL_CARD.md``;
+  :mod:`layerscope.shapes.train` made it);
+* ``--model random``: the same architecture family with random weights, deterministic
+  from a seed, for fast tests.  It is written once with ``save_pretrained``
+  (safetensors) into a cache directory; every store and report made with it says so
+  through :data:`RANDOM_WEIGHTS_NOTE`.
+
+Both are loaded through ``from_pretrained(local_dir)``, the code path a real checkpoint takes.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+
+import pytest
 
 from layerscope.cli import main
 
@@ -14,6 +17,7 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     assert data["model"]["weights"] == "random"
     baseline = data["results"]["baseline"]
     assert baseline["overall"]["count"] == 6 and len(baseline["scores"]) == 6
+    assert baseline["steps"] == 4
     assert set(baseline["per_dimension"]) == {"dynamic_attribute", "motion", "interaction"}
     # random weights cannot follow an instruction; consistency is measured against the real reference
     assert baseline["overall"]["all_correct"] == 0.0
@@ -25,3 +29,56 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     assert references["ground truth"]["overall"]["count"] == 6
     printed = capsys.readouterr().out
     assert "| baseline |" in printed and "| ground truth | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
+    # the table is written next to the JSON
+    table = out.with_suffix(".md").read_text()
+    assert "| baseline |" in table and "weights: random" in table
+
+
+@pytest.fixture()
+def random_model_ranking(recorded_run, tmp_path):
+    path, _ = recorded_run
+    copy = tmp_path / "base.zarr"
+    shutil.copytree(path, copy)
+    out = tmp_path / "ranking.json"
+    assert main(["rank", str(copy), "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_eval_with_focal_guidance(random_model_ranking, tmp_path):
+    out = tmp_path / "eval.json"
+    # random CLIP weights: no word clears the default tau_sel, so let every non-stopword through
+    config = tmp_path / "fg.toml"
+    config.write_text("[focal_guidance]\ntau_sel = -1.0\n")
+    argv = ["eval", "--quick", "--model", "random", "--out", str(out), "--intervene-config", str(config)]
+    assert main([*argv, "--intervene", "focal-guidance", "--ranking", str(random_model_ranking)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"baseline", "focal-guidance"}
+    baseline, guided = results["baseline"], results["focal-guidance"]
+    assert guided["overall"]["count"] == 6
+    # same prompts and seeds, different pipeline: the videos differ, so consistency does too
+    assert [s["prompt"] for s in guided["scores"]] == [s["prompt"] for s in baseline["scores"]]
+    assert guided["overall"]["first_frame_consistency"] != baseline["overall"]["first_frame_consistency"]
+
+
+def test_eval_refuses_a_ranking_of_another_model_before_generating(random_model_ranking, tmp_path, capsys):
+    data = json.loads(random_model_ranking.read_text())
+    data["model"]["model_id"] = "some-other-model"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    argv = ["eval", "--quick", "--model", "random", "--intervene", "focal-guidance", "--ranking", str(other)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "some-other-model" in err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ranking", "r.json"], "need --intervene"),
+        (["--quick", "--count", "3"], "--quick sets"),
+    ],
+)
+def test_eval_usage_errors(argv, message, capsys):
+    assert main(["eval", "--model", "random", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -31,6 +31,10 @@ def test_selection_failure_names_threshold_and_best_score():
     scores = [fsg.KeywordScore("cat", 0.12, False), fsg.KeywordScore("dog", 0.31, False)]
     with pytest.raises(fsg.SelectionError, match=r"tau_sel=0.5; the best was 'dog' at 0.310"):
         fsg.select_keywords(scores, 0.5)
+    # a stopword scoring higher is not named as "the best": it could never have been chosen
+    with_stopword = [*scores, fsg.KeywordScore("the", 0.9, False, stopword=True)]
+    with pytest.raises(fsg.SelectionError, match=r"the best was 'dog' at 0.310"):
+        fsg.select_keywords(with_stopword, 0.5)
 
 
 def test_anchor_is_normalised_positive_weighted_sum():

@@ -40,6 +40,44 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
     return to_uint8(output.frames[0])
 
 
+def apply_intervention(pipe: Any, scene: Any, intervention: Any) -> Any:
+    """Attach ``intervention`` for one generation of ``scene``; returns its handle (``.remove()``).
+
+    The run inputs carry the model id, so an intervention checks its ranking against the
+    model exactly as ``layerscope record`` does.
+    """
+    from PIL import Image
+
+    from layerscope.adapters.base import resolve_adapter
+    from layerscope.interventions import RunInputs
+    from layerscope.record import describe_model, pipeline_dir
+    from layerscope.shapes.render import reference_image
+
+    adapter = resolve_adapter(pipe)
+    image = Image.fromarray(reference_image(scene, height=256, width=256))
+    inputs = RunInputs(
+        pipe=pipe,
+        adapter=adapter,
+        prompt=scene.prompt,
+        image=image,
+        height=256,
+        width=256,
+        num_frames=9,
+        grid=adapter.token_grid(9, 256, 256),
+        model_dir=pipeline_dir(pipe),
+        extra={"model_id": describe_model(pipe)["model_id"]},
+    )
+    return intervention.apply(inputs)
+
+
+def check_intervention(pipe: Any, intervention_factory: Any, *, split: str = "heldout", seed: int = 0) -> None:
+    """Apply and remove one intervention on the first scene, so setup errors (a ranking of
+    another model, a missing CLIP) stop the benchmark before any video is generated."""
+    from layerscope.shapes.world import sample_scenes
+
+    apply_intervention(pipe, sample_scenes(1, split=split, seed=seed + 1000)[0], intervention_factory()).remove()
+
+
 def evaluate_pipeline(
     pipe: Any,
     *,
@@ -54,27 +92,16 @@ def evaluate_pipeline(
     """Score ``count`` scenes of ``split``; ``intervention_factory()`` gives a fresh intervention per video."""
     from tqdm.auto import tqdm
 
-    from layerscope.adapters.base import resolve_adapter
-    from layerscope.interventions import RunInputs
-    from layerscope.record import pipeline_dir
     from layerscope.shapes.render import reference_image
     from layerscope.shapes.scorer import evaluate
     from layerscope.shapes.world import sample_scenes
 
     scenes = sample_scenes(count, split=split, seed=seed + 1000)
-    adapter = resolve_adapter(pipe)
     pipe.set_progress_bar_config(disable=True)
     videos = []
     started = time.perf_counter()
     for index, scene in enumerate(tqdm(scenes, desc=f"eval {split}", disable=not progress)):
-        handle = None
-        if intervention_factory is not None:
-            from PIL import Image
-
-            image = Image.fromarray(reference_image(scene, height=256, width=256))
-            inputs = RunInputs(pipe, adapter, scene.prompt, image, 256, 256, 9, adapter.token_grid(9, 256, 256))
-            inputs.model_dir = pipeline_dir(pipe)
-            handle = intervention_factory().apply(inputs)
+        handle = None if intervention_factory is None else apply_intervention(pipe, scene, intervention_factory())
         try:
             videos.append(generate(pipe, scene, steps=steps, seed=seed + index, guidance=guidance))
         finally:

@@ -266,7 +266,9 @@ def _pushed(tracks: Tracks, p: dict[str, Any]) -> bool:
     if total < p["min_distance"]:
         return False
     contact = _first_contact(tracks, p["subject"], p["object"], p["tolerance"])
-    return contact is None or contact == 0 or _displacement(track, axis, contact - 1) < total / 2
+    if contact is None:  # the object moved on its own: not a push
+        return False
+    return contact == 0 or _displacement(track, axis, contact - 1) < total / 2
 
 
 ANSWER = {
@@ -305,6 +307,9 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3 or len(video) < 2:
         raise ValueError(f"expected a (T >= 2, H, W, 3) video, got shape {video.shape}")
+    if not np.issubdtype(video.dtype, np.integer):
+        # a float video in [0, 1] cast to uint8 would be black and fail every question silently
+        raise ValueError(f"expected a uint8 video (0-255), got {video.dtype}; convert with layerscope.record.to_uint8")
     video = video.astype(np.uint8, copy=False)
     if reference is None:
         from layerscope.shapes.render import reference_image
@@ -359,7 +364,8 @@ def chance_level(
     * ``static``: the reference image repeated (no event at all);
     * ``reversed``: the ground-truth video played backwards (the event undone);
     * ``shuffled``: each scene scored on another scene's ground-truth video (a derangement
-      from ``seed``), with that video's own first frame as reference.
+      from ``seed``), with that video's own first frame as reference; left out for a
+      single scene, which has nobody to swap with.
 
     ``videos`` default to the ground truth rendered at ``size`` x ``size``.  Returns
     :func:`summarise` dicts (no per-video scores).
@@ -372,9 +378,11 @@ def chance_level(
     partner = np.empty(len(scenes), dtype=int)
     partner[order] = np.roll(order, -1)  # a cycle through all scenes: nobody gets their own video
     static = [np.repeat(v[:1], len(v), axis=0) for v in videos]
-    shuffled = [videos[j] for j in partner]
-    return {
+    result = {
         "static": summarise(evaluate(scenes, static)["scores"]),
         "reversed": summarise(evaluate(scenes, [v[::-1] for v in videos])["scores"]),
-        "shuffled": summarise(evaluate(scenes, shuffled, [v[0] for v in shuffled])["scores"]),
     }
+    if len(scenes) >= 2:  # one scene has nobody to swap videos with
+        shuffled = [videos[j] for j in partner]
+        result["shuffled"] = summarise(evaluate(scenes, shuffled, [v[0] for v in shuffled])["scores"])
+    return result

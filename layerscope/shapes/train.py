@@ -37,9 +37,13 @@ from typing import Any
 import numpy as np
 
 SHIFT = 3.0  # FlowMatchEulerDiscreteScheduler(shift=3.0), as in the default pipeline
-#: Mean RGB error on shape pixels above which the VAE is taken to have lost the shapes
-#: (a flat grey reconstruction scores ~90; see :func:`reconstruction_check`).
-VAE_COLLAPSE_SHAPE_ERROR = 45.0
+#: The VAE has lost the shapes when its error on shape pixels exceeds this share of what a
+#: flat grey reconstruction of the same clips would score (see :func:`reconstruction_check`).
+VAE_COLLAPSE_RATIO = 0.6
+#: Steps each stage runs before its step time is measured and its step count fixed.
+CALIBRATION_STEPS = 20
+#: The stages whose step counts a run records and a replay reuses.
+STAGES = ("vae_frames", "vae_clips", "clip", "dit")
 
 
 @dataclass
@@ -64,7 +68,44 @@ class TrainConfig:
     lr_vae: float = 1e-3
     lr_clip: float = 5e-4
     lr_dit: float = 1e-3
+    dit_warmup: int = 100
     prompt_dropout: float = 0.1
+    threads: int = 2
+    #: Step counts per stage (keys of :data:`STAGES`).  Unset stages are calibrated from
+    #: the time budget; a replay (``--replay``) sets all of them, and then the run is
+    #: the same computation step for step, whatever the machine's speed.
+    steps: dict[str, int] | None = None
+
+
+class StageClock:
+    """How long a stage trains: a fixed number of steps, the same for a run and its replay.
+
+    Without a given count the stage runs :data:`CALIBRATION_STEPS`, measures its step
+    time and fixes ``total = seconds / step time``.  Learning rates are a function of the
+    step and the total only (linear warm-up, then a cosine to zero after the calibration
+    steps), so a replay with the recorded totals repeats the run exactly; a wall-clock
+    schedule would not, as step times vary with the machine and its load.
+    """
+
+    def __init__(self, name: str, seconds: float, total: int | None = None, clock: Any = time.perf_counter):
+        self.name, self.seconds, self.total, self.clock = name, seconds, total, clock
+        self.started = clock()
+
+    def running(self, step: int) -> bool:
+        if self.total is None and step >= CALIBRATION_STEPS:
+            per_step = (self.clock() - self.started) / step
+            self.total = max(step, int(self.seconds / per_step))
+        return self.total is None or step < self.total
+
+    def lr_factor(self, step: int, warmup: int = 0, decay: bool = True) -> float:
+        factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if decay and step >= CALIBRATION_STEPS and self.total is not None and self.total > CALIBRATION_STEPS:
+            fraction = (step - CALIBRATION_STEPS) / (self.total - CALIBRATION_STEPS)
+            factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+        return factor
+
+    def __repr__(self) -> str:
+        return f"StageClock({self.name!r}, total={self.total})"
 
 
 class _Log:
@@ -94,9 +135,13 @@ def _to_tensor(videos: np.ndarray) -> Any:
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def _cosine_lr(optimizer: Any, base: float, fraction: float) -> None:
+def _set_lr(optimizer: Any, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+        group["lr"] = lr
+
+
+def _stage(config: TrainConfig, name: str, seconds: float) -> StageClock:
+    return StageClock(name, seconds, (config.steps or {}).get(name))
 
 
 def shape_mask(videos: np.ndarray) -> np.ndarray:
@@ -109,14 +154,24 @@ def shape_mask(videos: np.ndarray) -> np.ndarray:
 
 
 def _shape_crop_origin(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
-    """A crop origin (multiple of 8) whose crop contains shape pixels, or a random one if none."""
-    size = mask.shape[-1]
+    """A crop origin (multiples of 8) whose crop contains shape pixels of some frame, or a random one.
+
+    ``mask`` is (T, H, W).  The union over frames is used, so a clip crop always shows
+    the shape at some time; a single frame drawn from such a crop may miss a moving
+    shape, which the shape weighting then simply does not apply to.
+    """
+    height, width = mask.shape[-2:]
     ys, xs = np.nonzero(mask.any(axis=0))
     if len(ys) == 0:
-        return tuple((rng.integers(0, (size - crop) // 8 + 1, 2) * 8).tolist())
+        return _random_crop_origin(height, width, crop, rng)
     pick = int(rng.integers(0, len(ys)))
-    y = int(np.clip(ys[pick] - rng.integers(8, crop - 8), 0, size - crop)) // 8 * 8
-    x = int(np.clip(xs[pick] - rng.integers(8, crop - 8), 0, size - crop)) // 8 * 8
+    y = int(np.clip(ys[pick] - rng.integers(8, crop - 8), 0, height - crop)) // 8 * 8
+    x = int(np.clip(xs[pick] - rng.integers(8, crop - 8), 0, width - crop)) // 8 * 8
+    return y, x
+
+
+def _random_crop_origin(height: int, width: int, crop: int, rng: np.random.Generator) -> tuple[int, int]:
+    y, x = (rng.integers(0, [(height - crop) // 8 + 1, (width - crop) // 8 + 1]) * 8).tolist()
     return y, x
 
 
@@ -131,7 +186,7 @@ def _vae_batch(
         if rng.random() < config.vae_shape_crops:
             y, x = _shape_crop_origin(masks[i], config.crop, rng)
         else:
-            y, x = (rng.integers(0, (videos.shape[2] - config.crop) // 8 + 1, 2) * 8).tolist()
+            y, x = _random_crop_origin(videos.shape[2], videos.shape[3], config.crop, rng)
         frames = slice(f := int(rng.integers(0, videos.shape[1])), f + 1) if single_frame else slice(None)
         crops.append(videos[i, frames, y : y + config.crop, x : x + config.crop])
         weights.append(masks[i, frames, y : y + config.crop, x : x + config.crop])
@@ -139,19 +194,22 @@ def _vae_batch(
     return _to_tensor(np.stack(crops)), weight
 
 
-def train_vae(vae: Any, videos: np.ndarray, config: TrainConfig, seconds: float, log: _Log) -> None:
-    """Reconstruction training on crops, most of them centred on shapes; single frames first.
+def train_vae(vae: Any, videos: np.ndarray, config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
+    """Reconstruction training on crops, most of them containing shapes; single frames first.
 
     What the first trained VAE taught us (it collapsed to flat grey):
 
     - shapes cover ~5% of a frame, so uniform crops are mostly grey and grey is the
-      cheapest minimum: crops contain a shape ``config.vae_shape_crops`` of the time and
-      shape pixels weigh ``config.vae_shape_weight`` times a background pixel (MSE);
+      cheapest minimum: crops contain a shape (in some frame of the clip)
+      ``config.vae_shape_crops`` of the time and shape pixels weigh
+      ``config.vae_shape_weight`` times a background pixel (MSE);
     - the posterior mean is decoded, not a sample (see below);
     - a 9-frame clip step costs ~9 single-frame steps, and spatial structure is learnt
       from frames alone (the causal VAE encodes frame 0 on its own), so the first
       ``config.vae_image_share`` of the time trains on single frames (batch 2x) at a
       constant rate, the rest on clips with a cosine decay.
+
+    Returns the step count of each phase.
     """
     import torch
 
@@ -159,33 +217,42 @@ def train_vae(vae: Any, videos: np.ndarray, config: TrainConfig, seconds: float,
     masks = shape_mask(videos)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr_vae, weight_decay=0.0)
     vae.train()
-    image_seconds = seconds * config.vae_image_share
-    started, step = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < seconds:
-        single_frame = elapsed < image_seconds
+    phases = (
+        ("vae_frames", seconds * config.vae_image_share, True),
+        ("vae_clips", seconds * (1 - config.vae_image_share), False),
+    )
+    steps = {}
+    for name, phase_seconds, single_frame in phases:
+        clock, step = _stage(config, name, phase_seconds), 0
         size = 2 * config.vae_batch if single_frame else config.vae_batch
-        batch, weight = _vae_batch(videos, masks, config, rng, size, single_frame)
-        # The posterior mean, not a sample: the pipeline encodes with the mean ("argmax"),
-        # and at initialisation a sample carries unit-variance noise that drowns the signal.
-        reconstruction = vae.decode(vae.encode(batch).latent_dist.mode()).sample
-        loss = ((reconstruction - batch).pow(2) * weight).sum() / (weight.sum() * 3)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        if not single_frame:
-            _cosine_lr(optimizer, config.lr_vae, (elapsed - image_seconds) / (seconds - image_seconds))
-        optimizer.step()
-        if step % 10 == 0:
-            log("vae", step=step, frames=batch.shape[2], loss=round(float(loss.detach()), 5))
-        step += 1
+        while clock.running(step):
+            batch, weight = _vae_batch(videos, masks, config, rng, size, single_frame)
+            # The posterior mean, not a sample: the pipeline encodes with the mean ("argmax"),
+            # and at initialisation a sample carries unit-variance noise that drowns the signal.
+            reconstruction = vae.decode(vae.encode(batch).latent_dist.mode()).sample
+            loss = ((reconstruction - batch).pow(2) * weight).sum() / (weight.sum() * 3)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            _set_lr(optimizer, config.lr_vae * clock.lr_factor(step, decay=not single_frame))
+            optimizer.step()
+            if step % 10 == 0:
+                log("vae", phase=name, step=step, frames=batch.shape[2], loss=round(float(loss.detach()), 5))
+            step += 1
+        steps[name] = step
+        log("stage", name=name, steps=step)
     vae.eval()
+    return steps
 
 
-def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, float]:
+def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, Any]:
     """How well the VAE reproduces whole clips: the guard against a collapsed (all-grey) VAE.
 
-    ``shape_error`` is the mean absolute RGB error (0-255) on shape pixels; a grey
-    reconstruction scores ~90 there.  ``std_ratio`` is reconstruction / input pixel std.
+    ``shape_error`` is the mean absolute RGB error (0-255) on shape pixels;
+    ``grey_shape_error`` is what a flat grey (128) reconstruction scores on the same
+    pixels (51 for purple up to 92 for yellow, so it is computed, not assumed);
+    ``collapsed`` says whether ``shape_error`` exceeds :data:`VAE_COLLAPSE_RATIO` of it.
+    ``std_ratio`` is reconstruction / input pixel std.
     """
     import torch
 
@@ -193,13 +260,18 @@ def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, float]:
         clips = _to_tensor(videos)
         out = torch.cat([vae.decode(vae.encode(clips[i : i + 1]).latent_dist.mode()).sample for i in range(len(clips))])
     out = ((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 4, 1).numpy()
-    error = np.abs(out - videos.astype(np.float32)).mean(axis=-1)
+    pixels = videos.astype(np.float32)
+    error = np.abs(out - pixels).mean(axis=-1)
     mask = shape_mask(videos)
+    shape_error = float(error[mask].mean())
+    grey_shape_error = float(np.abs(pixels - 128.0).mean(axis=-1)[mask].mean())
     return {
-        "psnr": float(10 * np.log10(255.0**2 / np.mean((out - videos) ** 2))),
-        "shape_error": float(error[mask].mean()),
+        "psnr": float(10 * np.log10(255.0**2 / np.mean((out - pixels) ** 2))),
+        "shape_error": shape_error,
+        "grey_shape_error": grey_shape_error,
         "background_error": float(error[~mask].mean()),
-        "std_ratio": float(out.std() / videos.std()),
+        "std_ratio": float(out.std() / pixels.std()),
+        "collapsed": bool(shape_error > VAE_COLLAPSE_RATIO * grey_shape_error),
     }
 
 
@@ -208,14 +280,19 @@ def set_latent_statistics(vae: Any, videos: np.ndarray, log: _Log) -> None:
     import torch
 
     with torch.no_grad():
-        latents = torch.cat([vae.encode(_to_tensor(videos[i : i + 1])).latent_dist.mode() for i in range(8)])
+        latents = torch.cat(
+            [vae.encode(_to_tensor(videos[i : i + 1])).latent_dist.mode() for i in range(min(8, len(videos)))]
+        )
     mean = latents.mean(dim=(0, 2, 3, 4)).tolist()
     std = latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3).tolist()
     vae.register_to_config(latents_mean=mean, latents_std=std)
     log("vae_stats", latents_mean=[round(m, 4) for m in mean], latents_std=[round(s, 4) for s in std])
 
 
-def train_clip(clip: Any, images: np.ndarray, captions: list[str], config: TrainConfig, seconds: float, log) -> None:
+def train_clip(
+    clip: Any, images: np.ndarray, captions: list[str], config: TrainConfig, seconds: float, log: _Log
+) -> dict[str, int]:
+    """Contrastive image/prompt training, so FSG's keyword selection (Eq. 6) has a joint space."""
     import torch
     import torch.nn.functional as F
 
@@ -227,8 +304,8 @@ def train_clip(clip: Any, images: np.ndarray, captions: list[str], config: Train
     rng = np.random.default_rng(config.seed + 20)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=config.lr_clip, weight_decay=0.05)
     clip.train()
-    started, step = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < seconds:
+    clock, step = _stage(config, "clip", seconds), 0
+    while clock.running(step):
         index = torch.from_numpy(rng.choice(len(captions), min(config.clip_batch, len(captions)), replace=False))
         image_features = F.normalize(clip.encode_image(pixels[index]), dim=-1)
         text_features = F.normalize(clip.encode_text(tokens[index]), dim=-1)
@@ -239,14 +316,16 @@ def train_clip(clip: Any, images: np.ndarray, captions: list[str], config: Train
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _cosine_lr(optimizer, config.lr_clip, elapsed / seconds)
+        _set_lr(optimizer, config.lr_clip * clock.lr_factor(step))
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
         if step % 10 == 0:
             log("clip", step=step, loss=round(float(loss.detach()), 5))
         step += 1
+    log("stage", name="clip", steps=step)
     clip.eval()
+    return {"clip": step}
 
 
 def _clip_pixels(images: np.ndarray) -> Any:
@@ -261,7 +340,7 @@ def _clip_pixels(images: np.ndarray) -> Any:
     return (x - mean) / std
 
 
-def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log) -> dict[str, Any]:
+def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log: _Log) -> dict[str, Any]:
     """x0 latents, conditions, prompt and image embeddings, via the pipeline's own code paths.
 
     Every training clip is encoded (~1 s each here): the first run time-boxed this stage
@@ -305,15 +384,16 @@ def sample_sigmas(batch: int, generator: Any) -> Any:
     return SHIFT * s / (1 + (SHIFT - 1) * s)
 
 
-def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, seconds: float, log: _Log) -> None:
+def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
+    """Rectified-flow training on the encoded clips, as the Wan pipeline samples (module docstring)."""
     import torch
 
     generator = torch.Generator().manual_seed(config.seed + 30)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr_dit, weight_decay=0.01)
     transformer.train()
     n = data["x0"].shape[0]
-    started, step = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < seconds:
+    clock, step = _stage(config, "dit", seconds), 0
+    while clock.running(step):
         index = torch.randint(0, n, (config.dit_batch,), generator=generator)
         x0 = data["x0"][index]
         noise = torch.randn(x0.shape, generator=generator)
@@ -334,13 +414,27 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        warmup = min(1.0, step / 100)
-        _cosine_lr(optimizer, config.lr_dit * warmup, elapsed / seconds)
+        _set_lr(optimizer, config.lr_dit * clock.lr_factor(step, warmup=config.dit_warmup))
         optimizer.step()
         if step % 10 == 0:
             log("dit", step=step, loss=round(float(loss.detach()), 5))
         step += 1
+    log("stage", name="dit", steps=step)
     transformer.eval()
+    return {"dit": step}
+
+
+class TrainingError(RuntimeError):
+    """Training ran but produced a model that must not be saved."""
+
+
+def replay_config(model_json: str | Path, out: str) -> TrainConfig:
+    """The configuration of a finished run, with its step counts: the same computation again."""
+    info = json.loads(Path(model_json).read_text())
+    if "train_config" not in info or "steps" not in info:
+        raise ValueError(f"{model_json}: not a trained model's layerscope_model.json (no train_config/steps)")
+    fields = {k: v for k, v in info["train_config"].items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**fields, "out": out, "steps": dict(info["steps"])})
 
 
 def recipe(config: TrainConfig) -> dict[str, Any]:
@@ -359,7 +453,7 @@ def train(config: TrainConfig) -> Path:
     from layerscope.shapes.world import VOCABULARY, sample_scenes
 
     torch.manual_seed(config.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
     out = Path(config.out)
     log = _Log(out / "train_log.jsonl")
     budget = config.minutes * 60.0
@@ -371,14 +465,18 @@ def train(config: TrainConfig) -> Path:
 
     clip = testbed.build_default_clip(config.seed)
     pipe = testbed.build_default_pipeline(config.seed, clip=clip, vocabulary=VOCABULARY)
-    train_vae(pipe.vae, videos, config, budget * config.vae_share, log)
+    steps = train_vae(pipe.vae, videos, config, budget * config.vae_share, log)
     check = reconstruction_check(pipe.vae, videos[-8:])
-    log("vae_check", **{k: round(v, 3) for k, v in check.items()})
-    if check["shape_error"] > VAE_COLLAPSE_SHAPE_ERROR:
-        log("warning", message=f"VAE reconstructions lose the shapes (shape_error {check['shape_error']:.1f})")
+    log("vae_check", **{k: round(v, 3) if isinstance(v, float) else v for k, v in check.items()})
+    if check["collapsed"] and not config.steps:
+        # Training a DiT on a collapsed VAE's latents wastes the rest of the budget.
+        raise TrainingError(
+            f"the VAE lost the shapes (error {check['shape_error']:.1f} on shape pixels, flat grey scores "
+            f"{check['grey_shape_error']:.1f}); no model was saved; give the VAE more time (--minutes)"
+        )
     set_latent_statistics(pipe.vae, videos, log)
 
-    train_clip(clip, videos[:, 0], [s.prompt for s in scenes], config, budget * config.clip_share, log)
+    steps |= train_clip(clip, videos[:, 0], [s.prompt for s in scenes], config, budget * config.clip_share, log)
     pipe.image_encoder = vision_tower_to_transformers(clip)
     pipe.register_modules(image_encoder=pipe.image_encoder)
 
@@ -403,7 +501,7 @@ def train(config: TrainConfig) -> Path:
     data = encode_training_set(pipe, scenes, videos, log)
     # The DiT gets whatever the budget has left, less a minute for saving.
     dit_seconds = max(60.0, budget - (time.perf_counter() - log.started) - 60.0)
-    train_dit(pipe.transformer, data, config, dit_seconds, log)
+    steps |= train_dit(pipe.transformer, data, config, dit_seconds, log)
 
     pipe.save_pretrained(out, safe_serialization=True)
     save_open_clip(clip, testbed.CLIP_CONFIG, out / testbed.CLIP_SUBFOLDER)
@@ -416,9 +514,16 @@ def train(config: TrainConfig) -> Path:
                 "weights": "trained",
                 "note": "trained on the procedural shapes world (see MODEL_CARD.md)",
                 "train_config": recipe(config),
+                # replay: layerscope testbed train --replay layerscope_model.json --out DIR
+                "steps": steps,
+                "vae_check": check,
+                "train_minutes": round((time.perf_counter() - log.started) / 60, 1),
             },
             indent=2,
         )
     )
+    from layerscope.shapes.model_card import write_model_card
+
+    write_model_card(out)
     log("done", seconds=round(time.perf_counter() - log.started, 1))
     return out
