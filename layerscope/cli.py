@@ -14,26 +14,24 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would silently mean 'use the default')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, why: str):
+    """An argparse type for integers >= ``minimum``; ``why`` documents the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__doc__ = f"argparse type: an integer >= {minimum} ({why})"
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+_positive_int = _int_at_least(1, "0 would silently mean 'use the default'")
+_non_negative_int = _int_at_least(0, "seeds")
 
 
 def _positive_float(text: str) -> float:

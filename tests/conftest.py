@@ -64,3 +64,18 @@ def recorded_run(tiny_pipe, example, tmp_path_factory):
     path = tmp_path_factory.mktemp("runs") / "base.zarr"
     summary = record(tiny_pipe, path, dtype="float32", progress=False, **example)
     return path, summary
+
+
+@pytest.fixture()
+def base_ranking(recorded_run, tmp_path):
+    """`layerscope rank` of (a copy of) the shared recording: a ranking of the random tiny model."""
+    import shutil
+
+    from layerscope.cli import main
+
+    path, _ = recorded_run
+    copy = tmp_path / "base.zarr"
+    shutil.copytree(path, copy)
+    out = tmp_path / "ranking.json"
+    assert main(["rank", str(copy), "--out", str(out)]) == 0
+    return out

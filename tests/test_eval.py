@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -34,23 +33,13 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     assert "| baseline |" in table and "weights: random" in table
 
 
-@pytest.fixture()
-def random_model_ranking(recorded_run, tmp_path):
-    path, _ = recorded_run
-    copy = tmp_path / "base.zarr"
-    shutil.copytree(path, copy)
-    out = tmp_path / "ranking.json"
-    assert main(["rank", str(copy), "--out", str(out)]) == 0
-    return out
-
-
-def test_quick_eval_with_focal_guidance(random_model_ranking, tmp_path):
+def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     out = tmp_path / "eval.json"
     # random CLIP weights: no word clears the default tau_sel, so let every non-stopword through
     config = tmp_path / "fg.toml"
     config.write_text("[focal_guidance]\ntau_sel = -1.0\n")
     argv = ["eval", "--quick", "--model", "random", "--out", str(out), "--intervene-config", str(config)]
-    assert main([*argv, "--intervene", "focal-guidance", "--ranking", str(random_model_ranking)]) == 0
+    assert main([*argv, "--intervene", "focal-guidance", "--ranking", str(base_ranking)]) == 0
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"baseline", "focal-guidance"}
     baseline, guided = results["baseline"], results["focal-guidance"]
@@ -60,8 +49,8 @@ def test_quick_eval_with_focal_guidance(random_model_ranking, tmp_path):
     assert guided["overall"]["first_frame_consistency"] != baseline["overall"]["first_frame_consistency"]
 
 
-def test_eval_refuses_a_ranking_of_another_model_before_generating(random_model_ranking, tmp_path, capsys):
-    data = json.loads(random_model_ranking.read_text())
+def test_eval_refuses_a_ranking_of_another_model_before_generating(base_ranking, tmp_path, capsys):
+    data = json.loads(base_ranking.read_text())
     data["model"]["model_id"] = "some-other-model"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(data))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -224,16 +223,6 @@ def test_entry_point_loads_with_ranking(tmp_path, model_dir):
     fg = load_intervention("focal-guidance", ranking=str(ranking), config=str(config), fsg=False)
     assert fg.config.weak_layers == [2, 3] and fg.config.lambda_txt == 0.1 and fg.config.mode == "cache"
     assert fg.config.ranking_source["path"] == str(ranking)
-
-
-@pytest.fixture()
-def base_ranking(recorded_run, tmp_path):
-    path, _ = recorded_run
-    copy = tmp_path / "base.zarr"
-    shutil.copytree(path, copy)
-    out = tmp_path / "ranking.json"
-    assert main(["rank", str(copy), "--out", str(out)]) == 0
-    return out
 
 
 FAST = ["--model", "random", "--frames", "5", "--steps", "2", "--quiet"]
