@@ -162,3 +162,8 @@ def test_replay_refuses_a_json_without_steps(tmp_path):
     path.write_text(json.dumps({"name": "x", "train_config": {"seed": 0}}))
     with pytest.raises(ValueError, match="no train_config/steps"):
         replay_config(path, str(tmp_path / "out"))
+    # the shipped model's run was time-boxed before step counts were recorded
+    from layerscope.testbed import SHIPPED_MODEL_DIR
+
+    with pytest.raises(ValueError, match="cannot be replayed exactly"):
+        replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"))

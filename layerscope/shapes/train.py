@@ -431,6 +431,8 @@ class TrainingError(RuntimeError):
 def replay_config(model_json: str | Path, out: str) -> TrainConfig:
     """The configuration of a finished run, with its step counts: the same computation again."""
     info = json.loads(Path(model_json).read_text())
+    if "steps_logged" in info and "steps" not in info:
+        raise ValueError(f"{model_json}: this run predates recorded step counts and cannot be replayed exactly")
     if "train_config" not in info or "steps" not in info:
         raise ValueError(f"{model_json}: not a trained model's layerscope_model.json (no train_config/steps)")
     fields = {k: v for k, v in info["train_config"].items() if k in TrainConfig.__dataclass_fields__}
