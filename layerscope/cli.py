@@ -185,7 +185,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
     p.add_argument("--minutes", type=_positive_float, default=60.0, help="train: total time budget")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="train: seed (data, init, batches)")
-    p.add_argument("--scenes", type=_positive_int, default=480, help="train: number of training scenes (>= 8)")
+    p.add_argument(
+        "--scenes",
+        type=_int_at_least(8, "the VAE check uses 8 clips"),
+        default=480,
+        help="train: number of training scenes (>= 8)",
+    )
     p.add_argument(
         "--replay",
         metavar="MODEL_JSON",
@@ -211,16 +216,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise _Usage("testbed train needs --out DIR (e.g. runs/shapes-model)")
-    if Path(args.out).exists() and any(Path(args.out).iterdir()):
-        raise _Usage(f"--out {args.out} is not empty; choose a new directory")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _Usage(f"--out {args.out} exists and is not an empty directory; choose a new directory")
     if args.replay:
         try:
             config = replay_config(args.replay, args.out)
         except (OSError, ValueError) as error:
             raise _Usage(f"--replay: {error}") from None
     else:
-        if args.scenes < 8:
-            raise _Usage(f"--scenes {args.scenes}: at least 8 are needed (the VAE check uses 8 clips)")
         config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)
     try:
         print(train(config))

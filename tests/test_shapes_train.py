@@ -128,9 +128,9 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     "argv, message",
     [
         ([], "needs --out"),
-        (["--scenes", "3"], "at least 8"),
         (["--replay", "missing.json"], "--replay"),
-        (["--out", "."], "not empty"),
+        (["--out", "."], "not an empty directory"),
+        (["--out", "something"], "not an empty directory"),
     ],
 )
 def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monkeypatch, capsys):
@@ -146,7 +146,9 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("argv", [["--minutes", "0"], ["--minutes", "-5"], ["--seed", "-1"], ["--scenes", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--minutes", "0"], ["--minutes", "-5"], ["--seed", "-1"], ["--scenes", "0"], ["--scenes", "7"]]
+)
 def test_train_rejects_impossible_numbers(argv):
     from layerscope.cli import main
 

@@ -40,6 +40,13 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
     return to_uint8(output.frames[0])
 
 
+def eval_scenes(count: int, split: str = "heldout", seed: int = 0) -> list[Any]:
+    """The benchmark's prompts: offset from the training seeds so a train-split eval sees fresh scenes."""
+    from layerscope.shapes.world import sample_scenes
+
+    return sample_scenes(count, split=split, seed=seed + 1000)
+
+
 def apply_intervention(pipe: Any, scene: Any, intervention: Any) -> Any:
     """Attach ``intervention`` for one generation of ``scene``; returns its handle (``.remove()``).
 
@@ -73,9 +80,7 @@ def apply_intervention(pipe: Any, scene: Any, intervention: Any) -> Any:
 def check_intervention(pipe: Any, intervention_factory: Any, *, split: str = "heldout", seed: int = 0) -> None:
     """Apply and remove one intervention on the first scene, so setup errors (a ranking of
     another model, a missing CLIP) stop the benchmark before any video is generated."""
-    from layerscope.shapes.world import sample_scenes
-
-    apply_intervention(pipe, sample_scenes(1, split=split, seed=seed + 1000)[0], intervention_factory()).remove()
+    apply_intervention(pipe, eval_scenes(1, split, seed)[0], intervention_factory()).remove()
 
 
 def evaluate_pipeline(
@@ -94,9 +99,8 @@ def evaluate_pipeline(
 
     from layerscope.shapes.render import reference_image
     from layerscope.shapes.scorer import evaluate
-    from layerscope.shapes.world import sample_scenes
 
-    scenes = sample_scenes(count, split=split, seed=seed + 1000)
+    scenes = eval_scenes(count, split, seed)
     pipe.set_progress_bar_config(disable=True)
     videos = []
     started = time.perf_counter()
@@ -132,9 +136,8 @@ def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, 
     """
     from layerscope.shapes.render import render_video
     from layerscope.shapes.scorer import chance_level, evaluate, summarise
-    from layerscope.shapes.world import sample_scenes
 
-    scenes = sample_scenes(count, split=split, seed=seed + 1000)
+    scenes = eval_scenes(count, split, seed)
     truth = [render_video(s, 9, size, size) for s in scenes]
     return {"ground truth": summarise(evaluate(scenes, truth)["scores"]), **chance_level(scenes, truth, seed=seed)}
 
