@@ -17,7 +17,6 @@ Targets (issue #4): >= 500x per map, kernel <= 2 s, store -> ranking <= 30 s.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,25 +25,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import print_table, summary, timed, verdict, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from layerscope.metrics import moran_inference, morans_i  # noqa: E402
+from layerscope.metrics import moran_inference, morans_i
 
 LAYERS, STEPS, KEYWORDS, FRAMES, HEIGHT, WIDTH = 40, 50, 3, 21, 30, 52
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": len(times)}
 
 
 def bench_per_map(repeats: int) -> dict:
@@ -65,15 +52,15 @@ def bench_per_map(repeats: int) -> dict:
                 Moran(m.ravel(), weights, transformation="b", permutations=0)
 
     morans_i(maps[:2])  # warm-up: the first call imports torch
-    esda_times = [t / n_esda for t in _timed(run_esda, repeats)]
-    ours_times = [t / len(maps) for t in _timed(lambda: morans_i(maps), repeats)]
+    esda_times = [t / n_esda for t in timed(run_esda, repeats)]
+    ours_times = [t / len(maps) for t in timed(lambda: morans_i(maps), repeats)]
     # esda computes the analytical inference too: compare like with like as well
-    full_times = [t / len(maps) for t in _timed(lambda: moran_inference(maps), repeats)]
+    full_times = [t / len(maps) for t in timed(lambda: moran_inference(maps), repeats)]
     esda = statistics.median(esda_times)
     return {
-        "esda_s_per_map": _summary(esda_times),
-        "ours_s_per_map": _summary(ours_times),
-        "ours_with_inference_s_per_map": _summary(full_times),
+        "esda_s_per_map": summary(esda_times),
+        "ours_s_per_map": summary(ours_times),
+        "ours_with_inference_s_per_map": summary(full_times),
         "speedup": esda / statistics.median(ours_times),
         "speedup_with_inference": esda / statistics.median(full_times),
     }
@@ -82,7 +69,7 @@ def bench_per_map(repeats: int) -> dict:
 def bench_kernel(repeats: int) -> dict:
     rng = np.random.default_rng(1)
     maps = rng.normal(size=(LAYERS * STEPS * KEYWORDS * FRAMES, HEIGHT, WIDTH)).astype(np.float16)
-    return {"maps": maps.shape[0], "seconds": _summary(_timed(lambda: morans_i(maps), repeats))}
+    return {"maps": maps.shape[0], "seconds": summary(timed(lambda: morans_i(maps), repeats))}
 
 
 def write_synthetic_store(path: Path, steps: int = STEPS) -> None:
@@ -161,13 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             store["store_to_ranking_seconds"] <= 30.0,
         ),
     ]
-    print("| case | measured | target | met |\n| --- | --- | --- | --- |")
-    for name, value, target, met in rows:
-        print(f"| {name} | {value} | {target} | {'' if target == '' else ('yes' if met else 'NO')} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"per_map": per_map, "kernel": kernel, "store": store}, indent=2))
-    print(f"wrote {out}")
+    print_table(
+        ("case", "measured", "target", "met"),
+        [(name, value, target, verdict(None if target == "" else met)) for name, value, target, met in rows],
+    )
+    write_json({"per_map": per_map, "kernel": kernel, "store": store}, args.out)
     return 0
 
 

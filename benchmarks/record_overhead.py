@@ -7,7 +7,7 @@ median of the per-repeat ratios ``probed / mean(plain before, plain after)`` nex
 median and spread (min/max) of the absolute times.
 
 Cases:
-  a  default model: ``layerscope.record.record`` of the packaged example (256x256, 9 frames,
+  a  default model: ``layerscope.recording.record`` of the packaged example (256x256, 9 frames,
      6 steps, all layers, probe ``hidden``, store written and flushed) vs the same pipeline
      call without probes.
   b  one forward of a ``WanTransformer3DModel`` at Wan2.1-1.3B width (dim 1536, 12 heads,
@@ -40,9 +40,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import print_table, summary, write_json
 
-from layerscope.testbed import (  # noqa: E402
+from layerscope.testbed import (
     EXAMPLE_FRAMES,
     EXAMPLE_HEIGHT,
     EXAMPLE_KEYWORDS,
@@ -62,10 +62,6 @@ REALISTIC_LAYERS = 4
 OVERHEAD_TARGET = 1.05
 RSS_TARGET = 1.10
 RSS_STEPS = (5, 50)
-
-
-def _summary(times: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "repeats": len(times)}
 
 
 def _interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, Any]:
@@ -89,7 +85,7 @@ def _interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict
             times["plain"].append(after)
             ratios[name].append(seconds / ((before + after) / 2.0))
             before = after
-    result: dict[str, Any] = {"seconds": {name: _summary(values) for name, values in times.items()}}
+    result: dict[str, Any] = {"seconds": {name: summary(values) for name, values in times.items()}}
     result["ratio"] = {name: statistics.median(values) for name, values in ratios.items()}
     result["ratios"] = ratios
     result["raw_seconds"] = times
@@ -110,7 +106,7 @@ def _example_kwargs(steps: int) -> dict[str, Any]:
 
 
 def _record_example(pipe: Any, store: Path, steps: int) -> Any:
-    from layerscope.record import record
+    from layerscope.recording import record
 
     return record(
         pipe,
@@ -124,7 +120,7 @@ def _record_example(pipe: Any, store: Path, steps: int) -> Any:
 
 
 def _plain_example(pipe: Any, steps: int) -> Any:
-    """The exact pipeline call :func:`layerscope.record.record` makes, without probes."""
+    """The exact pipeline call :func:`layerscope.recording.record` makes, without probes."""
     import numpy as np
     import torch
     from PIL import Image
@@ -145,8 +141,9 @@ def bench_default_model(repeats: int) -> dict[str, Any]:
     import shutil
 
     from layerscope.loading import load_pipeline
+    from layerscope.testbed import resolve_model
 
-    pipe, model_dir = load_pipeline("default")
+    pipe, model_dir = load_pipeline(resolve_model("default"))
     pipe.set_progress_bar_config(disable=True)
     summaries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
@@ -345,8 +342,9 @@ def _vm_hwm_bytes() -> int | None:
 def child_rss(steps: int) -> dict[str, Any]:
     """Record the example with ``steps`` steps in this (fresh) process; report peak RSS."""
     from layerscope.loading import load_pipeline
+    from layerscope.testbed import resolve_model
 
-    pipe, _ = load_pipeline("default")
+    pipe, _ = load_pipeline(resolve_model("default"))
     with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
         started = time.perf_counter()
         summary = _record_example(pipe, Path(tmp) / "run.zarr", steps)
@@ -457,14 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         results["b"] = bench_realistic(repeats_b)
 
     results["load_average_at_end"] = list(os.getloadavg())
-    print("| case | variant | median | min | max | ratio | target | met |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for row in _rows(results):
-        print("| " + " | ".join(row) + " |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print_table(("case", "variant", "median", "min", "max", "ratio", "target", "met"), _rows(results))
+    write_json(results, args.out)
     return 0
 
 

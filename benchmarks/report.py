@@ -13,14 +13,12 @@ Target (issue #5): the synthetic report renders in under 60 s and weighs under 1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, verdict, write_json
 
 
 def _render(store: Path, out: Path) -> dict[str, float]:
@@ -41,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from layerscope import testbed
     from layerscope.loading import load_pipeline
-    from layerscope.record import record
+    from layerscope.recording import record
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pipe, _ = load_pipeline(args.model)
+        pipe, _ = load_pipeline(testbed.resolve_model(args.model))
         record(
             pipe,
             tmp / "default.zarr",
@@ -64,18 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic_store(tmp / "synthetic.zarr")
         results["synthetic_store_seconds"] = time.perf_counter() - started
         results["synthetic"] = _render(tmp / "synthetic.zarr", tmp / "synthetic.html")
-    print("| report | seconds | MB | target | met |\n| --- | --- | --- | --- | --- |")
     d, s = results["default"], results["synthetic"]
-    print(f"| default run | {d['seconds']:.1f} | {d['megabytes']:.2f} | | |")
     met = s["seconds"] < 60 and s["megabytes"] < 15
-    verdict = "yes" if met else "NO"
-    print(f"| 40x50x3x21x30x52 | {s['seconds']:.1f} | {s['megabytes']:.2f} | < 60 s, < 15 MB | {verdict} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print_table(
+        ("report", "seconds", "MB", "target", "met"),
+        [
+            ("default run", f"{d['seconds']:.1f}", f"{d['megabytes']:.2f}", "", ""),
+            ("40x50x3x21x30x52", f"{s['seconds']:.1f}", f"{s['megabytes']:.2f}", "< 60 s, < 15 MB", verdict(met)),
+        ],
+    )
+    write_json(results, args.out)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

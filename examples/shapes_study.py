@@ -28,17 +28,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from layerscope.loading import load_pipeline
+    from layerscope.loading import load_pipeline, model_info
     from layerscope.ranking import rank_stores
-    from layerscope.record import record
+    from layerscope.recording import record
     from layerscope.report.figures import layer_curves
-    from layerscope.shapes.render import reference_image
-    from layerscope.shapes.world import sample_scenes
-    from layerscope.testbed import model_info
+    from layerscope.testbed import resolve_model
+    from layerscope.testbed.shapes.render import reference_image
+    from layerscope.testbed.shapes.world import sample_scenes
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pipe, model_dir = load_pipeline(args.model)
+    pipe, model_dir = load_pipeline(resolve_model(args.model))
     scenes = sample_scenes(args.count, split="heldout", seed=args.seed + 2000)
     stores = []
     for index, scene in enumerate(tqdm(scenes, desc="recording held-out prompts")):

@@ -127,20 +127,15 @@ class FocalGuidanceConfig:
 
     def with_ranking(self, path: str | os.PathLike) -> FocalGuidanceConfig:
         """Take ``weak_layers`` from a ``layerscope rank`` JSON, remembering where they came from."""
-        try:
-            ranking = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"--ranking {path}: no such file") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"--ranking {path}: not a ranking JSON ({error})") from None
-        if "weak_layers" not in ranking:
-            raise ConfigError(f"--ranking {path}: no 'weak_layers'; write it with `layerscope rank --out`")
+        from layerscope.ranking import Ranking
+
+        ranking = Ranking.load(path)
         data = asdict(self)
-        data["weak_layers"] = ranking["weak_layers"]
+        data["weak_layers"] = ranking.weak_layers
         data["ranking_source"] = {
             "path": str(path),
-            "model": ranking.get("model", {}),
-            "method": ranking.get("method"),
-            "metric": ranking.get("metric"),
+            "model": ranking.model,
+            "method": ranking.method,
+            "metric": ranking.metric,
         }
         return FocalGuidanceConfig(**data)

@@ -19,8 +19,7 @@ class FocalGuidance:
         self.guidance = None
 
     def _clip(self, model_dir: Path | None) -> Any:
-        from layerscope.clip import ClipError, load_open_clip
-        from layerscope.testbed import CLIP_SUBFOLDER
+        from layerscope.clip import CLIP_SUBFOLDER, ClipError, load_open_clip
 
         directory = self.clip_dir or (model_dir / CLIP_SUBFOLDER if model_dir else None)
         if directory is None:

@@ -30,14 +30,14 @@ def open_runs(paths: Any) -> Any:
 
 
 def trace(*args: Any, **kwargs: Any) -> Any:
-    """Context manager recording a pipeline call; see :func:`layerscope.record.trace`."""
-    from layerscope.record import trace as _trace
+    """Context manager recording a pipeline call; see :func:`layerscope.recording.trace`."""
+    from layerscope.recording import trace as _trace
 
     return _trace(*args, **kwargs)
 
 
 def record(*args: Any, **kwargs: Any) -> Any:
-    """Run a pipeline once and record it; see :func:`layerscope.record.record`."""
-    from layerscope.record import record as _record
+    """Run a pipeline once and record it; see :func:`layerscope.recording.record`."""
+    from layerscope.recording import record as _record
 
     return _record(*args, **kwargs)

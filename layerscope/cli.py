@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from layerscope.errors import LayerScopeError, UsageError
+
 EXIT_USAGE = 2
 
 
@@ -94,47 +96,28 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
 def _cmd_record(args: argparse.Namespace) -> int:
     from layerscope import testbed
     from layerscope.keywords import check_keywords_in_prompt, parse_keywords
-    from layerscope.loading import load_image, resolve_model_dir
+    from layerscope.loading import load_image, load_pipeline, model_info, resolve_model_dir
+    from layerscope.recording import RecordConfig, record
+    from layerscope.store import check_store_target
 
-    out = Path(args.out)
-    model_dir = resolve_model_dir(args.model)
-    is_default = args.model in ("default", "random")
-    image = load_image(args.image) if args.image else testbed.example_image()
-    prompt = args.prompt or testbed.EXAMPLE_PROMPT
-    if args.keywords:
-        keywords = parse_keywords(args.keywords)
-    elif args.prompt:
-        raise _Usage("--keywords is required with --prompt; name words of the prompt, e.g. --keywords 'cat,ball'")
-    else:
-        keywords = list(testbed.EXAMPLE_KEYWORDS)
-    check_keywords_in_prompt(prompt, keywords)
+    # every check that needs no model comes first: a typo costs one line, not a model load
+    out = check_store_target(args.out, overwrite=args.overwrite)
+    is_testbed = args.model in ("default", "random")
+    if args.prompt is not None and not args.keywords:
+        raise UsageError("--keywords is required with --prompt; name words of the prompt, e.g. --keywords 'cat,ball'")
+    image = load_image(args.image) if args.image is not None else testbed.example_image()
+    prompt = args.prompt if args.prompt is not None else testbed.EXAMPLE_PROMPT
+    keywords = parse_keywords(args.keywords) if args.keywords else list(testbed.EXAMPLE_KEYWORDS)
     defaults = (testbed.EXAMPLE_STEPS, testbed.EXAMPLE_FRAMES, testbed.EXAMPLE_HEIGHT, testbed.EXAMPLE_WIDTH)
-    if not is_default:
+    if not is_testbed:
         defaults = (50, 81, 480, 832)
-    steps = args.steps or defaults[0]
-    frames = args.frames or defaults[1]
-    height = args.height or defaults[2]
-    width = args.width or defaults[3]
-    if out.exists() and not args.overwrite and not Path(str(out) + ".lock").exists():
-        raise _Usage(f"store {out} already exists; pass --overwrite or choose another --out")
-
-    intervention = _load_intervention(args)
-
-    from layerscope.loading import load_pipeline
-    from layerscope.record import record
-
-    pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=args.device, cpu_offload=args.cpu_offload)
-    info = testbed.model_info(model_dir)
-    summary = record(
-        pipe,
-        out,
-        image=image,
+    config = RecordConfig(
         prompt=prompt,
         keywords=keywords,
-        height=height,
-        width=width,
-        num_frames=frames,
-        num_inference_steps=steps,
+        height=args.height or defaults[2],
+        width=args.width or defaults[3],
+        num_frames=args.frames or defaults[1],
+        num_inference_steps=args.steps or defaults[0],
         seed=args.seed,
         guidance_scale=args.guidance,
         negative_prompt=args.negative_prompt,
@@ -144,7 +127,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
         branch=args.branch,
         dtype=args.store_dtype,
         overwrite=args.overwrite,
-        attrs={**info, "model_path": str(model_dir) if not is_default else args.model, "model_dtype": args.dtype},
+    )
+    config.check_guidance()
+    check_keywords_in_prompt(config.prompt, config.keywords)
+    model_dir = resolve_model_dir(testbed.resolve_model(args.model))
+    intervention = _load_intervention(args)
+    pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=args.device, cpu_offload=args.cpu_offload)
+    info = model_info(model_dir)
+    summary = record(
+        pipe,
+        out,
+        config,
+        image=image,
+        attrs={**info, "model_path": args.model if is_testbed else str(model_dir), "model_dtype": args.dtype},
         progress=not args.quiet,
         intervention=intervention,
     )
@@ -157,7 +152,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def _load_intervention(args: argparse.Namespace):
     if not args.intervene:
         if args.ranking or args.intervene_config or args.fg_mode or args.clip:
-            raise _Usage("--ranking/--intervene-config/--fg-mode/--clip need --intervene focal-guidance")
+            raise UsageError("--ranking/--intervene-config/--fg-mode/--clip need --intervene focal-guidance")
         return None
     from layerscope.interventions import load_intervention
 
@@ -212,18 +207,18 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from layerscope.shapes.train import TrainConfig, TrainingError, replay_config, train
+    from layerscope.testbed.shapes.train import TrainConfig, TrainingError, replay_config, train
 
     if not args.out:
-        raise _Usage("testbed train needs --out DIR (e.g. runs/shapes-model)")
+        raise UsageError("testbed train needs --out DIR (e.g. runs/shapes-model)")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise _Usage(f"--out {args.out} exists and is not an empty directory; choose a new directory")
+        raise UsageError(f"--out {args.out} exists and is not an empty directory; choose a new directory")
     if args.replay:
         try:
             config = replay_config(args.replay, args.out)
         except (OSError, ValueError) as error:
-            raise _Usage(f"--replay: {error}") from None
+            raise UsageError(f"--replay: {error}") from None
     else:
         config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)
     try:
@@ -254,8 +249,11 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from layerscope.outputs import check_output_path
     from layerscope.ranking import parse_step_window, rank_stores
 
+    if args.out is not None:
+        check_output_path(args.out)  # before the metrics work
     ranking = rank_stores(
         args.stores,
         transformation=args.transformation,
@@ -271,7 +269,6 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if ranking.model.get("weights") == "random":
         print("note: the model has random weights; this ranking shows the machinery, not learned semantics")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         ranking.save(args.out)
         print(f"wrote {args.out}")
     return 0
@@ -327,8 +324,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from layerscope.loading import load_pipeline
-    from layerscope.shapes.evaluate import (
+    from layerscope.loading import load_pipeline, model_info
+    from layerscope.outputs import check_output_path
+    from layerscope.testbed.shapes.evaluate import (
         check_intervention,
         evaluate_pipeline,
         format_table,
@@ -337,19 +335,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
 
     if args.quick and (args.count is not None or args.steps is not None):
-        raise _Usage("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
+        raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
     count, steps = (6, 4) if args.quick else (args.count or 30, args.steps or 12)
     _load_intervention(args)  # validate the options (and refuse them without --intervene) first
     factory = (lambda: _load_intervention(args)) if args.intervene else None
-    pipe, model_dir = load_pipeline(args.model)
+    from layerscope.testbed import resolve_model
+
+    if args.out:
+        check_output_path(args.out)
+    pipe, model_dir = load_pipeline(resolve_model(args.model))
     common = {"count": count, "split": args.split, "seed": args.seed, "steps": steps, "guidance": args.guidance}
     if factory is not None:
         check_intervention(pipe, factory, split=args.split, seed=args.seed)  # before the long part
     results = {"baseline": evaluate_pipeline(pipe, **common)}
     if factory is not None:
         results[args.intervene] = evaluate_pipeline(pipe, intervention_factory=factory, **common)
-    from layerscope.testbed import model_info
-
     info = model_info(model_dir)
     references = reference_points(count=count, split=args.split, seed=args.seed)
     table = (
@@ -363,10 +363,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
-
-
-class _Usage(ValueError):
-    """A usage error raised by the CLI itself."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,35 +382,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the user asked for something impossible' (exit 2)."""
-    from layerscope.adapters.base import AdapterError
-    from layerscope.clip import ClipError
-    from layerscope.interventions import InterventionError
-    from layerscope.keywords import KeywordError
-    from layerscope.loading import LoadError
-    from layerscope.metrics import GridError, IncompleteStoreError
-    from layerscope.ranking import RankingError
-    from layerscope.record import RecordError
-    from layerscope.report.render import ReportError
-    from layerscope.store import StoreError
-
-    return (
-        _Usage,
-        AdapterError,
-        KeywordError,
-        LoadError,
-        RecordError,
-        StoreError,
-        GridError,
-        IncompleteStoreError,
-        RankingError,
-        ReportError,
-        ClipError,
-        InterventionError,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -423,11 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layerscope: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:
-        if isinstance(error, _usage_errors()):
-            print(f"layerscope {args.command}: error: {error}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except LayerScopeError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"layerscope {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,11 +18,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from layerscope.errors import LayerScopeError
+
+#: Where a pipeline folder keeps the open_clip model matching its image encoder (FSG, Eq. 6).
+CLIP_SUBFOLDER = "clip"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
-class ClipError(ValueError):
+class ClipError(LayerScopeError):
     """A CLIP checkpoint is missing, unsafe or does not match the pipeline (a usage error)."""
 
 

@@ -13,10 +13,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+from layerscope.errors import LayerScopeError
+
 ENTRY_POINT_GROUP = "layerscope.interventions"
 
 
-class InterventionError(ValueError):
+class InterventionError(LayerScopeError):
     """An intervention cannot be loaded or applied as asked (a usage error)."""
 
 

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from layerscope.errors import LayerScopeError
+
 _METASPACE = "▁"
 
 
-class KeywordError(ValueError):
+class KeywordError(LayerScopeError):
     """A keyword cannot be found in the prompt (a usage error)."""
 
 

@@ -1,8 +1,10 @@
 """Load pipelines and images from local paths only.
 
-No model hub is ever contacted: ``default`` is the embedded tiny model (built into a
-cache directory on first use), anything else must be a local diffusers pipeline
-directory, loaded with ``local_files_only=True`` and safetensors weights only.
+No model hub is ever contacted: a model is a local diffusers pipeline directory, loaded
+with ``local_files_only=True`` and safetensors weights only.  The directory is checked
+before anything heavy is imported, so a broken folder costs one line, not a traceback
+from deep inside ``from_pretrained``.  (The testbed's ``default``/``random`` names are
+resolved to directories by :func:`layerscope.testbed.resolve_model`, outside the core.)
 """
 
 from __future__ import annotations
@@ -14,55 +16,107 @@ from typing import Any
 
 import numpy as np
 
+from layerscope.errors import LayerScopeError
 
-class LoadError(ValueError):
+
+class LoadError(LayerScopeError):
     """A model directory or image cannot be used (a usage error)."""
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+#: The provenance file a LayerScope-built model directory carries (name, version, weights).
+MODEL_INFO_FILE = "layerscope_model.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+def _read_index(model: str | os.PathLike, index: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LoadError(
+            f"--model {model}: model_index.json is not valid JSON ({error}); re-export the pipeline"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
+        raise LoadError(f"--model {model}: model_index.json has no '_class_name'; re-export the pipeline")
+    return data
+
+
+def _check_components(model: str | os.PathLike, path: Path, index: dict[str, Any]) -> None:
+    """Every component named in model_index.json must have its folder (and weights, for models)."""
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+            continue
+        folder = path / name
+        if not folder.is_dir():
+            raise LoadError(
+                f"--model {model}: model_index.json names component {name!r} but {folder.name}/ is missing; "
+                "copy the whole pipeline folder"
+            )
+        # models carry config.json; schedulers, tokenizers and processors carry other configs
+        if (folder / "config.json").is_file():
+            files = [p.name for p in folder.iterdir()]
+            if not any(f.endswith(_WEIGHT_SUFFIXES) for f in files):
+                pickled = [f for f in files if f.endswith((".bin", ".pt", ".ckpt", ".pth"))]
+                hint = "; LayerScope loads safetensors only (convert it)" if pickled else ""
+                raise LoadError(f"--model {model}: {name}/ has no safetensors weights{hint}")
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """``default`` (trained shapes-world model), ``random`` (random tiny model), or a checked local path."""
-    if str(model) == "default":
-        from layerscope.testbed import default_model_dir
-
-        return default_model_dir()
-    if str(model) == "random":
-        from layerscope.testbed import ensure_default_model
-
-        return ensure_default_model()
+    """Check that ``model`` is a local diffusers pipeline directory LayerScope can probe."""
+    if not str(model).strip():
+        raise LoadError("--model is empty; pass a local diffusers pipeline directory")
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise LoadError(f"--model {model}: no such directory; pass a local diffusers pipeline directory or 'default'")
+        raise LoadError(f"--model {model}: no such directory; pass a local diffusers pipeline directory")
     index = path / "model_index.json"
-    if not index.exists():
+    if not index.is_file():
         raise LoadError(
             f"--model {model}: not a diffusers pipeline directory (no model_index.json); "
             "pass the folder of e.g. Wan2.1-I2V-14B-480P-Diffusers"
         )
-    from layerscope.adapters.base import supported_pipeline_classes
+    from layerscope.adapters.registry import supported_pipeline_classes
 
-    try:
-        class_name = json.loads(index.read_text()).get("_class_name", "?")
-    except json.JSONDecodeError as error:
-        raise LoadError(f"--model {model}: model_index.json is not valid JSON ({error})") from None
+    data = _read_index(model, index)
+    class_name = data["_class_name"]
     supported = supported_pipeline_classes()
     if class_name not in supported:
         raise LoadError(
             f"--model {model}: pipeline class {class_name} is not supported; supported: {', '.join(supported)}"
         )
+    _check_components(model, path, data)
     return path
 
 
+def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a store or report should say about a model directory (its provenance file, else its name)."""
+    model_dir = Path(model_dir)
+    marker = model_dir / MODEL_INFO_FILE
+    if marker.exists():
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            return {
+                "model_id": f"{info['name']}-v{info['version']}",
+                "weights": info.get("weights", "unknown"),
+                "weights_note": info.get("note", ""),
+            }
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            pass  # a damaged provenance file: fall back to the folder name
+    return {"model_id": model_dir.name, "weights": "checkpoint", "weights_note": ""}
+
+
 def load_pipeline(
-    model: str | os.PathLike = "default",
+    model: str | os.PathLike,
     *,
     dtype: str = "float32",
     device: str = "cpu",
     cpu_offload: bool = False,
 ) -> tuple[Any, Path]:
-    """Load a pipeline from a local directory; return it and the directory it came from."""
+    """Load a pipeline from a local directory; return it and the directory it came from.
+
+    ``device`` and ``dtype`` are always explicit: on a GPU pass ``device="cuda"`` and
+    usually ``dtype="bfloat16"``; ``cpu_offload`` keeps only the running component on
+    the device (diffusers' model offload).
+    """
     if dtype not in DTYPES:
         raise LoadError(f"--dtype {dtype} is not supported; choose one of {', '.join(DTYPES)}")
     path = resolve_model_dir(model)
@@ -71,16 +125,26 @@ def load_pipeline(
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise LoadError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     # Loading bars say nothing useful for local files; the denoising bar stays.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    pipe = DiffusionPipeline.from_pretrained(
-        path, local_files_only=True, use_safetensors=True, dtype=getattr(torch, dtype)
-    )
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, dtype=getattr(torch, dtype)
+        )
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LoadError(f"--model {model}: diffusers could not load this pipeline ({first[:300]})") from None
     if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
+        pipe.enable_model_cpu_offload(device=torch_device)
     else:
-        pipe.to(device)
+        pipe.to(torch_device)
     return pipe, path
 
 
@@ -88,6 +152,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an RGB image as uint8 (H, W, 3), or fail with a one-line reason."""
     from PIL import Image, UnidentifiedImageError
 
+    if not str(path).strip():
+        raise LoadError("--image is empty; pass a PNG or JPEG file")
+    if Path(path).is_dir():
+        raise LoadError(f"--image {path} is a directory; pass a PNG or JPEG file")
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))

@@ -25,10 +25,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from layerscope.errors import LayerScopeError
 
 TRANSFORMATIONS = ("b", "r")
 #: Maps whose std is below this fraction of their largest magnitude count as constant.
@@ -38,7 +39,7 @@ RELATIVE_SPREAD_FLOOR = 1e-9
 CHUNK_MAPS = 64
 
 
-class GridError(ValueError):
+class GridError(LayerScopeError):
     """The grid has no neighbours (1x1) or a transformation is unknown."""
 
 
@@ -283,7 +284,7 @@ def std_normalized(x: Any) -> Any:
 METRIC_VARIABLES = ("moran_i", "moran_z", "std")
 
 
-class IncompleteStoreError(ValueError):
+class IncompleteStoreError(LayerScopeError):
     """Metrics were asked of a store that is not complete (a usage error)."""
 
 
@@ -346,34 +347,21 @@ def ensure_metrics(
     Stored metrics are reused unless ``recompute`` or their transformation differs;
     they are never recomputed silently (the attrs record what was computed).
     """
-    from layerscope.store import STATUS_COMPLETE, _acquire_lock, open_run
+    from layerscope.store import STATUS_COMPLETE, open_run, recording_was_killed, write_metrics
 
     ds = open_run(path)
     status = ds.attrs.get("status")
     if status != STATUS_COMPLETE and not allow_partial:
         written = len(ds.attrs.get("steps_written", []))
+        state = "was killed while recording" if recording_was_killed(path, ds.attrs) else f"is {status}"
         raise IncompleteStoreError(
-            f"store {path} is {status} with {written} of {ds.sizes['step']} steps written; "
+            f"store {path} {state} and has {written} of {ds.sizes['step']} steps whole; "
             "pass --allow-partial to analyse the steps it has"
         )
+    if status != STATUS_COMPLETE and not ds.attrs.get("steps_written"):
+        raise IncompleteStoreError(f"store {path} has no whole step to analyse; record it again")
     have = all(v in ds for v in METRIC_VARIABLES)
     if have and not recompute and ds["moran_i"].attrs.get("transformation") == transformation:
         return ds
-    metrics = compute_metrics(ds, transformation)
-    lock = _acquire_lock(Path(path))
-    try:
-        for name in METRIC_VARIABLES:
-            metrics[name].encoding = {}
-        drop = [v for v in METRIC_VARIABLES if v in ds]
-        if drop:
-            import zarr
-
-            group = zarr.open_group(path, mode="r+")
-            for name in drop:
-                del group[name]
-        # to_zarr(mode="a") replaces the group attrs with the written dataset's: keep them.
-        metrics.attrs = {**ds.attrs, "metrics_transformation": transformation}
-        metrics.chunk({"step": -1, "layer": -1}).to_zarr(path, mode="a", consolidated=False)
-    finally:
-        lock.unlink(missing_ok=True)
+    write_metrics(path, compute_metrics(ds, transformation), metrics_transformation=transformation)
     return open_run(path)

@@ -6,7 +6,7 @@ release).  Which branch (cond/uncond) and which denoising step a forward call be
 is tracked by one stateful diffusers ``ModelHook`` per denoiser, bound to the pipeline's
 ``cache_context("cond"|"uncond")``.
 
-Probe kinds (DESIGN.md, "Probe kinds"):
+Probe kinds (README, "Recording"):
 
 * ``hidden`` (default): cos(V_k, z(u, v)), the paper's Eq. 10 literally: V_k is the
   keyword's value vector from the text value projection (``attn2.to_v``), z the hidden

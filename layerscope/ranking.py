@@ -18,17 +18,19 @@ Weak-layer methods:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from layerscope.errors import LayerScopeError
+
 METHODS = ("band", "bottom-k", "threshold")
 METRICS = ("moran_i", "std")
 
 
-class RankingError(ValueError):
+class RankingError(LayerScopeError):
     """Ranking parameters do not fit the data (a usage error)."""
 
 
@@ -61,8 +63,57 @@ class Ranking:
             "nan_maps": self.nan_maps,
         }
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+    def save(self, path: str | Path) -> Path:
+        """Write the ranking JSON (atomically); the one writer of the format."""
+        from layerscope.outputs import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, option: str = "--ranking") -> Ranking:
+        """Read a ranking JSON written by :meth:`save`; the one reader of the format.
+
+        Every way a file can be wrong (missing, a directory, not UTF-8, not JSON, wrong
+        types) is one :class:`RankingError` line naming the file and the fix.
+        """
+        path = Path(path)
+        fix = "write it with `layerscope rank STORES --out FILE`"
+        if not str(path).strip():
+            raise RankingError(f"{option} is empty; {fix}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RankingError(f"{option} {path}: no such file; {fix}") from None
+        except IsADirectoryError:
+            raise RankingError(f"{option} {path} is a directory; pass the ranking JSON file") from None
+        except UnicodeDecodeError:
+            raise RankingError(f"{option} {path} is not UTF-8 text; {fix}") from None
+        except json.JSONDecodeError as error:
+            raise RankingError(f"{option} {path} is not JSON ({error}); {fix}") from None
+        except OSError as error:
+            raise RankingError(f"{option} {path} cannot be read ({error.strerror})") from None
+        if not isinstance(data, dict):
+            raise RankingError(f"{option} {path}: expected a JSON object; {fix}")
+        weak = data.get("weak_layers")
+        if not isinstance(weak, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in weak):
+            raise RankingError(f"{option} {path}: 'weak_layers' must be a list of layer indices; {fix}")
+        for key, kind in (("layers", list), ("runs", list), ("model", dict), ("probe", dict), ("params", dict)):
+            if not isinstance(data.get(key, kind()), kind):
+                raise RankingError(f"{option} {path}: '{key}' must be a JSON {kind.__name__}; {fix}")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(
+                **{
+                    "metric": str(data.get("metric", "moran_i")),
+                    "method": str(data.get("method", "band")),
+                    "explanation": str(data.get("explanation", "")),
+                    "params": {},
+                    "layers": [],
+                    **{k: v for k, v in data.items() if k in known and k not in ("metric", "method", "explanation")},
+                }
+            )
+        except TypeError as error:
+            raise RankingError(f"{option} {path}: {error}; {fix}") from None
 
     def table(self) -> str:
         """A readable terminal table, weak layers starred."""

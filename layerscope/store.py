@@ -1,6 +1,6 @@
 """Streaming Zarr v3 store for one recorded run, and lazy xarray views of stores.
 
-Layout (one run = one Zarr v3 group; see DESIGN.md "Store schema")::
+Layout (one run = one Zarr v3 group; README, "The store")::
 
     similarity  (step, layer, keyword, frame, y, x)   chunks (1, 1, K, F', H', W')
     timestep    (step)      block (layer)              coordinates
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from layerscope.errors import LayerScopeError
+
 #: Bumped on incompatible schema changes; readers refuse any other version.
 STORE_FORMAT = "layerscope-run/1"
 STATUS_RECORDING = "recording"
@@ -41,7 +43,7 @@ STATUS_COMPLETE = "complete"
 STATUS_INTERRUPTED = "interrupted"
 
 
-class StoreError(ValueError):
+class StoreError(LayerScopeError):
     """A store cannot be created or read as asked (a usage error)."""
 
 
@@ -84,6 +86,35 @@ def _acquire_lock(path: Path) -> Path:
             handle.write(payload)
         return lock
     raise StoreError(f"could not lock {path}; remove {lock} if no recording is running")
+
+
+def check_store_target(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse, before any work, a store path that cannot be written or would clobber something.
+
+    Empty, under a regular file, an existing file, an existing store without
+    ``overwrite``, or an existing directory that is not a LayerScope store (never
+    deleted, even with ``overwrite``).
+    """
+    from layerscope.outputs import check_output_path
+
+    path = check_output_path(path, "--out", directory=True)
+    if path.exists() or path.is_symlink():
+        if not _is_store(path):
+            raise StoreError(f"--out {path} exists and is not a LayerScope store; choose a new path")
+        if not overwrite and not _lock_path(path).exists():
+            raise StoreError(f"store {path} already exists; pass --overwrite or choose another --out")
+    return path
+
+
+def _is_store(path: Path) -> bool:
+    marker = path / "zarr.json"
+    if not (path.is_dir() and not path.is_symlink() and marker.is_file()):
+        return False
+    try:
+        fmt = str(json.loads(marker.read_text(encoding="utf-8")).get("attributes", {}).get("format", ""))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    return fmt.startswith(STORE_FORMAT.split("/")[0])
 
 
 @dataclass
@@ -167,7 +198,7 @@ class StoreWriter:
     ):
         import zarr
 
-        self.path = Path(path)
+        self.path = check_store_target(path, overwrite=True)
         self.layout = layout
         self._lock = _acquire_lock(self.path)
         try:
@@ -231,6 +262,9 @@ class StoreWriter:
                 self._arrays[branch][pos, self._layer_pos[layer]] = array
                 self._written[pos].add((layer, branch))
                 self.maps_written += 1
+                if len(self._written[pos]) == self._expected_per_step:
+                    # on disk at once, so a killed process (kill -9) leaves the truth behind
+                    self.update_attrs(steps_written=self.steps_written())
             except BaseException as error:  # surfaced to the producer on its next call
                 self._error = error
             finally:
@@ -295,14 +329,7 @@ def _remove_store(path: Path) -> None:
     ``--out ~ --overwrite`` must not wipe a home directory: only a directory holding a
     Zarr group written by ``layerscope record`` is removed.
     """
-    marker = path / "zarr.json"
-    fmt = ""
-    if path.is_dir() and not path.is_symlink() and marker.exists():
-        try:
-            fmt = str(json.loads(marker.read_text()).get("attributes", {}).get("format", ""))
-        except (OSError, json.JSONDecodeError):
-            fmt = ""
-    if not fmt.startswith(STORE_FORMAT.split("/")[0]):
+    if not _is_store(path):
         raise StoreError(f"{path} exists and is not a LayerScope store; refusing to overwrite it, choose another --out")
     shutil.rmtree(path)
 
@@ -346,6 +373,43 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def write_metrics(path: str | os.PathLike, metrics: Any, **attrs: Any) -> None:
+    """Write (or replace) the metric variables of a store, keeping its attrs; under the store's lock."""
+    import zarr
+
+    path = Path(path)
+    lock = _acquire_lock(path)
+    try:
+        group = zarr.open_group(path, mode="r+")
+        kept = dict(group.attrs)
+        for name in metrics.data_vars:
+            if name in group:
+                del group[name]
+            metrics[name].encoding = {}
+        # to_zarr(mode="a") replaces the group attrs with the written dataset's: keep them.
+        metrics = metrics.copy()
+        metrics.attrs = _jsonable({**kept, **attrs})
+        metrics.chunk({dim: -1 for dim in metrics.dims if dim in ("step", "layer")}).to_zarr(
+            path, mode="a", consolidated=False
+        )
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def recording_was_killed(path: str | os.PathLike, attrs: dict[str, Any]) -> bool:
+    """A store still marked ``recording`` whose writer holds no live lock was killed mid-run."""
+    if attrs.get("status") != STATUS_RECORDING:
+        return False
+    lock = _lock_path(Path(path))
+    if not lock.exists():
+        return True
+    try:
+        owner = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return True
+    return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
 
 
 def open_run(path: str | os.PathLike) -> Any:

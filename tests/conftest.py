@@ -59,7 +59,7 @@ def example():
 @pytest.fixture(scope="session")
 def recorded_run(tiny_pipe, example, tmp_path_factory):
     """One complete float32 recording of the example, shared by read-only tests."""
-    from layerscope.record import record
+    from layerscope.recording import record
 
     path = tmp_path_factory.mktemp("runs") / "base.zarr"
     summary = record(tiny_pipe, path, dtype="float32", progress=False, **example)

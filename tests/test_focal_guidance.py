@@ -12,10 +12,10 @@ from PIL import Image
 import layerscope
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
 from fg_intervene.plugin import FocalGuidance
-from layerscope.adapters.base import resolve_adapter
+from layerscope.adapters.registry import resolve_adapter
 from layerscope.cli import main
 from layerscope.interventions import RunInputs, load_intervention
-from layerscope.record import record
+from layerscope.recording import record
 
 WEAK = [3, 4, 5]
 

@@ -66,7 +66,7 @@ def test_incomplete_store_is_refused_unless_allowed(recorded_run, tmp_path):
 
 
 def test_multi_run_ranking_averages_runs(recorded_run, tiny_pipe, example, tmp_path):
-    from layerscope.record import record
+    from layerscope.recording import record
 
     path, _ = recorded_run
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 import layerscope
-from layerscope.record import record, trace
+from layerscope.recording import record, trace
 from layerscope.store import StoreError
 
 

@@ -33,7 +33,7 @@ def run_with_metrics(recorded_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seed1_run(tiny_pipe, example, tmp_path_factory):
-    from layerscope.record import record
+    from layerscope.recording import record
 
     path = tmp_path_factory.mktemp("report") / "seed1.zarr"
     record(tiny_pipe, path, seed=1, dtype="float32", progress=False, **example)
@@ -177,7 +177,7 @@ def test_reports_render_in_headless_chromium(run_with_metrics, seed1_run, tmp_pa
 
 
 def test_templates_ship_inside_the_wheel(tmp_path):
-    subprocess.run(
+    build = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -192,11 +192,15 @@ def test_templates_ship_inside_the_wheel(tmp_path):
         ],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # our packaging configuration must build without deprecation warnings
+    assert "deprecat" not in (build.stdout + build.stderr).lower(), build.stderr
     (wheel,) = tmp_path.glob("layerscope-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for template in ("run.html.j2", "compare.html.j2", "base.html.j2", "_macros.html.j2"):
-        assert f"layerscope/report_templates/{template}" in names
+        assert f"layerscope/report/templates/{template}" in names
+    assert any(n.startswith("layerscope/testbed/models/shapes-wan-i2v/") for n in names)
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     code = (

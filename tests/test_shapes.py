@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from layerscope.shapes import (
+from layerscope.testbed.shapes import (
     COLOURS,
     DIMENSIONS,
     HELD_OUT,
@@ -26,9 +26,9 @@ from layerscope.shapes import (
     sample_scenes,
     score_video,
 )
-from layerscope.shapes.render import background
-from layerscope.shapes.scorer import ANSWER, colour_labels, connected_components
-from layerscope.shapes.world import DIRECTIONS, subject_key
+from layerscope.testbed.shapes.render import background
+from layerscope.testbed.shapes.scorer import ANSWER, colour_labels, connected_components
+from layerscope.testbed.shapes.world import DIRECTIONS, subject_key
 
 SIZE = 128  # the scorer works in frame fractions; half resolution keeps the tests fast
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from layerscope.shapes import render_video, sample_scenes
-from layerscope.shapes.train import _shape_crop_origin, reconstruction_check, shape_mask
+from layerscope.testbed.shapes import render_video, sample_scenes
+from layerscope.testbed.shapes.train import _shape_crop_origin, reconstruction_check, shape_mask
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_reconstruction_check_tells_a_collapsed_vae_from_a_perfect_one(videos):
 
 
 def test_stage_clock_calibrates_then_fixes_the_step_count():
-    from layerscope.shapes.train import CALIBRATION_STEPS, StageClock
+    from layerscope.testbed.shapes.train import CALIBRATION_STEPS, StageClock
 
     now = [0.0]
     clock = StageClock("dit", seconds=100.0, clock=lambda: now[0])
@@ -107,7 +107,7 @@ def test_stage_clock_calibrates_then_fixes_the_step_count():
 
 def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     """Same seed and step counts -> the same weights byte for byte, whatever the clock did."""
-    from layerscope.shapes.train import TrainConfig, replay_config, train
+    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
 
     steps = {"vae_frames": 2, "vae_clips": 1, "clip": 2, "dit": 2}
     first = train(TrainConfig(out=str(tmp_path / "a"), train_scenes=2, dit_layers=2, steps=steps))
@@ -158,7 +158,7 @@ def test_train_rejects_impossible_numbers(argv):
 
 
 def test_replay_refuses_a_json_without_steps(tmp_path):
-    from layerscope.shapes.train import replay_config
+    from layerscope.testbed.shapes.train import replay_config
 
     path = tmp_path / "layerscope_model.json"
     path.write_text(json.dumps({"name": "x", "train_config": {"seed": 0}}))

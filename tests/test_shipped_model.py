@@ -1,6 +1,6 @@
 """The trained shapes-world model that ships in the package: present, safe, loadable, trained.
 
-These tests use the real shipped weights (``layerscope/models/shapes-wan-i2v``), loaded
+These tests use the real shipped weights (``layerscope/testbed/models/shapes-wan-i2v``), loaded
 the way ``layerscope record`` loads them: ``from_pretrained(local_dir)``, safetensors only.
 The thresholds sit between what the shipped model measures and what a random or
 collapsed model would, so an untrained or collapsed model fails them.
@@ -21,7 +21,7 @@ UNSAFE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".
 @pytest.fixture(scope="module")
 def shipped_dir():
     path = testbed.shipped_model_dir()
-    assert path is not None, "layerscope/models/shapes-wan-i2v is missing: the trained default model must ship"
+    assert path is not None, "layerscope/testbed/models/shapes-wan-i2v is missing: the trained default model must ship"
     return path
 
 
@@ -29,7 +29,7 @@ def shipped_dir():
 def trained_pipe(shipped_dir):
     from layerscope.loading import load_pipeline
 
-    pipe, path = load_pipeline("default")
+    pipe, path = load_pipeline(testbed.resolve_model("default"))
     assert path == shipped_dir
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -37,16 +37,15 @@ def trained_pipe(shipped_dir):
 
 @pytest.fixture(scope="module")
 def heldout_scenes():
-    from layerscope.shapes import sample_scenes
+    from layerscope.testbed.shapes import sample_scenes
 
     return sample_scenes(12, split="heldout", seed=1000)
 
 
 def test_default_model_is_the_trained_one(shipped_dir):
-    from layerscope.loading import resolve_model_dir
 
-    assert resolve_model_dir("default") == shipped_dir
-    assert resolve_model_dir("random") != shipped_dir
+    assert testbed.resolve_model("default") == shipped_dir
+    assert testbed.resolve_model("random") != shipped_dir
     info = testbed.model_info(shipped_dir)
     assert info["weights"] == "trained"
     assert info["model_id"].startswith(testbed.TRAINED_MODEL_NAME)
@@ -72,7 +71,7 @@ def test_weights_are_safetensors_small_and_free_of_machine_paths(shipped_dir):
 def test_shipped_model_loads_through_the_wan_pipeline(trained_pipe):
     from diffusers import WanImageToVideoPipeline
 
-    from layerscope.adapters.base import resolve_adapter
+    from layerscope.adapters.registry import resolve_adapter
 
     assert isinstance(trained_pipe, WanImageToVideoPipeline)
     adapter = resolve_adapter(trained_pipe)
@@ -83,8 +82,8 @@ def test_shipped_model_loads_through_the_wan_pipeline(trained_pipe):
 
 
 def test_vae_reconstructs_the_shapes(trained_pipe, heldout_scenes):
-    from layerscope.shapes import render_video
-    from layerscope.shapes.train import reconstruction_check
+    from layerscope.testbed.shapes import render_video
+    from layerscope.testbed.shapes.train import reconstruction_check
 
     videos = np.stack([render_video(s, num_frames=9, height=256, width=256) for s in heldout_scenes[:3]])
     check = reconstruction_check(trained_pipe.vae, videos)
@@ -102,9 +101,9 @@ def test_clip_matches_images_to_their_subjects_colour(shipped_dir, heldout_scene
     import torch
 
     from layerscope.clip import load_open_clip, tokenizer_for
-    from layerscope.shapes.render import reference_image
-    from layerscope.shapes.train import _clip_pixels
-    from layerscope.shapes.world import COLOURS
+    from layerscope.testbed.shapes.render import reference_image
+    from layerscope.testbed.shapes.train import _clip_pixels
+    from layerscope.testbed.shapes.world import COLOURS
 
     clip = load_open_clip(shipped_dir / testbed.CLIP_SUBFOLDER)
     tokenizer = tokenizer_for(clip)

@@ -4,7 +4,9 @@ The recorder, probes and interventions never look at a model's classes directly;
 ask an adapter.  A cross-attention DiT (Wan) and an MMDiT (HunyuanVideo-I2V, text tokens
 inside the joint sequence, double- and single-stream blocks) differ only in where the
 visual hidden state, the text values and the attention output live, which is what
-:class:`ProbeSite` describes.  Adding a family means adding one module here.
+:class:`ProbeSite` describes.  Adding a family means one module in this package and one
+line in :mod:`layerscope.adapters.registry`; this module imports no family module, so the
+registry is the only place that knows them all.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 import torch
 
+from layerscope.errors import LayerScopeError
 
-class AdapterError(ValueError):
+
+class AdapterError(LayerScopeError):
     """The model cannot be probed as asked (unsupported class, fused projections, ...)."""
 
 
@@ -91,24 +95,18 @@ class ModelAdapter(ABC):
     def text_sequence_length(self) -> int:
         """Tokens the text encoder's output is padded/truncated to."""
 
+    @abstractmethod
+    def frame_multiple(self) -> int:
+        """``num_frames - 1`` must be divisible by this (the VAE's temporal stride)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Architecture facts stored in every run's attrs (adapter, classes, layers, widths)."""
+
+    def expert_names(self) -> list[str]:
+        """Names of :meth:`denoisers`, in order (``transformer``, ``transformer_2``)."""
+        return ["transformer"] + [f"transformer_{i + 1}" for i in range(1, len(self.denoisers()))]
+
     def hook_points(self) -> list[str]:
         """Names of every place a probe or intervention can attach, e.g. ``blocks.3.attn2``."""
         return [site.name for site in self.probe_sites(self.denoisers()[0])]
-
-
-def resolve_adapter(pipe: Any) -> ModelAdapter:
-    """Pick the adapter for ``pipe`` or fail with the list of supported classes."""
-    from layerscope.adapters.wan import WanAdapter
-
-    adapters = [WanAdapter]
-    for adapter_cls in adapters:
-        if adapter_cls.supports(pipe):
-            return adapter_cls(pipe)
-    supported = ", ".join(name for a in adapters for name in a.pipeline_classes)
-    raise AdapterError(f"unsupported pipeline class {type(pipe).__name__}; supported: {supported}")
-
-
-def supported_pipeline_classes() -> list[str]:
-    from layerscope.adapters.wan import WanAdapter
-
-    return list(WanAdapter.pipeline_classes)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from layerscope.errors import LayerScopeError
 from layerscope.report import figures
 
 MAX_VIDEO_WIDTH = 320
@@ -24,13 +25,24 @@ MAX_VIDEO_FRAMES = 41
 FIGURE_DPI = 80
 
 
-class ReportError(ValueError):
+class ReportError(LayerScopeError):
     """Runs that cannot be reported or compared as asked (a usage error)."""
 
 
 def _template_dir() -> Path:
-    """Templates ship as ``layerscope.report_templates`` (mapped from ``reports/templates``)."""
-    return Path(str(resources.files("layerscope.report_templates")))
+    """The jinja2 templates: inside the installed wheel, or ``reports/templates`` of a source checkout.
+
+    The wheel build copies ``reports/templates`` to ``layerscope/report/templates``
+    (pyproject's ``force-include``); an editable install runs from the checkout, where
+    they sit at the repository's top level.
+    """
+    packaged = Path(str(resources.files("layerscope.report"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "reports" / "templates"
+    if checkout.is_dir():
+        return checkout
+    raise ReportError("the report templates are missing from this installation; reinstall layerscope")
 
 
 def _environment():
@@ -271,10 +283,7 @@ def write(
     **kwargs: Any,
 ) -> Path:
     """Render and write atomically (a half-written report never replaces a good one)."""
-    html = render(run, compare, **kwargs)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(html, encoding="utf-8")
-    partial.replace(out)
-    return out
+    from layerscope.outputs import check_output_path, write_text_atomic
+
+    check_output_path(out)  # before the rendering work
+    return write_text_atomic(out, render(run, compare, **kwargs))

@@ -123,7 +123,7 @@ class _Log:
 
 
 def _videos(scenes: list[Any]) -> np.ndarray:
-    from layerscope.shapes.render import render_video
+    from layerscope.testbed.shapes.render import render_video
 
     return np.stack([render_video(s, num_frames=9, height=256, width=256) for s in scenes])
 
@@ -452,7 +452,7 @@ def train(config: TrainConfig) -> Path:
 
     from layerscope import testbed
     from layerscope.clip import save_open_clip, vision_tower_to_transformers
-    from layerscope.shapes.world import VOCABULARY, sample_scenes
+    from layerscope.testbed.shapes.world import VOCABULARY, sample_scenes
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
@@ -524,7 +524,7 @@ def train(config: TrainConfig) -> Path:
             indent=2,
         )
     )
-    from layerscope.shapes.model_card import write_model_card
+    from layerscope.testbed.shapes.model_card import write_model_card
 
     write_model_card(out)
     log("done", seconds=round(time.perf_counter() - log.started, 1))

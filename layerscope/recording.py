@@ -16,20 +16,84 @@ import contextlib
 import datetime as _dt
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from layerscope.adapters.base import ModelAdapter, resolve_adapter
+from layerscope.adapters.base import ModelAdapter
+from layerscope.adapters.registry import resolve_adapter
+from layerscope.errors import LayerScopeError
 from layerscope.keywords import KeywordTokens, clean_prompt, map_keywords
 from layerscope.store import STATUS_COMPLETE, STATUS_INTERRUPTED, StoreLayout, StoreWriter
 
 
-class RecordError(ValueError):
+class RecordError(LayerScopeError):
     """The recording request is inconsistent with the model (a usage error)."""
+
+
+@dataclass
+class RecordConfig:
+    """Everything one recording is asked to do: built once (by the CLI or a caller), validated
+    here, consumed by :func:`trace`/:func:`record` and written verbatim into the store attrs.
+
+    ``seed``, ``guidance_scale`` and ``negative_prompt`` drive the pipeline call in
+    :func:`record`; under :func:`trace` (the caller runs the pipeline) they are provenance.
+    """
+
+    prompt: str
+    keywords: list[str]
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    seed: int = 0
+    guidance_scale: float = 5.0
+    negative_prompt: str | None = None
+    probe: str = "hidden"
+    layers: str | list[int] | None = None
+    record_steps: str | list[int] | None = None
+    branch: str = "cond"
+    dtype: str = "float16"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from layerscope.probes import BRANCHES, PROBE_KINDS
+
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise RecordError("the prompt is empty; pass --prompt 'a red circle moves left' with --keywords")
+        if isinstance(self.keywords, str):
+            self.keywords = [self.keywords]
+        self.keywords = [str(k) for k in self.keywords]
+        if not self.keywords or any(not k.strip() for k in self.keywords):
+            raise RecordError("--keywords needs at least one non-empty word of the prompt, e.g. --keywords 'cat,ball'")
+        for name in ("height", "width", "num_frames", "num_inference_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RecordError(f"{name} must be an integer (got {value!r})")
+        if self.num_inference_steps < 1:
+            raise RecordError(f"--steps must be at least 1 (got {self.num_inference_steps})")
+        if self.seed < 0:
+            raise RecordError(f"--seed must be >= 0 (got {self.seed})")
+        if self.probe not in PROBE_KINDS:
+            raise RecordError(f"unknown probe kind {self.probe!r}; choose one of {', '.join(PROBE_KINDS)}")
+        if self.branch not in BRANCHES:
+            raise RecordError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)}")
+        if self.dtype not in ("float16", "float32"):
+            raise RecordError(f"store dtype {self.dtype!r} is not supported; choose float16 or float32")
+
+    def check_guidance(self) -> None:
+        """The uncond branch exists only with classifier-free guidance (diffusers: guidance_scale > 1)."""
+        if self.branch in ("uncond", "both") and not self.guidance_scale > 1.0:
+            raise RecordError(
+                f"--branch {self.branch} needs classifier-free guidance, but --guidance {self.guidance_scale:g} "
+                "runs only the cond branch; use --guidance > 1 or --branch cond"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -109,7 +173,7 @@ def validate_geometry(adapter: ModelAdapter, height: int, width: int, num_frames
             f"(got {height}x{width}); try {max(multiple, height // multiple * multiple)}x"
             f"{max(multiple, width // multiple * multiple)}"
         )
-    frame_multiple = getattr(adapter, "frame_multiple", lambda: 1)()
+    frame_multiple = adapter.frame_multiple()
     if num_frames < 1 or (num_frames - 1) % frame_multiple:
         raise RecordError(f"--frames must be {frame_multiple}*n+1 for this model (got {num_frames}), e.g. 9 or 81")
     return adapter.token_grid(num_frames, height, width)
@@ -123,7 +187,7 @@ def pipeline_dir(pipe: Any) -> Path | None:
 
 def describe_model(pipe: Any) -> dict[str, Any]:
     """Which model made a run, and whether its weights are random (stores and reports say so)."""
-    from layerscope.testbed import model_info
+    from layerscope.loading import model_info
 
     directory = pipeline_dir(pipe)
     if directory is not None:
@@ -165,55 +229,49 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 def trace(
     pipe: Any,
     store: str | os.PathLike,
+    config: RecordConfig | None = None,
     *,
-    prompt: str,
-    keywords: Sequence[str],
-    height: int,
-    width: int,
-    num_frames: int,
-    num_inference_steps: int,
-    probe: str = "hidden",
-    layers: str | Sequence[int] | None = None,
-    record_steps: str | Sequence[int] | None = None,
-    branch: str = "cond",
-    dtype: str = "float16",
-    overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
     image: Any = None,
     intervention: Any = None,
+    **options: Any,
 ) -> Iterator[Trace]:
     """Attach probes to ``pipe`` and stream maps into ``store`` for the calls made inside.
 
+    Pass a :class:`RecordConfig`, or its fields as keywords (``prompt=..., keywords=...,
+    height=..., width=..., num_frames=..., num_inference_steps=...``).
     ``intervention`` (see :mod:`layerscope.interventions`) is installed before the
-    probes, so the maps show the intervened model, and needs the reference ``image``.
-    On normal exit the store is marked ``complete`` (or ``interrupted`` if not every
-    requested step was recorded); on an exception or Ctrl-C it is marked
-    ``interrupted`` with the steps written so far kept readable.  Hooks are always
-    removed, leaving the pipeline exactly as it was.
+    probes and needs the reference ``image``.  The probes' hooks run *before* the
+    intervention's on every module they share (``prepend``), so the primary
+    ``similarity`` maps are the layer's intrinsic ones, free of the intervention's
+    additive terms; with a ``hidden`` probe the post-intervention view is stored too,
+    as ``similarity_injected``.  On normal exit the store is marked ``complete`` (or
+    ``interrupted`` if not every requested step was recorded); on an exception or
+    Ctrl-C it is marked ``interrupted`` with the steps written so far kept readable.
+    Hooks are always removed, leaving the pipeline exactly as it was.
     """
+    config = _config(config, options)
     from layerscope.probes import ProbeConfig, apply_probes
 
     adapter = resolve_adapter(pipe)
-    grid = validate_geometry(adapter, height, width, num_frames)
+    grid = validate_geometry(adapter, config.height, config.width, config.num_frames)
     tokenizer = pipe.tokenizer
-    keyword_tokens = map_keywords(prompt, keywords, tokenizer)
+    keyword_tokens = map_keywords(config.prompt, config.keywords, tokenizer)
     limit = adapter.text_sequence_length()
     for item in keyword_tokens:
         if max(item.token_indices) >= limit:
             raise RecordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
-    layer_list = _as_indices(layers, adapter.num_layers(), "layer")
-    step_list = _as_indices(record_steps, num_inference_steps, "step")
-    if num_inference_steps < 1:
-        raise RecordError(f"--steps must be at least 1 (got {num_inference_steps})")
+    layer_list = _as_indices(config.layers, adapter.num_layers(), "layer")
+    step_list = _as_indices(config.record_steps, config.num_inference_steps, "step")
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
-    recorded_steps = step_list if step_list is not None else list(range(num_inference_steps))
+    recorded_steps = step_list if step_list is not None else list(range(config.num_inference_steps))
     probe_config = ProbeConfig(
         keyword_tokens=[list(k.token_indices) for k in keyword_tokens],
         grid=grid,
-        kind=probe,
+        kind=config.probe,
         layers=layer_list,
         steps=recorded_steps,  # explicit, so calls beyond the declared steps are never recorded
-        branch=branch,
+        branch=config.branch,
     )
     layout = StoreLayout(
         steps=recorded_steps,
@@ -221,35 +279,37 @@ def trace(
         blocks=[f"blocks.{i}" for i in recorded_layers],
         keywords=[k.keyword for k in keyword_tokens],
         grid=grid,
-        video_shape=(num_frames, height, width),
-        dtype=dtype,
+        video_shape=(config.num_frames, config.height, config.width),
+        dtype=config.dtype,
         branches=probe_config.branches,
         attrs={
             **describe_model(pipe),
             **(attrs or {}),
             **adapter.describe(),
-            "prompt": prompt,
-            "prompt_cleaned": clean_prompt(prompt),
+            "prompt": config.prompt,
+            "prompt_cleaned": clean_prompt(config.prompt),
+            "seed": config.seed,
+            "guidance_scale": config.guidance_scale,
+            "negative_prompt": config.negative_prompt or "",
+            "record_config": config.to_dict(),
             "keywords": [k.to_dict() for k in keyword_tokens],
-            "height": height,
-            "width": width,
-            "num_frames": num_frames,
-            "num_inference_steps": num_inference_steps,
+            "height": config.height,
+            "width": config.width,
+            "num_frames": config.num_frames,
+            "num_inference_steps": config.num_inference_steps,
             "grid": list(grid),
             "probe": probe_config.to_dict(),
-            "probe_kind": probe,
-            "branch": branch,
+            "probe_kind": config.probe,
+            "branch": config.branch,
             "package_versions": package_versions(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    remove_intervention = _apply_intervention(
-        intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs
-    )
+    remove_intervention = _apply_intervention(intervention, pipe, adapter, config, image, grid, attrs)
     try:
         # after apply: an intervention may resolve settings (e.g. selected keywords) there
         layout.attrs["intervention"] = intervention.to_dict() if intervention is not None else "none"
-        writer = StoreWriter(store, layout, overwrite=overwrite)
+        writer = StoreWriter(store, layout, overwrite=config.overwrite)
     except BaseException:
         remove_intervention()
         raise
@@ -289,7 +349,15 @@ def trace(
         writer.close(STATUS_COMPLETE, **attrs_end)
 
 
-def _apply_intervention(intervention, pipe, adapter, prompt, image, height, width, num_frames, grid, attrs):
+def _config(config: RecordConfig | None, options: dict[str, Any]) -> RecordConfig:
+    if config is None:
+        return RecordConfig(**options)
+    if options:
+        raise TypeError(f"pass either a RecordConfig or its fields, not both (got {', '.join(options)})")
+    return config
+
+
+def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image, grid, attrs):
     """Install ``intervention`` (validating it against this run); return its remover."""
     if intervention is None:
         return lambda: None
@@ -302,11 +370,11 @@ def _apply_intervention(intervention, pipe, adapter, prompt, image, height, widt
     inputs = RunInputs(
         pipe=pipe,
         adapter=adapter,
-        prompt=prompt,
+        prompt=config.prompt,
         image=image,
-        height=height,
-        width=width,
-        num_frames=num_frames,
+        height=config.height,
+        width=config.width,
+        num_frames=config.num_frames,
         grid=grid,
         model_dir=model_dir,
         extra={"model_id": model.get("model_id")},
@@ -324,72 +392,41 @@ def _as_indices(value, limit: int, what: str) -> list[int] | None:
 def record(
     pipe: Any,
     store: str | os.PathLike,
+    config: RecordConfig | None = None,
     *,
     image: Any,
-    prompt: str,
-    keywords: Sequence[str],
-    height: int,
-    width: int,
-    num_frames: int,
-    num_inference_steps: int,
-    seed: int = 0,
-    guidance_scale: float = 5.0,
-    negative_prompt: str | None = None,
-    probe: str = "hidden",
-    layers: str | Sequence[int] | None = None,
-    record_steps: str | Sequence[int] | None = None,
-    branch: str = "cond",
-    dtype: str = "float16",
-    overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
     progress: bool = True,
     intervention: Any = None,
+    **options: Any,
 ) -> RecordingSummary:
-    """Run ``pipe`` once with probes and write a complete store (the CLI's ``record``)."""
+    """Run ``pipe`` once with probes and write a complete store (the CLI's ``record``).
+
+    Takes a :class:`RecordConfig` or its fields as keywords, like :func:`trace`.
+    """
     import torch
     from PIL import Image
 
+    config = _config(config, options)
+    config.check_guidance()
     if not isinstance(image, Image.Image):
         image = Image.fromarray(to_uint8(np.asarray(image)))
-    image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    run_attrs = {
-        **(attrs or {}),
-        "seed": seed,
-        "guidance_scale": guidance_scale,
-        "negative_prompt": negative_prompt or "",
-    }
+    image = image.convert("RGB").resize((config.width, config.height), Image.Resampling.BICUBIC)
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=False)
     started = time.perf_counter()
-    with trace(
-        pipe,
-        store,
-        prompt=prompt,
-        keywords=keywords,
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=num_inference_steps,
-        probe=probe,
-        layers=layers,
-        record_steps=record_steps,
-        branch=branch,
-        dtype=dtype,
-        overwrite=overwrite,
-        attrs=run_attrs,
-        image=image,
-        intervention=intervention,
-    ) as rec:
+    with trace(pipe, store, config, attrs=attrs, image=image, intervention=intervention) as rec:
         rec.save_outputs(reference=np.asarray(image))
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        # the noise is drawn on the CPU, so a seed gives the same video on every device
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
         output = pipe(
             image=image,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            prompt=config.prompt,
+            negative_prompt=config.negative_prompt,
+            height=config.height,
+            width=config.width,
+            num_frames=config.num_frames,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
             generator=generator,
             output_type="np",
         )

@@ -1,7 +1,7 @@
 """Instruction-following benchmark on held-out shapes-world prompts (``layerscope eval``).
 
 Generates one video per held-out scene from its reference frame and prompt, with or
-without an intervention, and scores it programmatically (:mod:`layerscope.shapes.scorer`)
+without an intervention, and scores it programmatically (:mod:`layerscope.testbed.shapes.scorer`)
 with the paper's rule: a prompt counts only if *all* its questions are answered
 correctly.  Reported per dimension (dynamic attribute, motion, interaction) and overall,
 with first-frame consistency.
@@ -22,8 +22,8 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
     import torch
     from PIL import Image
 
-    from layerscope.record import to_uint8
-    from layerscope.shapes.render import reference_image
+    from layerscope.recording import to_uint8
+    from layerscope.testbed.shapes.render import reference_image
 
     image = Image.fromarray(reference_image(scene, height=256, width=256))
     output = pipe(
@@ -42,7 +42,7 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
 
 def eval_scenes(count: int, split: str = "heldout", seed: int = 0) -> list[Any]:
     """The benchmark's prompts: offset from the training seeds so a train-split eval sees fresh scenes."""
-    from layerscope.shapes.world import sample_scenes
+    from layerscope.testbed.shapes.world import sample_scenes
 
     return sample_scenes(count, split=split, seed=seed + 1000)
 
@@ -55,10 +55,10 @@ def apply_intervention(pipe: Any, scene: Any, intervention: Any) -> Any:
     """
     from PIL import Image
 
-    from layerscope.adapters.base import resolve_adapter
+    from layerscope.adapters.registry import resolve_adapter
     from layerscope.interventions import RunInputs
-    from layerscope.record import describe_model, pipeline_dir
-    from layerscope.shapes.render import reference_image
+    from layerscope.recording import describe_model, pipeline_dir
+    from layerscope.testbed.shapes.render import reference_image
 
     adapter = resolve_adapter(pipe)
     image = Image.fromarray(reference_image(scene, height=256, width=256))
@@ -97,8 +97,8 @@ def evaluate_pipeline(
     """Score ``count`` scenes of ``split``; ``intervention_factory()`` gives a fresh intervention per video."""
     from tqdm.auto import tqdm
 
-    from layerscope.shapes.render import reference_image
-    from layerscope.shapes.scorer import evaluate
+    from layerscope.testbed.shapes.render import reference_image
+    from layerscope.testbed.shapes.scorer import evaluate
 
     scenes = eval_scenes(count, split, seed)
     pipe.set_progress_bar_config(disable=True)
@@ -130,12 +130,12 @@ def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, 
     """The scorer on the same scenes :func:`evaluate_pipeline` uses, fed known videos.
 
     ``ground truth`` is the ceiling (the scorer's own accuracy, ~1.0); ``static``,
-    ``reversed`` and ``shuffled`` (see :func:`~layerscope.shapes.scorer.chance_level`) are
+    ``reversed`` and ``shuffled`` (see :func:`~layerscope.testbed.shapes.scorer.chance_level`) are
     the chance level a model has to beat.  Rendered at ``size`` px: the scorer is
     resolution-independent and this keeps it to a second or two.
     """
-    from layerscope.shapes.render import render_video
-    from layerscope.shapes.scorer import chance_level, evaluate, summarise
+    from layerscope.testbed.shapes.render import render_video
+    from layerscope.testbed.shapes.scorer import chance_level, evaluate, summarise
 
     scenes = eval_scenes(count, split, seed)
     truth = [render_video(s, 9, size, size) for s in scenes]

@@ -78,7 +78,7 @@ def render_model_card(model_dir: str | Path) -> str:
     return f"""# {info["name"]} (v{info["version"]})
 
 A small image-to-video model with the **Wan2.1-I2V architecture**, trained from scratch on
-2 CPU cores on LayerScope's procedural shapes world (`layerscope.shapes`). It exists so that
+2 CPU cores on LayerScope's procedural shapes world (`layerscope.testbed.shapes`). It exists so that
 LayerScope and Focal Guidance can be run and measured where no model hub and no GPU are
 available. It is not a general video model.
 

@@ -7,8 +7,8 @@ are built from the *real* diffusers/transformers classes at small sizes
 ``CLIPVisionModel``, ``FlowMatchEulerDiscreteScheduler``):
 
 * ``--model default``: the *trained* shapes-world model shipped in
-  ``layerscope/models/shapes-wan-i2v`` (see its ``MODEL_CARD.md``;
-  :mod:`layerscope.shapes.train` made it);
+  ``layerscope/testbed/models/shapes-wan-i2v`` (see its ``MODEL_CARD.md``;
+  :mod:`layerscope.testbed.shapes.train` made it);
 * ``--model random``: the same architecture family with random weights, deterministic
   from a seed, for fast tests.  It is written once with ``save_pretrained``
   (safetensors) into a cache directory; every store and report made with it says so
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from layerscope.clip import CLIP_SUBFOLDER
+from layerscope.loading import MODEL_INFO_FILE, model_info  # noqa: F401  (re-exported for the testbed's users)
 
 DEFAULT_MODEL_NAME = "layerscope-tiny-wan-i2v-random"
 TRAINED_MODEL_NAME = "layerscope-shapes-wan-i2v"
@@ -78,7 +81,6 @@ CLIP_CONFIG = {
     },
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
-CLIP_SUBFOLDER = "clip"
 
 
 #: The trained shapes-world model ships inside the package (see MODEL_CARD.md there).
@@ -93,6 +95,19 @@ def shipped_model_dir() -> Path | None:
 def default_model_dir() -> Path:
     """``--model default``: the trained shapes-world model, else the random tiny model."""
     return shipped_model_dir() or ensure_default_model()
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """``default`` (the shipped trained model), ``random`` (the tiny random model, built once) or a path.
+
+    The names belong to the testbed, so the CLI resolves them here and hands the core
+    (:func:`layerscope.loading.load_pipeline`) a plain directory.
+    """
+    if str(model) == "default":
+        return default_model_dir()
+    if str(model) == "random":
+        return ensure_default_model()
+    return Path(model)
 
 
 def default_cache_dir() -> Path:
@@ -218,7 +233,7 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
     that looks like a finished model.
     """
     target = Path(path) if path is not None else default_cache_dir()
-    marker = target / "layerscope_model.json"
+    marker = target / MODEL_INFO_FILE
     if marker.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +244,7 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
     pipe = build_default_pipeline(DEFAULT_SEED, clip=clip)
     pipe.save_pretrained(staging, safe_serialization=True)
     save_open_clip(clip, CLIP_CONFIG, staging / CLIP_SUBFOLDER)
-    (staging / "layerscope_model.json").write_text(
+    (staging / MODEL_INFO_FILE).write_text(
         json.dumps(
             {
                 "name": DEFAULT_MODEL_NAME,
@@ -252,7 +267,7 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
 
 def example_scene() -> Any:
     """The packaged example as a shapes-world scene: a red circle (moving left) and a blue square."""
-    from layerscope.shapes.world import Event, Scene, Shape
+    from layerscope.testbed.shapes.world import Event, Scene, Shape
 
     shapes = [Shape("circle", "red", 0.62, 0.62, 0.09), Shape("square", "blue", 0.3, 0.22, 0.08)]
     return Scene(shapes, Event("motion", 0, direction="left"), prompt=EXAMPLE_PROMPT)
@@ -264,20 +279,6 @@ def example_image(height: int = EXAMPLE_HEIGHT, width: int = EXAMPLE_WIDTH) -> n
     Drawn procedurally so the repository ships no binary image and the picture matches
     the example prompt exactly.
     """
-    from layerscope.shapes.render import reference_image
+    from layerscope.testbed.shapes.render import reference_image
 
     return reference_image(example_scene(), height=height, width=width)
-
-
-def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """What a store or report should say about a model directory."""
-    model_dir = Path(model_dir)
-    marker = model_dir / "layerscope_model.json"
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        return {
-            "model_id": f"{info['name']}-v{info['version']}",
-            "weights": info.get("weights", "unknown"),
-            "weights_note": info.get("note", ""),
-        }
-    return {"model_id": model_dir.name, "weights": "checkpoint", "weights_note": ""}

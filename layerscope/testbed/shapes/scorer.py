@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from layerscope.shapes.world import COLOURS, DIMENSIONS, DIRECTIONS, Question, Scene, questions
+from layerscope.testbed.shapes.world import COLOURS, DIMENSIONS, DIRECTIONS, Question, Scene, questions
 
 #: A pixel is a shape colour if this close to it (RGB distance) and nearer to it than to the background.
 COLOUR_DISTANCE = 70.0
@@ -309,10 +309,12 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
         raise ValueError(f"expected a (T >= 2, H, W, 3) video, got shape {video.shape}")
     if not np.issubdtype(video.dtype, np.integer):
         # a float video in [0, 1] cast to uint8 would be black and fail every question silently
-        raise ValueError(f"expected a uint8 video (0-255), got {video.dtype}; convert with layerscope.record.to_uint8")
+        raise ValueError(
+            f"expected a uint8 video (0-255), got {video.dtype}; convert with layerscope.recording.to_uint8"
+        )
     video = video.astype(np.uint8, copy=False)
     if reference is None:
-        from layerscope.shapes.render import reference_image
+        from layerscope.testbed.shapes.render import reference_image
 
         reference = reference_image(scene, *video.shape[1:3])
     tracks = Tracks(video)
@@ -370,7 +372,7 @@ def chance_level(
     ``videos`` default to the ground truth rendered at ``size`` x ``size``.  Returns
     :func:`summarise` dicts (no per-video scores).
     """
-    from layerscope.shapes.render import render_video
+    from layerscope.testbed.shapes.render import render_video
 
     if videos is None:
         videos = [render_video(s, num_frames, size, size) for s in scenes]

@@ -1,0 +1,53 @@
+"""Checks and atomic writes for the files a command produces (reports, rankings, results).
+
+A command checks every output path before its long work starts, so a typo costs one
+line instead of an hour of recording; writes go to a sibling and are renamed, so a
+crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from layerscope.errors import LayerScopeError
+
+
+class OutputError(LayerScopeError):
+    """An output path cannot be written (a usage error)."""
+
+
+def _file_ancestor(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a directory, if any."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_path(path: str | os.PathLike, option: str = "--out", *, directory: bool = False) -> Path:
+    """Refuse an empty path, a path under a regular file, and (for files) an existing directory."""
+    if not str(path).strip():
+        raise OutputError(f"{option} is empty; name the {'directory' if directory else 'file'} to write")
+    path = Path(path).expanduser()
+    blocker = _file_ancestor(path)
+    if blocker is not None:
+        raise OutputError(f"{option} {path}: {blocker} is a file, not a directory; choose another path")
+    if not directory and path.is_dir():
+        raise OutputError(f"{option} {path} is a directory; name a file inside it, e.g. {path / 'out'}")
+    if directory and path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file; choose a directory path")
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, option: str = "--out") -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling (never a half-written file)."""
+    path = check_output_path(path, option)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

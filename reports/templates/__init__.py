@@ -1,1 +1,0 @@
-"""Jinja2 templates of LayerScope reports (shipped as ``layerscope.report_templates``)."""
