@@ -32,8 +32,6 @@ from layerscope.metrics import moran_inference, morans_i
 LAYERS, STEPS, KEYWORDS, FRAMES, HEIGHT, WIDTH = 40, 50, 3, 21, 30, 52
 
 
-
-
 def bench_per_map(repeats: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

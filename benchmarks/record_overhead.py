@@ -284,7 +284,9 @@ def bench_realistic(repeats: int) -> dict[str, Any]:
             token_indices=REALISTIC_KEYWORD_TOKENS,
             keyword_sims=torch.rand(len(REALISTIC_KEYWORD_TOKENS), 256, generator=g),
             region=(torch.rand(len(REALISTIC_KEYWORD_TOKENS), height, width, generator=g) > 0.7).float(),
-            visual_values={layer: torch.randn(len(REALISTIC_KEYWORD_TOKENS), 1536, generator=g) for layer in (1, 2)},
+            visual_values={
+                (0, layer): torch.randn(len(REALISTIC_KEYWORD_TOKENS), 1536, generator=g) for layer in (1, 2)
+            },
             grid=REALISTIC_GRID,
         )
         config = FocalGuidanceConfig(

@@ -74,5 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     write_json(results, args.out)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,8 @@ from typing import Any
 from layerscope.interventions import InterventionError
 
 CACHE_POLICIES = ("latest",)
+#: Where Eq. 9 and Eq. 13 add their terms (see ``FocalGuidanceConfig.inject_at``).
+INJECTION_SITES = ("hidden", "attn-input")
 BRANCHES = ("cond", "uncond", "both")
 
 
@@ -43,6 +45,13 @@ class FocalGuidanceConfig:
             reproduces the printed equation.
         tau_region: R_k = cells whose min-max-normalised S_k exceeds this (Eq. 9).
         tau_cache: threshold on the aggregated cache maps (Eq. 12).
+        inject_at: where Eq. 9's and Eq. 13's terms are added.  ``hidden`` (default, the
+            paper: "z_ref denote[s] the reference frame within the DiT layer's hidden
+            state ... directly injected into the latent feature map"): the weak block's
+            residual stream just before its cross-attention sublayer, so the term reaches
+            the cross-attention *and* every later block.  ``attn-input``: only the
+            cross-attention's query input norm2(z) (our earlier variant; the residual
+            never carries the anchor).
         fsg / attention_cache: switch each mechanism (ablations).
         branch: which classifier-free-guidance branch is guided.
         cache_policy: which strong-layer maps feed a weak layer at step t.  ``latest``:
@@ -61,6 +70,7 @@ class FocalGuidanceConfig:
     selection_sign: int = 1
     tau_region: float = 0.5
     tau_cache: float = 0.0
+    inject_at: str = "hidden"
     fsg: bool = True
     attention_cache: bool = True
     branch: str = "cond"
@@ -71,6 +81,10 @@ class FocalGuidanceConfig:
     ranking_source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.weak_layers, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.weak_layers
+        ):
+            raise ConfigError(f"weak_layers must be a list of layer indices (got {self.weak_layers!r})")
         self.weak_layers = sorted({int(i) for i in self.weak_layers})
         if any(i < 0 for i in self.weak_layers):
             raise ConfigError(f"weak layer {min(self.weak_layers)} is negative")
@@ -78,6 +92,15 @@ class FocalGuidanceConfig:
             raise ConfigError("selection_sign must be 1 (select matching words) or -1 (Eq. 6 as printed)")
         if self.branch not in BRANCHES:
             raise ConfigError(f"branch must be one of {', '.join(BRANCHES)}")
+        if self.inject_at not in INJECTION_SITES:
+            raise ConfigError(f"inject_at must be one of {', '.join(INJECTION_SITES)} (got {self.inject_at!r})")
+        for name in ("weak_layers", "stopwords"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ConfigError(f"{name} must be a list")
+        for name in ("lambda_txt", "lambda_lat", "lambda_cache", "tau_sel", "tau_region", "tau_cache"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number (got {value!r})")
         if self.cache_policy not in CACHE_POLICIES:
             raise ConfigError(f"cache_policy must be one of {', '.join(CACHE_POLICIES)}")
         for name in ("lambda_txt", "lambda_lat", "lambda_cache"):
@@ -109,12 +132,18 @@ class FocalGuidanceConfig:
         import tomllib
 
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"--intervene-config {path}: no such file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--intervene-config {path} is a directory; pass a TOML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--intervene-config {path} is not UTF-8 text; pass a TOML file") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"--intervene-config {path}: not valid TOML ({error})") from None
         data = data.get("focal_guidance", data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"--intervene-config {path}: [focal_guidance] must be a table")
         return cls.from_dict({**data, **overrides})
 
     def to_toml(self) -> str:
@@ -125,13 +154,18 @@ class FocalGuidanceConfig:
             lines.append(f"{key} = {json.dumps(value)}")
         return "\n".join(lines) + "\n"
 
-    def with_ranking(self, path: str | os.PathLike) -> FocalGuidanceConfig:
-        """Take ``weak_layers`` from a ``layerscope rank`` JSON, remembering where they came from."""
+    def with_ranking(self, path: str | os.PathLike, *, keep_layers: bool = False) -> FocalGuidanceConfig:
+        """Take ``weak_layers`` from a ``layerscope rank`` JSON, remembering where they came from.
+
+        ``keep_layers``: the user named ``weak_layers`` explicitly (``--fg-set``); they
+        win, and the ranking is kept only as provenance and for the model checks.
+        """
         from layerscope.ranking import Ranking
 
         ranking = Ranking.load(path)
         data = asdict(self)
-        data["weak_layers"] = ranking.weak_layers
+        if not keep_layers:
+            data["weak_layers"] = ranking.weak_layers
         data["ranking_source"] = {
             "path": str(path),
             "model": ranking.model,

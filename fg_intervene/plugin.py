@@ -45,13 +45,18 @@ class FocalGuidance:
             )
 
     def apply(self, inputs: Any) -> Any:
-        from fg_intervene.wan import apply_focal_guidance, prepare_guidance
+        from fg_intervene.wan import apply_focal_guidance, check_image_branch, prepare_guidance
 
         if inputs.adapter.name != "wan":
             raise ConfigError(f"Focal Guidance supports Wan pipelines; got {inputs.adapter.name}")
         self._check_ranking(inputs)
+        check_image_branch(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
         return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
+
+    def touched_layers(self) -> list[int]:
+        """The blocks whose hidden state or values Focal Guidance changes (the weak layers)."""
+        return list(self.config.weak_layers)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.config.to_dict()
@@ -67,14 +72,19 @@ def create(
     ranking: str | Path | None = None,
     config: str | Path | None = None,
     clip: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> FocalGuidance:
     """Entry-point factory: ``layerscope record --intervene focal-guidance --ranking R [--intervene-config C]``.
 
-    ``overrides`` (e.g. ``fsg=False`` from ``--fg-mode cache``) win over the TOML file.
+    ``settings`` (``--fg-set name=value``) and ``overrides`` (e.g. ``fsg=False`` from
+    ``--fg-mode cache``) win over the TOML file; unknown names are refused in one line.
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    settings = FocalGuidanceConfig.from_toml(config, **overrides) if config else FocalGuidanceConfig(**overrides)
+    overrides = {k: v for k, v in {**(settings or {}), **overrides}.items() if v is not None}
+    if config:
+        base = FocalGuidanceConfig.from_toml(config, **overrides)
+    else:
+        base = FocalGuidanceConfig.from_dict(overrides)
     if ranking:
-        settings = settings.with_ranking(ranking)
-    return FocalGuidance(settings, clip)
+        base = base.with_ranking(ranking, keep_layers="weak_layers" in overrides)
+    return FocalGuidance(base, clip)

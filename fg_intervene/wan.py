@@ -1,14 +1,24 @@
 """Focal Guidance wired into a Wan I2V transformer (CrossDiT).
 
-Where each equation acts, in every weak block ``blocks.l``:
+Where each equation acts, in every weak block ``blocks.l`` of every expert:
 
 * Eq. 8 (fusion): a forward hook on ``attn2.to_v`` (the text value projection) adds
   lambda_txt * V_k^vis to the keyword rows; queries and keys are untouched.
-* Eq. 9 (latent injection) and Eq. 13 (Attention Cache): a forward pre-hook on
-  ``attn2`` adds to z, the visual hidden state entering the cross-attention (the same
-  z that LayerScope's ``hidden`` probe compares in Eq. 10).
+* Eq. 9 (latent injection) and Eq. 13 (Attention Cache), ``inject_at="hidden"`` (the
+  default, the paper's "reference frame within the DiT layer's hidden state"): the term
+  delta is added to the block's residual stream z right before the cross-attention
+  sublayer.  diffusers' block computes ``z + attn2(norm2(z))``; hooks make it
+  ``(z + delta) + attn2(norm2(z + delta))``: a pre-hook on ``norm2`` reads z, a pre-hook
+  on ``attn2`` swaps its input for ``norm2(z + delta)``, a forward hook adds delta to
+  ``attn2``'s output, so the residual carries delta into the feed-forward and every later
+  block.  (Summation order differs from a literal ``z + delta`` by float rounding only.)
+  ``inject_at="attn-input"``: delta is added to ``norm2(z)``, the cross-attention's query
+  input, only.
 * V_k^vis = ``attn2.add_v_proj`` (the image value projection, W_v^vis) of the projected
-  anchor P_v(v_anchor,k), with P_v = ``condition_embedder.image_embedder`` (Eq. 7).
+  anchor P_v(v_anchor,k), with P_v = ``condition_embedder.image_embedder`` (Eq. 7),
+  both taken from the expert that runs the block (Wan2.2 has two).  An expert without
+  the image-context branch (Wan2.2 I2V-A14B: ``add_v_proj`` is None) has no W_v^vis:
+  Focal Guidance refuses it in one line before anything is recorded.
 
 Guidance applies to the configured branch (cond by default); hooks are removed after the
 run and the model's weights are never touched.
@@ -37,7 +47,7 @@ class Guidance:
     token_indices: list[list[int]]  # DiT text-token rows of each keyword
     keyword_sims: torch.Tensor  # (K, N) S_k over CLIP patches
     region: torch.Tensor  # (K, H', W') Eq. 9 weights, zero outside R_k
-    visual_values: dict[int, torch.Tensor]  # weak layer -> (K, D) V_k^vis
+    visual_values: dict[tuple[int, int], torch.Tensor]  # (expert, weak layer) -> (K, D) V_k^vis
     grid: tuple[int, int, int]  # (F', H', W') of the run
     scores: list[dict[str, Any]] = field(default_factory=list)
 
@@ -53,13 +63,14 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
     from layerscope.clip import image_patch_features, text_token_features
     from layerscope.keywords import KeywordError, map_keywords
 
-    transformer = adapter.denoisers()[0]
     num_layers = adapter.num_layers()
     bad = [layer for layer in config.weak_layers if layer >= num_layers]
     if bad:
         raise ConfigError(f"weak layer {bad[0]} is out of range; this model has layers 0-{num_layers - 1}")
     if not config.weak_layers:
         raise ConfigError("no weak layers: pass --ranking ranking.json or set weak_layers in the config")
+    experts = adapter.denoisers()
+    check_image_branch(pipe, adapter, config.weak_layers)
 
     pixels = _clip_pixels(pipe, inputs.image)
     _, patch_joint = image_patch_features(clip, pixels)
@@ -90,14 +101,15 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
     _, height, width = inputs.grid
     region = fsg.region_weights(keyword_sims, (side, side), (height, width), config.tau_region)
     anchors = fsg.visual_anchors(keyword_sims, image_tokens)  # (K, D_img)
-    embedder = transformer.condition_embedder.image_embedder
+    visual_values = {}
     with torch.no_grad():
-        device, dtype = _param_device_dtype(embedder)
-        projected = embedder(anchors[None].to(device=device, dtype=dtype))[0]  # P_v: (K, dim)
-        visual_values = {
-            layer: transformer.blocks[layer].attn2.add_v_proj(projected.to(_param_device_dtype(transformer)[1]))
-            for layer in config.weak_layers
-        }
+        for expert, denoiser in enumerate(experts):  # each expert with its own P_v and W_v^vis
+            embedder = denoiser.condition_embedder.image_embedder
+            device, dtype = _param_device_dtype(embedder)
+            projected = embedder(anchors[None].to(device=device, dtype=dtype))[0]  # P_v: (K, dim)
+            for layer in config.weak_layers:
+                add_v = denoiser.blocks[layer].attn2.add_v_proj
+                visual_values[(expert, layer)] = add_v(projected.to(_param_device_dtype(add_v)[1]))
     return Guidance(
         keywords=list(keywords),
         token_indices=[list(m.token_indices) for m in mapped],
@@ -107,6 +119,25 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
         grid=tuple(inputs.grid),
         scores=[{"word": s.word, "score": round(s.score, 6), "selected": s.selected} for s in scores],
     )
+
+
+def check_image_branch(pipe: Any, adapter: Any, weak_layers: list[int]) -> None:
+    """FSG's anchors need the pipeline's image encoder and every expert's image-context projections."""
+    if getattr(pipe, "image_encoder", None) is None:
+        raise ConfigError(
+            f"this pipeline has no image encoder ({type(pipe).__name__} without image context, e.g. Wan2.2 "
+            "I2V-A14B), so Focal Guidance has no visual anchor; use a Wan2.1-I2V checkpoint"
+        )
+    for name, denoiser in zip(adapter.expert_names(), adapter.denoisers()):
+        embedder = getattr(getattr(denoiser, "condition_embedder", None), "image_embedder", None)
+        in_range = [layer for layer in weak_layers if layer < len(denoiser.blocks)]
+        missing = [layer for layer in in_range if getattr(denoiser.blocks[layer].attn2, "add_v_proj", None) is None]
+        if embedder is None or missing:
+            where = f"blocks.{missing[0]}.attn2.add_v_proj" if missing else "condition_embedder.image_embedder"
+            raise ConfigError(
+                f"{name} has no image-context branch ({where} is None), so Focal Guidance has no W_v^vis for it; "
+                "use a checkpoint whose experts take image context"
+            )
 
 
 def _param_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -162,13 +193,17 @@ def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Gu
         def active() -> bool:
             return state.branch in branches
 
-        for denoiser in adapter.denoisers():
+        for expert, denoiser in enumerate(adapter.denoisers()):
             for layer in config.weak_layers:
-                attn = denoiser.blocks[layer].attn2
-                values = guidance.visual_values[layer]
+                block = denoiser.blocks[layer]
+                values = guidance.visual_values[(expert, layer)]
                 if config.fsg:
-                    removers.append(_hook_text_values(attn, guidance, values, config, active).remove)
-                removers.append(_hook_visual_input(attn, guidance, values, config, cache, active, state).remove)
+                    removers.append(_hook_text_values(block.attn2, guidance, values, config, active).remove)
+                delta = _delta_function(guidance, values, config, cache, state)
+                if config.inject_at == "hidden":
+                    removers.extend(_hook_hidden_state(block, delta, active))
+                else:
+                    removers.append(_hook_attention_input(block.attn2, delta, active).remove)
     except BaseException:
         for remover in reversed(removers):
             remover()
@@ -185,20 +220,74 @@ def _hook_text_values(attn, guidance: Guidance, values: torch.Tensor, config: Fo
     return attn.to_v.register_forward_hook(hook)
 
 
-def _hook_visual_input(attn, guidance, values, config, cache: AttentionCache | None, active, state):
+def _delta_function(guidance: Guidance, values: torch.Tensor, config: FocalGuidanceConfig, cache, state):
+    """delta(z) for one weak block: Eq. 9's reference-frame term plus Eq. 13's cache term, or None."""
+
+    def delta(hidden: torch.Tensor) -> torch.Tensor | None:
+        total = None
+        if config.fsg:
+            zero = torch.zeros_like(hidden)
+            total = fsg.inject_reference_frame(zero, guidance.region.to(hidden.device), values, config.lambda_lat)
+        if cache is not None:
+            aggregated = cache.current(config.tau_cache, state.branch)
+            if aggregated is not None:
+                total = inject(
+                    torch.zeros_like(hidden) if total is None else total, aggregated, values, config.lambda_cache
+                )
+        return total
+
+    return delta
+
+
+def _hook_hidden_state(block: torch.nn.Module, delta, active) -> list[Any]:
+    """Make the block compute ``(z + delta) + attn2(norm2(z + delta))`` (module docstring)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def read_residual(module, args):
+        if active():
+            seen["z"] = args[0]  # diffusers passes z.float() to norm2
+        return None
+
+    def swap_query_input(module, args, kwargs):
+        z = seen.get("z")
+        if z is None:
+            return None
+        query = args[0] if args else kwargs["hidden_states"]
+        change = delta(query)
+        if change is None:
+            seen.clear()
+            return None
+        seen["delta"] = change
+        shifted = block.norm2((z.type_as(query) + change).float()).type_as(query)
+        if args:
+            return (shifted, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": shifted}
+
+    def carry_in_residual(module, args, output):
+        change = seen.pop("delta", None)
+        seen.clear()
+        if change is None:
+            return None
+        return output + change.to(output.dtype)
+
+    return [
+        block.norm2.register_forward_pre_hook(read_residual).remove,
+        block.attn2.register_forward_pre_hook(swap_query_input, with_kwargs=True).remove,
+        block.attn2.register_forward_hook(carry_in_residual).remove,
+    ]
+
+
+def _hook_attention_input(attn, delta, active):
+    """``inject_at="attn-input"``: add delta to norm2(z), the cross-attention's query input, only."""
+
     def hook(module, args, kwargs):
         if not active():
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        changed = hidden
-        if config.fsg:
-            changed = fsg.inject_reference_frame(changed, guidance.region.to(hidden.device), values, config.lambda_lat)
-        if cache is not None:
-            aggregated = cache.current(config.tau_cache, state.branch)
-            if aggregated is not None:
-                changed = inject(changed, aggregated, values, config.lambda_cache)
-        if changed is hidden:
+        change = delta(hidden)
+        if change is None:
             return None
+        changed = hidden + change.to(hidden.dtype)
         if args:
             return (changed, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": changed}

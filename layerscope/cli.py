@@ -90,7 +90,33 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
         choices=("fsg+cache", "fsg", "cache", "baseline"),
         help="Focal Guidance ablation: both mechanisms (default), FSG only, Attention Cache only, or none",
     )
+    _add_fg_set(g)
     p.set_defaults(func=_cmd_record)
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """argparse type for ``--fg-set name=value``; the value is JSON if it parses, else a string."""
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not name=value, e.g. lambda_lat=0.3")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return name.strip(), parsed
+
+
+def _add_fg_set(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--fg-set",
+        type=_setting,
+        action="append",
+        metavar="NAME=VALUE",
+        help="set one intervention option, repeatable: --fg-set lambda_lat=0.3 --fg-set inject_at=attn-input "
+        "(wins over --intervene-config; weak_layers=[4,5] overrides the ranking)",
+    )
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -151,8 +177,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _load_intervention(args: argparse.Namespace):
     if not args.intervene:
-        if args.ranking or args.intervene_config or args.fg_mode or args.clip:
-            raise UsageError("--ranking/--intervene-config/--fg-mode/--clip need --intervene focal-guidance")
+        if args.ranking or args.intervene_config or args.fg_mode or args.clip or args.fg_set:
+            raise UsageError("--ranking/--intervene-config/--fg-mode/--fg-set/--clip need --intervene focal-guidance")
         return None
     from layerscope.interventions import load_intervention
 
@@ -163,6 +189,7 @@ def _load_intervention(args: argparse.Namespace):
         ranking=args.ranking,
         config=args.intervene_config,
         clip=args.clip,
+        settings=dict(args.fg_set or []),
         fsg=fsg,
         attention_cache=cache,
     )
@@ -320,6 +347,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intervene-config", help="TOML settings for the intervention")
     p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
     p.add_argument("--clip", help="open_clip directory for FSG keyword selection (default: the model's clip/)")
+    _add_fg_set(p)
     p.set_defaults(func=_cmd_eval)
 
 

@@ -50,6 +50,14 @@ class Intervention(Protocol):
     def apply(self, inputs: RunInputs) -> Handle:
         """Validate against the run (raising usage errors), install hooks, return a remover."""
 
+    def touched_layers(self) -> list[int]:
+        """Blocks whose hidden state or values the intervention changes.
+
+        The recorder stores their post-intervention maps separately
+        (``similarity_injected``), so the primary maps never credit the intervention with
+        its own additive terms.
+        """
+
     def to_dict(self) -> dict[str, Any]:
         """The full configuration, stored verbatim in the run's attrs."""
 

@@ -33,6 +33,7 @@ from layerscope.adapters.base import ModelAdapter, ProbeSite
 
 PROBE_KINDS = ("hidden", "output", "attention")
 BRANCHES = ("cond", "uncond", "both")
+VIEWS = ("intrinsic", "injected")
 _BRANCH_HOOK = "layerscope_branch_tracker"
 
 #: ``sink(step, layer, branch, maps)`` receives a float32 (K, F', H', W') tensor.
@@ -49,8 +50,13 @@ class ProbeConfig:
     layers: list[int] | None = None
     steps: list[int] | None = None
     branch: str = "cond"
+    #: ``intrinsic``: the hooks run before any other hook on the same modules (``prepend``),
+    #: so an intervention's additive terms are never in the map; ``injected``: after them.
+    view: str = "intrinsic"
 
     def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
         if self.kind not in PROBE_KINDS:
             raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {', '.join(PROBE_KINDS)}")
         if self.branch not in BRANCHES:
@@ -80,8 +86,9 @@ class StepState:
     step: int = -1
     branch: str = "cond"
     timestep: float | None = None
+    expert: int = 0
     calls: dict[str, int] = field(default_factory=lambda: {"cond": 0, "uncond": 0})
-    on_step: Callable[[int, float | None], None] | None = None
+    on_step: Callable[[int, float | None, int], None] | None = None
 
 
 class _BranchState:
@@ -91,7 +98,19 @@ class _BranchState:
         pass
 
 
-def _make_branch_tracker(state: StepState):
+def step_timestep(timestep: Any) -> float | None:
+    """The scalar timestep of a denoising step.
+
+    Wan2.1 passes one value per sample; Wan2.2 TI2V (``expand_timesteps``) passes one per
+    token, with the reference frame's tokens at 0 and the rest at the step's t: the
+    step's timestep is the largest value, not the first.
+    """
+    if not isinstance(timestep, torch.Tensor) or timestep.numel() == 0:
+        return None
+    return float(timestep.detach().float().max())
+
+
+def _make_branch_tracker(state: StepState, expert: int = 0):
     from diffusers.hooks import ModelHook
     from diffusers.hooks.hooks import StateManager
 
@@ -111,10 +130,10 @@ def _make_branch_tracker(state: StepState):
                 branch = "cond"
             if branch == "cond":
                 state.step += 1
-                timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-                state.timestep = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else None
+                state.timestep = step_timestep(kwargs.get("timestep", args[1] if len(args) > 1 else None))
+                state.expert = expert
                 if state.on_step is not None:
-                    state.on_step(state.step, state.timestep)
+                    state.on_step(state.step, state.timestep, expert)
             state.branch = branch
             state.calls[branch] += 1
             return args, kwargs
@@ -135,9 +154,9 @@ def attach_step_tracker(adapter: ModelAdapter, state: StepState, name: str = _BR
     from diffusers.hooks import HookRegistry
 
     registries = []
-    for denoiser in adapter.denoisers():
+    for expert, denoiser in enumerate(adapter.denoisers()):
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-        registry.register_hook(_make_branch_tracker(state), name)
+        registry.register_hook(_make_branch_tracker(state, expert), name)
         registries.append(registry)
 
     def remove() -> None:
@@ -203,15 +222,18 @@ class _SiteProbe:
         self.handles: list[Any] = []
         kind = config.kind
         attn = site.attention
-        self.handles.append(attn.register_forward_pre_hook(self._on_attention_input, with_kwargs=True))
-        self.handles.append(attn.register_forward_hook(self._on_attention_done))
+        first = config.view == "intrinsic"  # run before an intervention's hooks on the same module
+        self.handles.append(attn.register_forward_pre_hook(self._on_attention_input, with_kwargs=True, prepend=first))
+        self.handles.append(attn.register_forward_hook(self._on_attention_done, prepend=first))
         if kind in ("hidden", "output"):
-            self.handles.append(site.text_value.register_forward_hook(self._on_text_value))
+            self.handles.append(site.text_value.register_forward_hook(self._on_text_value, prepend=first))
         if kind == "output":
-            self.handles.append(site.attention_output.register_forward_pre_hook(self._on_attention_output))
+            self.handles.append(
+                site.attention_output.register_forward_pre_hook(self._on_attention_output, prepend=first)
+            )
         if kind == "attention":
-            self.handles.append(site.query_norm.register_forward_hook(self._keep("query")))
-            self.handles.append(site.key_norm.register_forward_hook(self._keep("key")))
+            self.handles.append(site.query_norm.register_forward_hook(self._keep("query"), prepend=first))
+            self.handles.append(site.key_norm.register_forward_hook(self._keep("key"), prepend=first))
 
     def _active(self) -> bool:
         return self.is_recorded(self.state.step, self.state.branch)

@@ -29,6 +29,8 @@ from layerscope.errors import LayerScopeError
 from layerscope.keywords import KeywordTokens, clean_prompt, map_keywords
 from layerscope.store import STATUS_COMPLETE, STATUS_INTERRUPTED, StoreLayout, StoreWriter
 
+_INJECTED_TRACKER = "layerscope_injected_view_tracker"
+
 
 class RecordError(LayerScopeError):
     """The recording request is inconsistent with the model (a usage error)."""
@@ -264,6 +266,12 @@ def trace(
     layer_list = _as_indices(config.layers, adapter.num_layers(), "layer")
     step_list = _as_indices(config.record_steps, config.num_inference_steps, "step")
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
+    touched = sorted(set(intervention.touched_layers()) & set(recorded_layers)) if intervention is not None else []
+    if touched and config.probe != "hidden":
+        raise RecordError(
+            f"--probe {config.probe} cannot separate a layer's own map from the intervention's terms "
+            "(its attention already mixes them); record interventions with --probe hidden"
+        )
     recorded_steps = step_list if step_list is not None else list(range(config.num_inference_steps))
     probe_config = ProbeConfig(
         keyword_tokens=[list(k.token_indices) for k in keyword_tokens],
@@ -282,6 +290,8 @@ def trace(
         video_shape=(config.num_frames, config.height, config.width),
         dtype=config.dtype,
         branches=probe_config.branches,
+        views=("intrinsic", "injected") if touched else ("intrinsic",),
+        experts=adapter.expert_names(),
         attrs={
             **describe_model(pipe),
             **(attrs or {}),
@@ -301,6 +311,8 @@ def trace(
             "probe": probe_config.to_dict(),
             "probe_kind": config.probe,
             "branch": config.branch,
+            "similarity_view": "intrinsic: probes run before any intervention hook, so maps exclude its terms",
+            "injected_layers": touched,
             "package_versions": package_versions(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
@@ -313,16 +325,21 @@ def trace(
     except BaseException:
         remove_intervention()
         raise
-    handle = None
+    handle = injected = None
     try:
         handle = apply_probes(adapter, probe_config, writer.submit)
         handle.state.on_step = writer.set_timestep
+        if touched:
+            # the same probe after the intervention's hooks, on the layers it changes
+            injected_config = ProbeConfig(**{**probe_config.to_dict(), "layers": touched, "view": "injected"})
+            injected = apply_probes(adapter, injected_config, writer.injected_sink, tracker_name=_INJECTED_TRACKER)
         yield Trace(pipe, adapter, writer, handle, keyword_tokens, probe_config, recorded_steps)
     except BaseException as error:
         reason = "interrupted by the user (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else repr(error)
         try:
-            if handle is not None:
-                handle.remove()
+            for probes in (handle, injected):
+                if probes is not None:
+                    probes.remove()
             remove_intervention()
         finally:
             writer.close(STATUS_INTERRUPTED, error=reason[:500])
@@ -331,6 +348,8 @@ def trace(
         fired = sum(handle.calls.values())
         try:
             handle.remove()
+            if injected is not None:
+                injected.remove()
             remove_intervention()
         except BaseException:
             writer.close(STATUS_INTERRUPTED, error="removing hooks failed")

@@ -130,10 +130,15 @@ class StoreLayout:
     dtype: str = "float16"
     branches: Sequence[str] = ("cond",)
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: ``intrinsic`` always; ``injected`` too when an intervention changes some layers
+    views: Sequence[str] = ("intrinsic",)
+    #: the denoisers that may run a step (Wan2.2 A14B: ``transformer``, ``transformer_2``)
+    experts: Sequence[str] = ("transformer",)
 
-    def variable_name(self, branch: str) -> str:
-        """``similarity`` for the first recorded branch, ``similarity_<branch>`` for others."""
-        return "similarity" if branch == self.branches[0] else f"similarity_{branch}"
+    def variable_name(self, branch: str, view: str = "intrinsic") -> str:
+        """``similarity`` for the first branch, ``similarity_<branch>`` for others; ``_injected`` for that view."""
+        name = "similarity" if branch == self.branches[0] else f"similarity_{branch}"
+        return name if view == "intrinsic" else f"{name}_{view}"
 
 
 def _skeleton(layout: StoreLayout):
@@ -149,13 +154,17 @@ def _skeleton(layout: StoreLayout):
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     for branch in layout.branches:
-        name = layout.variable_name(branch)
-        data_vars[name] = (
-            dims,
-            da.full(shape, np.nan, dtype=layout.dtype, chunks=chunks),
-            {"branch": branch, "long_name": "visual-keyword similarity"},
-        )
-        encoding[name] = {"chunks": chunks, "fill_value": np.nan}
+        for view in layout.views:
+            name = layout.variable_name(branch, view)
+            long_name = "visual-keyword similarity"
+            if view == "injected":
+                long_name += " with the intervention's own terms (touched layers only; NaN elsewhere)"
+            data_vars[name] = (
+                dims,
+                da.full(shape, np.nan, dtype=layout.dtype, chunks=chunks),
+                {"branch": branch, "view": view, "long_name": long_name},
+            )
+            encoding[name] = {"chunks": chunks, "fill_value": np.nan}
     n_frames, px_h, px_w = layout.video_shape
     data_vars["reference"] = (("y_px", "x_px", "rgb"), da.zeros((px_h, px_w, 3), dtype=np.uint8))
     data_vars["video"] = (
@@ -166,6 +175,8 @@ def _skeleton(layout: StoreLayout):
     coords = {
         "step": np.asarray(layout.steps, dtype=np.int64),
         "timestep": ("step", np.full(len(layout.steps), np.nan)),
+        # which denoiser ran the step (index into attrs["experts"]); -1 until it runs
+        "expert": ("step", np.full(len(layout.steps), -1, dtype=np.int64)),
         "layer": np.asarray(layout.layers, dtype=np.int64),
         "block": ("layer", np.asarray(list(layout.blocks), dtype=strings)),
         "keyword": np.asarray(list(layout.keywords), dtype=strings),
@@ -178,6 +189,7 @@ def _skeleton(layout: StoreLayout):
         **layout.attrs,
         "status": STATUS_RECORDING,
         "steps_written": [],
+        "experts": list(layout.experts),
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
 
@@ -214,7 +226,7 @@ class StoreWriter:
             raise
         self._step_pos = {int(s): i for i, s in enumerate(layout.steps)}
         self._layer_pos = {int(layer): i for i, layer in enumerate(layout.layers)}
-        self._arrays = {b: self._group[layout.variable_name(b)] for b in layout.branches}
+        self._arrays = {(b, v): self._group[layout.variable_name(b, v)] for b in layout.branches for v in layout.views}
         # which (layer, branch) blocks each step has: a step is whole when all are there
         self._written: list[set[tuple[int, str]]] = [set() for _ in layout.steps]
         self._expected_per_step = len(layout.layers) * len(layout.branches)
@@ -229,11 +241,11 @@ class StoreWriter:
         self.status = STATUS_RECORDING
 
     # -- producer side (the denoising loop) ---------------------------------
-    def submit(self, step: int, layer: int, branch: str, maps: Any) -> None:
+    def submit(self, step: int, layer: int, branch: str, maps: Any, view: str = "intrinsic") -> None:
         """Queue one (K, F', H', W') map block; block only if the queue is full."""
         if self._error is not None:
             raise RuntimeError("the store writer failed") from self._error
-        item = (step, layer, branch, _to_host(maps))
+        item = (step, layer, branch, view, _to_host(maps))
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -242,9 +254,13 @@ class StoreWriter:
             self._queue.put(item)
             self.queue_wait_seconds += time.perf_counter() - started
 
-    def set_timestep(self, step: int, timestep: float) -> None:
+    def injected_sink(self, step: int, layer: int, branch: str, maps: Any) -> None:
+        """A probe sink for the ``injected`` view."""
+        self.submit(step, layer, branch, maps, view="injected")
+
+    def set_timestep(self, step: int, timestep: float | None, expert: int = 0) -> None:
         if step in self._step_pos:
-            self._queue.put(("timestep", step, float(timestep)))
+            self._queue.put(("timestep", step, float("nan") if timestep is None else float(timestep), int(expert)))
 
     # -- consumer side --------------------------------------------------------
     def _drain(self) -> None:
@@ -255,11 +271,14 @@ class StoreWriter:
                     return
                 if item[0] == "timestep":
                     self._group["timestep"][self._step_pos[item[1]]] = item[2]
+                    self._group["expert"][self._step_pos[item[1]]] = item[3]
                     continue
-                step, layer, branch, host = item
+                step, layer, branch, view, host = item
                 array = _materialise(host).astype(self.layout.dtype, copy=False)
                 pos = self._step_pos[step]
-                self._arrays[branch][pos, self._layer_pos[layer]] = array
+                self._arrays[(branch, view)][pos, self._layer_pos[layer]] = array
+                if view != "intrinsic":
+                    continue  # completeness is judged on the primary maps
                 self._written[pos].add((layer, branch))
                 self.maps_written += 1
                 if len(self._written[pos]) == self._expected_per_step:

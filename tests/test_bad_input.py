@@ -179,11 +179,11 @@ from layerscope.store import StoreWriter
 
 original = StoreWriter.set_timestep
 
-def set_timestep(self, step, timestep):
+def set_timestep(self, step, timestep, expert=0):
     if step == 3:
         self._queue.join()  # steps 0-2 are on disk
         os.kill(os.getpid(), signal.SIGKILL)
-    original(self, step, timestep)
+    original(self, step, timestep, expert)
 
 StoreWriter.set_timestep = set_timestep
 pipe, _ = load_pipeline(sys.argv[1])

@@ -44,9 +44,14 @@ def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     assert set(results) == {"baseline", "focal-guidance"}
     baseline, guided = results["baseline"], results["focal-guidance"]
     assert guided["overall"]["count"] == 6
-    # same prompts and seeds, different pipeline: the videos differ, so consistency does too
     assert [s["prompt"] for s in guided["scores"]] == [s["prompt"] for s in baseline["scores"]]
-    assert guided["overall"]["first_frame_consistency"] != baseline["overall"]["first_frame_consistency"]
+    # with every lambda 0 the guided pipeline is the baseline's: eval's FG path changes nothing else
+    zero = ["--fg-set", "lambda_txt=0", "--fg-set", "lambda_lat=0", "--fg-set", "lambda_cache=0"]
+    out0 = tmp_path / "eval0.json"
+    argv0 = ["eval", "--quick", "--model", "random", "--out", str(out0), "--intervene-config", str(config)]
+    assert main([*argv0, "--intervene", "focal-guidance", "--ranking", str(base_ranking), *zero]) == 0
+    results0 = json.loads(out0.read_text())["results"]
+    assert results0["focal-guidance"]["scores"] == results0["baseline"]["scores"] == baseline["scores"]
 
 
 def test_eval_refuses_a_ranking_of_another_model_before_generating(base_ranking, tmp_path, capsys):

@@ -102,7 +102,7 @@ def test_fsg_changes_only_keyword_values_in_weak_layers_and_never_q_or_k(tiny_pi
             # the text values' input (the text context) is the same: only to_v's output moved
             assert torch.equal(base[f"v{i}"][0], guided[f"v{i}"][0])
             k = fg.guidance.token_indices[0][0]
-            expected = v_base[0, k] + 0.5 * fg.guidance.visual_values[i][0]
+            expected = v_base[0, k] + 0.5 * fg.guidance.visual_values[(0, i)][0]
             torch.testing.assert_close(v_fg[0, k], expected, rtol=0, atol=1e-6)
         # keys never change (text context is identical in every block); queries only
         # change downstream of a modified block, never inside the first weak block
@@ -110,33 +110,140 @@ def test_fsg_changes_only_keyword_values_in_weak_layers_and_never_q_or_k(tiny_pi
     assert torch.equal(base[f"q{WEAK[0]}"][1], guided[f"q{WEAK[0]}"][1])
 
 
-def test_latent_injection_touches_only_reference_frame_tokens_in_region(tiny_pipe, example, model_dir):
-    first = tiny_pipe.transformer.blocks[WEAK[0]].attn2
+def _capture_pre(module, seen, name, prepend):
+    def hook(mod, args, kwargs):
+        seen.setdefault(name, []).append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend)
+
+
+def _eq9_delta(fg, lambda_lat, tokens):
+    """Eq. 9 by hand: lambda_lat * sum_k w_k(u, v) V_k^vis on the reference frame's H'W' tokens, 0 elsewhere."""
+    region = fg.guidance.region  # (K, 16, 16)
+    per_token = lambda_lat * region.reshape(region.shape[0], -1).T @ fg.guidance.visual_values[(0, WEAK[0])]
+    delta = torch.zeros(tokens, per_token.shape[1])
+    delta[: per_token.shape[0]] = per_token
+    return delta, region
+
+
+def test_latent_injection_into_the_hidden_state_by_hand(tiny_pipe, example, model_dir):
+    """inject_at='hidden' (default): the block computes (z + d) + attn2(norm2(z + d)), d from Eq. 9."""
+    block = tiny_pipe.transformer.blocks[WEAK[0]]
     inputs = _transformer_inputs(tiny_pipe, example)
-    captured = {}
-
-    def grab(module, args, kwargs):
-        captured.setdefault("z", []).append((args[0] if args else kwargs["hidden_states"]).detach().clone())
-
+    seen: dict = {}
     fg = _fg(model_dir, lambda_txt=0.0, attention_cache=False, lambda_lat=0.75)
-    h = first.register_forward_pre_hook(grab, with_kwargs=True)  # registered first: sees the raw input
+    assert fg.config.inject_at == "hidden"
+    handles = [
+        _capture_pre(block.norm2, seen, "z", prepend=True),  # the residual entering the sublayer
+        _capture_pre(block.attn2, seen, "context", prepend=True),
+        _capture_pre(block.norm3, seen, "after", prepend=True),  # the residual after the sublayer
+        _capture_pre(tiny_pipe.transformer.blocks[WEAK[0] + 1], seen, "next", prepend=True),
+    ]
     try:
         handle = fg.apply(_inputs(tiny_pipe, example))
-        h2 = first.register_forward_pre_hook(grab, with_kwargs=True)  # after FG: sees the injected input
         with torch.no_grad(), tiny_pipe.transformer.cache_context("cond"):
             tiny_pipe.transformer(**inputs)
-        h2.remove()
         handle.remove()
     finally:
+        for h in handles:
+            h.remove()
+    # norm2 runs twice: the block's own call on z, then FG's on z + delta
+    z, (after,) = seen["z"][0], seen["after"]
+    assert len(seen["z"]) == 2
+    delta, region = _eq9_delta(fg, 0.75, z.shape[1])
+    # by hand, with FG's hooks gone: the cross-attention sublayer run on z + delta
+    encoder = _attn2_context(tiny_pipe, block, inputs)
+    with torch.no_grad():
+        shifted = z[0] + delta
+        expected = shifted + block.attn2(block.norm2(shifted[None].float()), encoder, None, None)[0]
+    torch.testing.assert_close(after[0], expected, rtol=0, atol=2e-5)
+    # locality: cross-attention is per query token, so only reference-frame tokens in some R_k move
+    with torch.no_grad():
+        plain = z[0] + block.attn2(block.norm2(z.float()), encoder, None, None)[0]
+    moved = (after[0] - plain).abs().sum(-1)
+    inside = region.sum(0).flatten() > 0
+    assert moved[256:].max() == 0 and moved[:256][~inside].max() == 0
+    assert moved[:256][inside].min() > 0
+    # the residual carries the anchor into the next block
+    assert seen["next"][0].shape == after.shape
+
+
+def _attn2_context(pipe, block, inputs):
+    """The encoder states block.attn2 receives in a plain call (image context + text)."""
+    seen = {}
+
+    def hook(mod, args, kwargs):
+        seen["encoder"] = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+
+    h = block.attn2.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad(), pipe.transformer.cache_context("cond"):
+            pipe.transformer(**inputs)
+    finally:
         h.remove()
-    raw, injected = captured["z"]
-    diff = (injected - raw)[0]
-    region = fg.guidance.region  # (K, 16, 16)
-    expected = 0.75 * region.reshape(region.shape[0], -1).T @ fg.guidance.visual_values[WEAK[0]]
-    torch.testing.assert_close(diff[:256], expected, rtol=0, atol=1e-5)
-    assert diff[256:].abs().max() == 0, "only the reference (first latent) frame changes"
+    return seen["encoder"]
+
+
+def test_latent_injection_attn_input_variant(tiny_pipe, example, model_dir):
+    """inject_at='attn-input': delta lands in norm2(z) only, and the residual does not carry it."""
+    block = tiny_pipe.transformer.blocks[WEAK[0]]
+    inputs = _transformer_inputs(tiny_pipe, example)
+    seen: dict = {}
+    fg = _fg(model_dir, lambda_txt=0.0, attention_cache=False, lambda_lat=0.75, inject_at="attn-input")
+    handles = [_capture_pre(block.attn2, seen, "raw", prepend=True), _capture_pre(block.norm3, seen, "after", True)]
+    try:
+        handle = fg.apply(_inputs(tiny_pipe, example))
+        handles.append(_capture_pre(block.attn2, seen, "injected", prepend=False))
+        with torch.no_grad(), tiny_pipe.transformer.cache_context("cond"):
+            tiny_pipe.transformer(**inputs)
+        handle.remove()
+    finally:
+        for h in handles:
+            h.remove()
+    raw, injected = seen["raw"][0][0], seen["injected"][0][0]
+    delta, region = _eq9_delta(fg, 0.75, raw.shape[0])
+    torch.testing.assert_close(injected - raw, delta, rtol=0, atol=1e-5)
     outside = (region.sum(0).flatten() == 0).nonzero().flatten()
-    assert len(outside) > 0 and diff[outside].abs().max() == 0, "only tokens inside some R_k change"
+    assert len(outside) > 0 and (injected - raw)[outside].abs().max() == 0
+
+
+def test_attention_cache_term_by_hand(tiny_pipe, example, model_dir):
+    """Eq. 11-13 at the first weak layer of one call: the strong layers before it, averaged, thresholded."""
+    from layerscope.probes import cosine_maps
+
+    blocks = tiny_pipe.transformer.blocks
+    inputs = _transformer_inputs(tiny_pipe, example)
+    seen: dict = {}
+    values: dict = {}
+    fg = _fg(model_dir, fsg=False, lambda_cache=0.4, tau_cache=0.05, inject_at="attn-input")
+    handles = []
+    for layer in range(WEAK[0] + 1):
+        handles.append(_capture_pre(blocks[layer].attn2, seen, layer, prepend=True))
+
+        def keep(mod, args, output, layer=layer):
+            values[layer] = output[0].detach().clone()
+
+        handles.append(blocks[layer].attn2.to_v.register_forward_hook(keep, prepend=True))
+    try:
+        handle = fg.apply(_inputs(tiny_pipe, example))
+        handles.append(_capture_pre(blocks[WEAK[0]].attn2, seen, "injected", prepend=False))
+        with torch.no_grad(), tiny_pipe.transformer.cache_context("cond"):
+            tiny_pipe.transformer(**inputs)
+        handle.remove()
+    finally:
+        for h in handles:
+            h.remove()
+    grid = fg.guidance.grid
+    maps = []
+    for layer in range(WEAK[0]):  # strong layers that ran before the first weak one (alpha = 1/3 each)
+        keyword_values = torch.stack([values[layer][rows].mean(0) for rows in fg.guidance.token_indices])
+        maps.append(cosine_maps(seen[layer][0][0], keyword_values, grid))
+    cache = torch.stack(maps).mean(0)
+    cache = torch.where(cache > 0.05, cache, torch.zeros_like(cache))
+    expected = 0.4 * cache.reshape(cache.shape[0], -1).T @ fg.guidance.visual_values[(0, WEAK[0])]
+    observed = seen["injected"][0][0] - seen[WEAK[0]][0][0]
+    torch.testing.assert_close(observed, expected, rtol=0, atol=1e-5)
+    assert (cache == 0).any() and (cache > 0).any(), "the threshold must bite on this input"
 
 
 def test_models_are_unchanged_after_a_run(tiny_pipe, example, model_dir, tmp_path):
@@ -153,14 +260,10 @@ def test_models_are_unchanged_after_a_run(tiny_pipe, example, model_dir, tmp_pat
     assert not tiny_pipe.transformer._diffusers_hook.hooks
 
 
-def test_ablations_differ_and_lambda_cache_zero_equals_fsg_only(tiny_pipe, example, model_dir, tmp_path):
+def test_lambda_cache_zero_equals_fsg_only_and_no_self_credit(tiny_pipe, example, model_dir, recorded_run, tmp_path):
+    base = layerscope.open_run(recorded_run[0])
     runs = {}
-    for name, options in {
-        "fsg": {"attention_cache": False},
-        "fsg_cache0": {"lambda_cache": 0.0},
-        "cache": {"fsg": False},
-        "both": {},
-    }.items():
+    for name, options in {"fsg": {"attention_cache": False}, "fsg_cache0": {"lambda_cache": 0.0}, "both": {}}.items():
         record(
             tiny_pipe,
             tmp_path / f"{name}.zarr",
@@ -172,9 +275,21 @@ def test_ablations_differ_and_lambda_cache_zero_equals_fsg_only(tiny_pipe, examp
         runs[name] = layerscope.open_run(tmp_path / f"{name}.zarr")
     np.testing.assert_array_equal(runs["fsg"].similarity.values, runs["fsg_cache0"].similarity.values)
     np.testing.assert_array_equal(runs["fsg"].video.values, runs["fsg_cache0"].video.values)
-    assert not np.array_equal(runs["fsg"].similarity.values, runs["both"].similarity.values)
-    assert not np.array_equal(runs["cache"].similarity.values, runs["both"].similarity.values)
-    assert runs["cache"].attrs["intervention"]["mode"] == "cache"
+    both = runs["both"]
+    # step 0: every layer up to and including the first weak one is the baseline's, bit for bit:
+    # the primary maps are intrinsic, FG's own terms are not in them
+    upto = [layer for layer in range(WEAK[0] + 1)]
+    np.testing.assert_array_equal(
+        both.similarity.isel(step=0).sel(layer=upto).values, base.similarity.isel(step=0).sel(layer=upto).values
+    )
+    # the injected view exists only on the touched layers and there it does contain FG's terms
+    assert both.attrs["injected_layers"] == WEAK
+    injected = both["similarity_injected"]
+    assert np.isnan(injected.sel(layer=[0, 1, 2, 6, 7]).values).all()
+    first = injected.isel(step=0).sel(layer=WEAK[0]).values
+    assert np.isfinite(first).all()
+    gap = np.abs(first - both.similarity.isel(step=0).sel(layer=WEAK[0]).values).mean()
+    assert gap > 1e-3, "the injected view must show the injected terms"
 
 
 def test_cache_ordering_policy(tiny_pipe, example, model_dir):

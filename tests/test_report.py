@@ -126,6 +126,39 @@ def test_comparison_refuses_mismatched_runs_unless_forced(run_with_metrics, seed
     assert len(soup.select("table.ranking")) == 2
     assert len(soup.select("img[alt^='video']")) == 2
     assert _external_references(soup, html) == []
+    # the headline deltas, split by role, equal the two rankings' differences
+    from layerscope.metrics import compute_metrics
+    from layerscope.ranking import rank_datasets
+
+    def ranked(path):
+        ds = layerscope.open_run(path)
+        return rank_datasets([ds.merge(compute_metrics(ds)).compute()])
+
+    before, after = ranked(run_with_metrics), ranked(seed1_run)
+    rows = soup.select("#delta-by-role tbody tr")
+    assert [r.find_all("td")[0].text.split(" ")[0] for r in rows] == ["upstream", "touched", "downstream"]
+    weak = before.weak_layers
+    touched_cells = rows[1].find_all("td")
+    expected = np.mean([a["moran_i"] - b["moran_i"] for a, b in zip(after.layers, before.layers) if a["layer"] in weak])
+    assert float(touched_cells[2].text) == pytest.approx(expected, abs=1e-4)
+
+
+def test_delta_by_role_by_hand():
+    from layerscope.ranking import Ranking
+    from layerscope.report.render import delta_by_role
+
+    def ranking(values):
+        rows = [{"layer": i, "moran_i": v, "std": 2 * v} for i, v in enumerate(values)]
+        return Ranking("moran_i", "band", {}, rows, [], "")
+
+    before = ranking([0.1, 0.2, 0.3, 0.4, 0.5])
+    after = ranking([0.1, 0.25, 0.45, 0.3, float("nan")])
+    groups = delta_by_role(before, after, touched=[2, 3])
+    assert [g["layers"] for g in groups] == [[0, 1], [2, 3], [4]]
+    assert groups[0]["moran_i"] == pytest.approx(0.025)
+    assert groups[1]["moran_i"] == pytest.approx(0.025)  # (+0.15 - 0.1) / 2
+    assert groups[1]["std"] == pytest.approx(0.05)
+    assert np.isnan(groups[2]["moran_i"])
 
 
 def test_report_cli(run_with_metrics, tmp_path, capsys):

@@ -207,6 +207,34 @@ def _grid_sections(contexts: list[dict[str, Any]], steps_shown: int) -> list[dic
     return sections
 
 
+def delta_by_role(before: Any, after: Any, touched: list[int]) -> list[dict[str, Any]]:
+    """Mean after-minus-before of the intrinsic metrics, for layers upstream of, touched by and downstream of FG.
+
+    Upstream layers can change only through the latents of earlier steps; touched layers
+    show FG's effect on their own (intrinsic) maps; downstream layers show what the
+    injected terms did to the rest of the stack.  Kept apart so one number cannot hide
+    another.
+    """
+    rows_before = {row["layer"]: row for row in before.layers}
+    rows_after = {row["layer"]: row for row in after.layers}
+    layers = sorted(set(rows_before) & set(rows_after))
+    first, last = (min(touched), max(touched)) if touched else (None, None)
+    roles = {
+        "upstream (before the first touched layer)": [lay for lay in layers if first is not None and lay < first],
+        "touched by the intervention": [lay for lay in layers if lay in set(touched)],
+        "downstream (after the last touched layer)": [lay for lay in layers if last is not None and lay > last],
+    }
+    groups = []
+    for role, members in roles.items():
+        entry: dict[str, Any] = {"role": role, "layers": members}
+        for metric in ("moran_i", "std"):
+            diffs = [rows_after[lay][metric] - rows_before[lay][metric] for lay in members]
+            finite = [d for d in diffs if np.isfinite(d)]
+            entry[metric] = float(np.mean(finite)) if finite else float("nan")
+        groups.append(entry)
+    return groups
+
+
 def _check_comparable(before: Any, after: Any) -> list[str]:
     problems = []
     for key in ("model_id", "prompt", "seed", "grid", "height", "width", "num_frames"):
@@ -259,7 +287,10 @@ def render(
         figures.layer_curves([c["ranking"] for c in contexts], [c["name"] for c in contexts], weak_layers=weak)
     )
     delta = None
+    groups: list[dict[str, Any]] = []
     if len(contexts) == 2:
+        touched = list(datasets[1].attrs.get("injected_layers") or weak)
+        groups = delta_by_role(contexts[0]["ranking"], contexts[1]["ranking"], touched)
         delta = figure_uri(figures.delta_curves(contexts[0]["ranking"], contexts[1]["ranking"], weak_layers=weak))
     from layerscope import __version__
 
@@ -269,6 +300,7 @@ def render(
         sections=_grid_sections(contexts, steps_shown),
         curves=curves,
         delta=delta,
+        delta_groups=groups,
         weak_layers=weak,
         layerscope_version=__version__,
         thumbnail_note=f"Similarity grids show {steps_shown} evenly spaced steps, latent frame 0, "
