@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from layerscope.interventions import InterventionError
@@ -131,14 +130,13 @@ class FocalGuidanceConfig:
     def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> FocalGuidanceConfig:
         import tomllib
 
+        from layerscope.outputs import read_text_input
+
+        text = read_text_input(
+            path, "--intervene-config", "pass a TOML file with a [focal_guidance] table", ConfigError
+        )
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"--intervene-config {path}: no such file") from None
-        except IsADirectoryError:
-            raise ConfigError(f"--intervene-config {path} is a directory; pass a TOML file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"--intervene-config {path} is not UTF-8 text; pass a TOML file") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"--intervene-config {path}: not valid TOML ({error})") from None
         data = data.get("focal_guidance", data)
@@ -165,6 +163,14 @@ class FocalGuidanceConfig:
         ranking = Ranking.load(path)
         data = asdict(self)
         if not keep_layers:
+            if not ranking.weak_layers:
+                # the ranking's verdict is "no significant weak band": choosing layers from it
+                # would guide layers the data does not single out
+                verdict = ranking.verdict or "it names no weak layers"
+                raise ConfigError(
+                    f"--ranking {path}: {verdict}; nothing to guide. Rank more runs (`layerscope sweep`), "
+                    "or force layers with --fg-set weak_layers=[11,12,13]"
+                )
             data["weak_layers"] = ranking.weak_layers
         data["ranking_source"] = {
             "path": str(path),

@@ -55,19 +55,26 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
         "With no --image/--prompt/--keywords the packaged example is used.",
     )
     p.add_argument("--out", required=True, help="store to write, e.g. runs/demo.zarr")
+    p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
+    p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
+    p.add_argument("--keywords", help="comma-separated words of the prompt to probe, e.g. 'circle,square'")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _add_recording_options(p)
+    p.set_defaults(func=_cmd_record)
+
+
+def _add_recording_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``record`` and ``sweep``: the model, the run's shape, probes, device."""
     p.add_argument(
         "--model",
         default="default",
         help="'default' (trained shapes-world model), 'random' (random tiny model) or a local diffusers pipeline dir",
     )
-    p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
-    p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
-    p.add_argument("--keywords", help="comma-separated words of the prompt to probe, e.g. 'circle,square'")
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default 6 for the default model, else 50)")
     p.add_argument("--frames", type=_positive_int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
     p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the default model, else 480)")
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the default model, else 832)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--probe", choices=("hidden", "output", "attention"), default="hidden")
@@ -76,9 +83,15 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record-steps", help="steps to record, e.g. 0-49 (default all)")
     p.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--cpu-offload", action="store_true", help="enable diffusers model CPU offload (large models)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under a launcher: one GPU each)")
+    p.add_argument(
+        "--cpu-offload",
+        nargs="?",
+        const="model",
+        choices=("model", "sequential"),
+        help="diffusers CPU offload: 'model' (bare flag; one component on the device at a time) or "
+        "'sequential' (submodules streamed; for components larger than GPU memory)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("interventions (e.g. Focal Guidance from fg_intervene)")
     g.add_argument("--intervene", help="intervention to apply while recording, e.g. focal-guidance")
@@ -91,7 +104,6 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
         help="Focal Guidance ablation: both mechanisms (default), FSG only, Attention Cache only, or none",
     )
     _add_fg_set(g)
-    p.set_defaults(func=_cmd_record)
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -119,23 +131,13 @@ def _add_fg_set(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _cmd_record(args: argparse.Namespace) -> int:
+def _record_config(args: argparse.Namespace, prompt: str, keywords: list[str], seed: int, overwrite: bool):
+    """The :class:`RecordConfig` of one run from the shared options (defaults depend on the model)."""
     from layerscope import testbed
-    from layerscope.keywords import check_keywords_in_prompt, parse_keywords
-    from layerscope.loading import load_image, load_pipeline, model_info, resolve_model_dir
-    from layerscope.recording import RecordConfig, record
-    from layerscope.store import check_store_target
+    from layerscope.recording import RecordConfig
 
-    # every check that needs no model comes first: a typo costs one line, not a model load
-    out = check_store_target(args.out, overwrite=args.overwrite)
-    is_testbed = args.model in ("default", "random")
-    if args.prompt is not None and not args.keywords:
-        raise UsageError("--keywords is required with --prompt; name words of the prompt, e.g. --keywords 'cat,ball'")
-    image = load_image(args.image) if args.image is not None else testbed.example_image()
-    prompt = args.prompt if args.prompt is not None else testbed.EXAMPLE_PROMPT
-    keywords = parse_keywords(args.keywords) if args.keywords else list(testbed.EXAMPLE_KEYWORDS)
     defaults = (testbed.EXAMPLE_STEPS, testbed.EXAMPLE_FRAMES, testbed.EXAMPLE_HEIGHT, testbed.EXAMPLE_WIDTH)
-    if not is_testbed:
+    if args.model not in ("default", "random"):
         defaults = (50, 81, 480, 832)
     config = RecordConfig(
         prompt=prompt,
@@ -144,7 +146,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         width=args.width or defaults[3],
         num_frames=args.frames or defaults[1],
         num_inference_steps=args.steps or defaults[0],
-        seed=args.seed,
+        seed=seed,
         guidance_scale=args.guidance,
         negative_prompt=args.negative_prompt,
         probe=args.probe,
@@ -152,27 +154,93 @@ def _cmd_record(args: argparse.Namespace) -> int:
         record_steps=args.record_steps,
         branch=args.branch,
         dtype=args.store_dtype,
-        overwrite=args.overwrite,
+        overwrite=overwrite,
     )
     config.check_guidance()
+    return config
+
+
+def _model_attrs(args: argparse.Namespace, model_dir: Path) -> dict[str, object]:
+    from layerscope.loading import model_info
+
+    info = model_info(model_dir)
+    is_testbed = args.model in ("default", "random")
+    return {**info, "model_path": args.model if is_testbed else str(model_dir), "model_dtype": args.dtype}
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from layerscope import testbed
+    from layerscope.keywords import check_keywords_in_prompt, parse_keywords
+    from layerscope.loading import load_image, load_pipeline, resolve_model_dir
+    from layerscope.recording import record
+    from layerscope.store import check_store_target
+
+    # every check that needs no model comes first: a typo costs one line, not a model load
+    out = check_store_target(args.out, overwrite=args.overwrite)
+    if args.prompt is not None and not args.keywords:
+        raise UsageError("--keywords is required with --prompt; name words of the prompt, e.g. --keywords 'cat,ball'")
+    image = load_image(args.image) if args.image is not None else testbed.example_image()
+    prompt = args.prompt if args.prompt is not None else testbed.EXAMPLE_PROMPT
+    keywords = parse_keywords(args.keywords) if args.keywords else list(testbed.EXAMPLE_KEYWORDS)
+    config = _record_config(args, prompt, keywords, args.seed, args.overwrite)
     check_keywords_in_prompt(config.prompt, config.keywords)
     model_dir = resolve_model_dir(testbed.resolve_model(args.model))
     intervention = _load_intervention(args)
     pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=args.device, cpu_offload=args.cpu_offload)
-    info = model_info(model_dir)
-    summary = record(
-        pipe,
-        out,
-        config,
-        image=image,
-        attrs={**info, "model_path": args.model if is_testbed else str(model_dir), "model_dtype": args.dtype},
-        progress=not args.quiet,
-        intervention=intervention,
-    )
-    if info["weights"] == "random":
-        print(f"note: {info['weights_note']}")
+    attrs = _model_attrs(args, model_dir)
+    summary = record(pipe, out, config, image=image, attrs=attrs, progress=not args.quiet, intervention=intervention)
+    if attrs["weights"] == "random":
+        print(f"note: {attrs['weights_note']}")
     print(summary.line())
     return 0 if summary.status == "complete" else 1
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="record one store per (prompt, seed) from a JSONL prompt file; resumable, shardable",
+        description="PROMPTS is JSONL, one run a line: image (relative to the file), prompt, keywords, and "
+        "optional id, dimension, questions. Resuming is the default: complete stores are skipped, "
+        "interrupted ones recorded again. Under `accelerate launch -m layerscope sweep ...` or "
+        "`torchrun --nproc-per-node N -m layerscope sweep ...` each process records its share.",
+    )
+    p.add_argument("prompts", help="JSONL prompt file, e.g. examples/prompts/shapes.jsonl")
+    p.add_argument("--out-dir", required=True, help="directory for the stores, sweep.json and index.json")
+    p.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0-4 or 0,3,7 (default 0)")
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="record every run again, replacing complete stores (default: resume, skipping them)",
+    )
+    _add_recording_options(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from layerscope import testbed
+    from layerscope.loading import resolve_model_dir
+    from layerscope.sweep import SweepOptions, run_sweep
+
+    options = SweepOptions(
+        prompts=args.prompts,
+        out_dir=args.out_dir,
+        seeds=args.seeds,
+        resume=args.resume,
+        device=args.device,
+        dtype=args.dtype,
+        cpu_offload=args.cpu_offload,
+        progress=not args.quiet,
+    )
+    return run_sweep(
+        options,
+        make_config=lambda entry, seed, overwrite: _record_config(
+            args, entry.prompt, list(entry.keywords), seed, overwrite
+        ),
+        model_dir=lambda: resolve_model_dir(testbed.resolve_model(args.model)),
+        model_attrs=lambda model_dir: _model_attrs(args, model_dir),
+        intervention=lambda: _load_intervention(args),
+    )
 
 
 def _load_intervention(args: argparse.Namespace):
@@ -199,9 +267,10 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="the embedded models: build the random one, train the shapes-world one")
     p.add_argument(
         "action",
-        choices=("build", "path", "train"),
+        choices=("build", "path", "train", "prompts"),
         help="build: write the random tiny model (once); path: print where --model default/random lives; "
-        "train: train the shapes-world model (long: run it in the background)",
+        "train: train the shapes-world model (long: run it in the background); "
+        "prompts: write a sweep prompt file (prompts.jsonl + images) of --scenes held-out scenes to --out",
     )
     p.add_argument("--out", help="directory to write to (build: default the cache directory; train: required)")
     p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
@@ -209,9 +278,9 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, help="train: seed (data, init, batches)")
     p.add_argument(
         "--scenes",
-        type=_int_at_least(8, "the VAE check uses 8 clips"),
-        default=480,
-        help="train: number of training scenes (>= 8)",
+        type=_positive_int,
+        default=None,
+        help="train: number of training scenes (>= 8, default 480); prompts: number of prompts (default 20)",
     )
     p.add_argument(
         "--replay",
@@ -229,6 +298,14 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         return 0
     if args.action == "train":
         return _train(args)
+    if args.action == "prompts":
+        from layerscope.testbed.shapes.evaluate import write_prompt_file
+
+        if not args.out:
+            raise UsageError("testbed prompts needs --out DIR (it writes DIR/prompts.jsonl and DIR/images/)")
+        count = args.scenes or 20
+        print(f"wrote {write_prompt_file(args.out, count, seed=args.seed)} ({count} prompts)")
+        return 0
     print(ensure_default_model(args.out))
     return 0
 
@@ -247,7 +324,9 @@ def _train(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             raise UsageError(f"--replay: {error}") from None
     else:
-        config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes)
+        if args.scenes is not None and args.scenes < 8:
+            raise UsageError(f"testbed train needs --scenes >= 8 (the VAE check uses 8 clips), got {args.scenes}")
+        config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes or 480)
     try:
         print(train(config))
     except TrainingError as error:
@@ -259,20 +338,55 @@ def _train(args: argparse.Namespace) -> int:
 def _add_rank(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
-        help="compute Moran's I and std of the maps and rank the semantic-weak layers",
-        description="Metrics are computed once per store (written back as moran_i, moran_z, std) and reused.",
+        help="rank layers over runs and test for a semantic-weak band (CIs, permutation null, verdict)",
+        description="Metrics are computed once per store (written back as moran_i, moran_z, std) and reused. "
+        "The run is the unit: 95%% CIs are a cluster bootstrap over runs, the band is tested against layer "
+        "labels permuted within runs, and the verdict can be 'no significant weak band'.",
     )
-    p.add_argument("stores", nargs="+", help="one or more recorded stores (averaged, as the paper averages samples)")
+    p.add_argument("stores", nargs="+", help="a sweep directory, or one or more recorded stores")
     p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
     p.add_argument("--metric", choices=("moran_i", "std"), default="moran_i")
     p.add_argument("--steps", help="step-index window A:B (B exclusive), e.g. 0:25")
-    p.add_argument("--method", choices=("band", "bottom-k", "threshold"), default="band")
+    p.add_argument(
+        "--method",
+        choices=("band", "bottom-k", "threshold"),
+        default="band",
+        help="band (default): weak layers only if the band is significant; bottom-k/threshold force a choice",
+    )
     p.add_argument("--k", type=int, help="number of layers for bottom-k")
-    p.add_argument("--threshold", type=float, help="cut for threshold; band threshold (default: mean over layers)")
+    p.add_argument("--threshold", type=float, help="cut for the threshold method")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the band test (default 0.05)")
+    p.add_argument("--permutations", type=_int_at_least(99, "p-values need resolution"), default=999)
+    p.add_argument("--bootstrap", type=_int_at_least(100, "percentile CIs need resamples"), default=1000)
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the permutations and resamples")
+    p.add_argument("--expert", help="rank only this expert's steps (Wan2.2: transformer or transformer_2)")
+    p.add_argument(
+        "--scheduler", help="dask.distributed scheduler address for the per-store work, e.g. tcp://host:8786"
+    )
     p.add_argument("--transformation", choices=("b", "r"), default="b", help="binary (paper) or row-standardised")
     p.add_argument("--allow-partial", action="store_true", help="analyse interrupted stores (their written steps)")
     p.add_argument("--recompute", action="store_true", help="recompute metrics even if the store has them")
     p.set_defaults(func=_cmd_rank)
+
+
+def _rank_inputs(paths: list[str], allow_partial: bool) -> list[str]:
+    """Stores named directly, or the complete stores of sweep directories."""
+    from layerscope.store import is_store
+    from layerscope.sweep import PLAN_FILE, complete_stores
+
+    stores: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir() and not is_store(path) and (path / PLAN_FILE).is_file():
+            complete, others = complete_stores(path)
+            if others and not allow_partial:
+                print(f"note: {len(others)} runs of {path} are not complete and are left out: {', '.join(others[:5])}")
+            if not complete:
+                raise UsageError(f"{path}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
+            stores.extend(str(p) for p in complete)
+        else:
+            stores.append(given)
+    return stores
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
@@ -281,16 +395,25 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_output_path(args.out)  # before the metrics work
+    if not 0 < args.alpha < 1:
+        raise UsageError(f"--alpha must be between 0 and 1, e.g. 0.05 (got {args.alpha})")
     ranking = rank_stores(
-        args.stores,
+        _rank_inputs(args.stores, args.allow_partial),
         transformation=args.transformation,
         allow_partial=args.allow_partial,
         recompute=args.recompute,
+        scheduler=args.scheduler,
+        progress=True,
         metric=args.metric,
         steps=parse_step_window(args.steps),
         method=args.method,
         k=args.k,
         threshold=args.threshold,
+        alpha=args.alpha,
+        permutations=args.permutations,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        expert=args.expert,
     )
     print(ranking.table())
     if ranking.model.get("weights") == "random":
@@ -403,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_record(sub)
+    _add_sweep(sub)
     _add_rank(sub)
     _add_report(sub)
     _add_eval(sub)

@@ -104,21 +104,30 @@ def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     return {"model_id": model_dir.name, "weights": "checkpoint", "weights_note": ""}
 
 
+#: diffusers' two offload strategies (``--cpu-offload model|sequential``).
+OFFLOAD_MODES = ("model", "sequential")
+
+
 def load_pipeline(
     model: str | os.PathLike,
     *,
     dtype: str = "float32",
     device: str = "cpu",
-    cpu_offload: bool = False,
+    cpu_offload: bool | str = False,
 ) -> tuple[Any, Path]:
     """Load a pipeline from a local directory; return it and the directory it came from.
 
     ``device`` and ``dtype`` are always explicit: on a GPU pass ``device="cuda"`` and
-    usually ``dtype="bfloat16"``; ``cpu_offload`` keeps only the running component on
-    the device (diffusers' model offload).
+    usually ``dtype="bfloat16"``.  ``cpu_offload``: ``"model"`` (or ``True``) keeps only
+    the running component on the device (diffusers' model offload, for models that fit
+    one component at a time); ``"sequential"`` streams submodules (diffusers' sequential
+    offload, for components larger than GPU memory, much slower).
     """
     if dtype not in DTYPES:
         raise LoadError(f"--dtype {dtype} is not supported; choose one of {', '.join(DTYPES)}")
+    offload = "model" if cpu_offload is True else (cpu_offload or None)
+    if offload not in (None, *OFFLOAD_MODES):
+        raise LoadError(f"--cpu-offload {cpu_offload!r} is not supported; choose one of {', '.join(OFFLOAD_MODES)}")
     path = resolve_model_dir(model)
     import torch
     from diffusers import DiffusionPipeline
@@ -141,7 +150,9 @@ def load_pipeline(
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LoadError(f"--model {model}: diffusers could not load this pipeline ({first[:300]})") from None
-    if cpu_offload:
+    if offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=torch_device)
+    elif offload == "model":
         pipe.enable_model_cpu_offload(device=torch_device)
     else:
         pipe.to(torch_device)

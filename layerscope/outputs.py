@@ -1,4 +1,4 @@
-"""Checks and atomic writes for the files a command produces (reports, rankings, results).
+"""Checks and atomic writes for the files a command produces, and reads of the small files it takes.
 
 A command checks every output path before its long work starts, so a typo costs one
 line instead of an hour of recording; writes go to a sibling and are renamed, so a
@@ -51,3 +51,44 @@ def write_text_atomic(path: str | os.PathLike, text: str, option: str = "--out")
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def read_text_input(
+    path: str | os.PathLike, option: str, fix: str, error: type[LayerScopeError] = LayerScopeError
+) -> str:
+    """Read a small UTF-8 input file; every way it can be wrong is one ``error`` line.
+
+    The one place that turns missing files, directories, bad encodings and unreadable
+    paths into messages, so rankings, intervention configs and prompt files say the same
+    thing about the same mistake.
+    """
+    if not str(path).strip():
+        raise error(f"{option} is empty; {fix}")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{option} {path}: no such file; {fix}") from None
+    except IsADirectoryError:
+        raise error(f"{option} {path} is a directory; pass a file ({fix})") from None
+    except NotADirectoryError:
+        raise error(f"{option} {path}: a parent of it is a file, not a directory; {fix}") from None
+    except UnicodeDecodeError:
+        raise error(f"{option} {path} is not UTF-8 text; {fix}") from None
+    except OSError as reason:
+        raise error(f"{option} {path} cannot be read ({reason.strerror})") from None
+
+
+def read_json_object(
+    path: str | os.PathLike, option: str, fix: str, error: type[LayerScopeError] = LayerScopeError
+) -> dict:
+    """A JSON file whose top level must be an object (see :func:`read_text_input`)."""
+    import json
+
+    text = read_text_input(path, option, fix, error)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as reason:
+        raise error(f"{option} {path} is not JSON ({reason}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{option} {path}: expected a JSON object; {fix}")
+    return data

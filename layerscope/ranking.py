@@ -1,18 +1,21 @@
-"""Rank layers by semantic responsiveness and pick the semantic-weak layers (paper §3.2).
+"""Rank layers by semantic responsiveness and decide whether a semantic-weak band exists.
 
-Per layer: the metric averaged over steps (optionally a window), keywords and frames
-(paper Eq. 4), then over runs (the paper averages 50 samples).  The spread is the std
-of the per-(run, step, keyword, frame) values behind that mean, so a curve can carry a
-band like the paper's Figure 2.
+The paper (§3.2, Figure 2) averages Moran's I and std of the keyword similarity maps
+over steps, keywords and frames (Eq. 4-5) and over 50 samples, and calls the low
+intermediate layers semantic-weak.  Here that claim has to survive statistics:
 
-Weak-layer methods:
+* the **run** (prompt x seed) is the unit: per layer, each run contributes one mean;
+  the layer's 95% interval is a cluster bootstrap over runs.  With one run there is no
+  between-run variation; the interval is then over steps and the output says so;
+* the **band** is the interior dip that scores highest against both of its flanks
+  (:mod:`layerscope.significance`), tested against a null with layer labels permuted
+  within each run; its p-value pays for the search over every band;
+* the **verdict** is computed: ``weak band L-M (p=..., Moran dip ...)`` or ``no
+  significant weak band (p=...)``, and in the latter case ``weak_layers`` is empty, so
+  nothing downstream guides layers that the data does not single out.
 
-* ``band`` (default): the contiguous band of low values.  Each layer scores
-  ``threshold - value`` with the threshold the mean over layers (or ``--threshold``);
-  the band is the contiguous run of layers with the largest total score (maximum-sum
-  segment), so one noisy layer inside the dip does not split it.
-* ``bottom-k``: the k layers with the lowest values.
-* ``threshold``: every layer with value below ``--threshold``.
+``bottom-k`` and ``threshold`` remain for users who want to force a choice; they report
+the band verdict beside it.  Multi-expert stores (Wan2.2) are ranked per expert as well.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from layerscope.errors import LayerScopeError
 
 METHODS = ("band", "bottom-k", "threshold")
 METRICS = ("moran_i", "std")
+METRIC_LABELS = {"moran_i": "Moran", "std": "std"}
 
 
 class RankingError(LayerScopeError):
@@ -36,7 +40,7 @@ class RankingError(LayerScopeError):
 
 @dataclass
 class Ranking:
-    """A per-layer table and the weak layers chosen from it; ``to_dict`` is the JSON."""
+    """A per-layer table, the band verdict and the weak layers; ``to_dict`` is the JSON."""
 
     metric: str
     method: str
@@ -44,6 +48,16 @@ class Ranking:
     layers: list[dict[str, Any]]
     weak_layers: list[int]
     explanation: str
+    verdict: str = ""
+    significant: bool | None = None
+    p_value: float | None = None
+    alpha: float = 0.05
+    n_runs: int = 0
+    interval_unit: str = "run"
+    band: list[int] | None = None
+    agreement: dict[str, Any] = field(default_factory=dict)
+    expert: str | None = None
+    per_expert: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
@@ -52,11 +66,21 @@ class Ranking:
     def to_dict(self) -> dict[str, Any]:
         return {
             "weak_layers": self.weak_layers,
+            "verdict": self.verdict,
+            "significant": self.significant,
+            "p_value": self.p_value,
+            "alpha": self.alpha,
+            "n_runs": self.n_runs,
+            "interval_unit": self.interval_unit,
+            "band": self.band,
             "metric": self.metric,
             "method": self.method,
             "params": self.params,
             "explanation": self.explanation,
+            "agreement": self.agreement,
+            "expert": self.expert,
             "layers": self.layers,
+            "per_expert": self.per_expert,
             "runs": self.runs,
             "model": self.model,
             "probe": self.probe,
@@ -67,7 +91,7 @@ class Ranking:
         """Write the ranking JSON (atomically); the one writer of the format."""
         from layerscope.outputs import write_text_atomic
 
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
+        return write_text_atomic(path, json.dumps(_finite(self.to_dict()), indent=2))
 
     @classmethod
     def load(cls, path: str | Path, option: str = "--ranking") -> Ranking:
@@ -76,28 +100,22 @@ class Ranking:
         Every way a file can be wrong (missing, a directory, not UTF-8, not JSON, wrong
         types) is one :class:`RankingError` line naming the file and the fix.
         """
-        path = Path(path)
+        from layerscope.outputs import read_json_object
+
         fix = "write it with `layerscope rank STORES --out FILE`"
-        if not str(path).strip():
-            raise RankingError(f"{option} is empty; {fix}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RankingError(f"{option} {path}: no such file; {fix}") from None
-        except IsADirectoryError:
-            raise RankingError(f"{option} {path} is a directory; pass the ranking JSON file") from None
-        except UnicodeDecodeError:
-            raise RankingError(f"{option} {path} is not UTF-8 text; {fix}") from None
-        except json.JSONDecodeError as error:
-            raise RankingError(f"{option} {path} is not JSON ({error}); {fix}") from None
-        except OSError as error:
-            raise RankingError(f"{option} {path} cannot be read ({error.strerror})") from None
-        if not isinstance(data, dict):
-            raise RankingError(f"{option} {path}: expected a JSON object; {fix}")
+        data = read_json_object(path, option, fix, RankingError)
         weak = data.get("weak_layers")
         if not isinstance(weak, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in weak):
             raise RankingError(f"{option} {path}: 'weak_layers' must be a list of layer indices; {fix}")
-        for key, kind in (("layers", list), ("runs", list), ("model", dict), ("probe", dict), ("params", dict)):
+        for key, kind in (
+            ("layers", list),
+            ("runs", list),
+            ("model", dict),
+            ("probe", dict),
+            ("params", dict),
+            ("per_expert", dict),
+            ("agreement", dict),
+        ):
             if not isinstance(data.get(key, kind()), kind):
                 raise RankingError(f"{option} {path}: '{key}' must be a JSON {kind.__name__}; {fix}")
         known = {f.name for f in fields(cls)}
@@ -116,17 +134,55 @@ class Ranking:
             raise RankingError(f"{option} {path}: {error}; {fix}") from None
 
     def table(self) -> str:
-        """A readable terminal table, weak layers starred."""
-        lines = [f"{'layer':>5}  {'block':<10} {'moran_i':>9} {'±':>7} {'std':>7} {'±':>7}  weak"]
+        """A readable terminal table: means with 95% intervals, P(in band), weak layers starred."""
+        unit = "runs" if self.interval_unit == "run" else "steps of the single run"
+        lines = []
+        if self.expert:
+            lines.append(f"expert {self.expert}")
+        lines.append(
+            f"{'layer':>5}  {'block':<10} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17} {'P(band)':>7}  weak"
+        )
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
             lines.append(
-                f"{row['layer']:>5}  {row['block']:<10} {row['moran_i']:>9.4f} {row['moran_i_spread']:>7.4f} "
-                f"{row['std']:>7.4f} {row['std_spread']:>7.4f}  {star}"
+                f"{row['layer']:>5}  {row['block']:<10} {row['moran_i']:>8.4f} {_interval(row['moran_i_ci']):>17} "
+                f"{row['std']:>7.4f} {_interval(row['std_ci']):>17} {row['p_in_band']:>7.2f}  {star}"
             )
-        lines.append(f"weak layers ({self.method} on {self.metric}): {_ranges(self.weak_layers)}")
-        lines.append(self.explanation)
-        return "\n".join(lines)
+        lines.append(
+            f"95% CIs: bootstrap over {self.n_runs if self.interval_unit == 'run' else ''} {unit}".replace("  ", " ")
+        )
+        if self.interval_unit != "run":
+            lines.append("note: one run, so there is no between-run variation; rank a sweep (prompts x seeds)")
+        lines.append(f"verdict ({self.metric}): {self.verdict}")
+        if self.method != "band":
+            lines.append(
+                f"weak layers ({self.method} on {self.metric}, chosen regardless of the verdict): "
+                f"{_ranges(self.weak_layers)}"
+            )
+        else:
+            lines.append(f"weak layers: {_ranges(self.weak_layers)}")
+        if self.agreement:
+            lines.append(self.agreement.get("sentence", ""))
+        for name, sub in self.per_expert.items():
+            lines.append(f"expert {name}: {sub.get('verdict', '')}")
+        return "\n".join(line for line in lines if line)
+
+
+def _interval(ci: Any) -> str:
+    if not ci or ci[0] is None:
+        return "-"
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None so the file is strict JSON (json.dumps would write NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _ranges(indices: list[int]) -> str:
@@ -147,32 +203,11 @@ def _or_blank(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def max_sum_band(values: np.ndarray, threshold: float) -> tuple[int, int]:
-    """Indices [start, end] of the contiguous segment maximising sum(threshold - values)."""
-    scores = threshold - np.asarray(values, dtype=np.float64)
-    best, best_span = -np.inf, (0, 0)
-    running, start = 0.0, 0
-    for i, s in enumerate(scores):
-        if running <= 0:
-            running, start = s, i
-        else:
-            running += s
-        if running > best:
-            best, best_span = running, (start, i)
-    return best_span
-
-
 def select_weak(
-    values: np.ndarray, method: str = "band", k: int | None = None, threshold: float | None = None
+    values: np.ndarray, method: str, k: int | None = None, threshold: float | None = None
 ) -> tuple[list[int], str, dict[str, Any]]:
-    """Positions of weak layers in ``values`` (NaN-free), an explanation, and the params used."""
-    if method not in METHODS:
-        raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    values = np.asarray(values, dtype=np.float64)
-    if np.isnan(values).all():
-        raise RankingError("no layer has a finite value (no map was written, or all maps were constant)")
-    # a layer without any finite map is never called weak: there is nothing to judge
-    values = np.where(np.isnan(values), np.inf, values)
+    """Positions chosen by the forcing methods ``bottom-k`` and ``threshold`` (NaN never chosen)."""
+    values = np.where(np.isnan(np.asarray(values, dtype=np.float64)), np.inf, values)
     if method == "bottom-k":
         if k is None or not 1 <= k <= len(values):
             raise RankingError(f"bottom-k needs --k between 1 and {len(values)}")
@@ -183,16 +218,7 @@ def select_weak(
             raise RankingError("the threshold method needs --threshold T")
         chosen = np.flatnonzero(values < threshold).tolist()
         return chosen, f"layers with value below {threshold:g}", {"threshold": threshold}
-    finite = values[np.isfinite(values)]
-    cut = float(finite.mean()) if threshold is None else float(threshold)
-    if not (values < cut).any():
-        return [], f"no layer is below the band threshold {cut:.4f}", {"threshold": cut}
-    start, end = max_sum_band(values, cut)
-    explanation = (
-        f"band: the contiguous layers {start}-{end} maximise the summed shortfall below "
-        f"{'the mean over layers' if threshold is None else 'the threshold'} ({cut:.4f})"
-    )
-    return list(range(start, end + 1)), explanation, {"threshold": cut}
+    raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def parse_step_window(text: str | None) -> slice | None:
@@ -206,83 +232,328 @@ def parse_step_window(text: str | None) -> slice | None:
         raise RankingError(f"cannot read --steps {text!r}; use A:B, e.g. 0:25") from None
 
 
-def rank_datasets(
-    datasets: list[Any],
+@dataclass
+class RunSummary:
+    """What ranking needs from one run, small enough to ship between dask workers.
+
+    ``values[metric]`` is (steps, layers): the mean over keywords and frames of each
+    step's maps (NaN where every map of that layer and step was constant).
+    """
+
+    name: str
+    layers: list[int]
+    blocks: list[str]
+    steps: list[int]
+    step_expert: list[int]
+    experts: list[str]
+    values: dict[str, np.ndarray]
+    maps_per_layer: int
+    nan_maps: np.ndarray
+    attrs: dict[str, Any]
+
+
+RUN_ATTRS = ("prompt", "seed", "status", "sweep_id", "dimension", "model_id", "weights", "pipeline_class", "num_layers")
+
+
+def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSummary:
+    """Reduce one run with metrics (see ``ensure_metrics``) to a :class:`RunSummary`."""
+    window = ds if steps is None else ds.isel(step=steps)
+    if ds.attrs.get("status", "complete") != "complete":
+        # a partial store: only the steps that were written carry maps
+        written = set(ds.attrs.get("steps_written", []))
+        window = window.sel(step=[s for s in window["step"].values.tolist() if s in written])
+    if window.sizes["step"] == 0:
+        raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
+    values, nan_maps = {}, None
+    for metric in METRICS:
+        data = window[metric].transpose("step", "layer", ...).values
+        flat = data.reshape(data.shape[0], data.shape[1], -1)
+        finite = np.isfinite(flat)
+        counts = finite.sum(axis=-1)
+        sums = np.where(finite, flat, 0.0).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values[metric] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        if metric == "moran_i":
+            nan_maps = (~finite).sum(axis=(0, 2))
+            maps_per_layer = flat.shape[0] * flat.shape[2]
+    expert = window["expert"].values.tolist() if "expert" in window.coords else [0] * window.sizes["step"]
+    attrs = {key: _plain(ds.attrs.get(key)) for key in RUN_ATTRS}
+    attrs["probe"] = _plain(ds.attrs.get("probe", {}))
+    attrs["grid"] = _plain(ds.attrs.get("grid"))
+    attrs["transformation"] = ds["moran_i"].attrs.get("transformation", "b")
+    return RunSummary(
+        name=name,
+        layers=[int(v) for v in ds["layer"].values],
+        blocks=[str(v) for v in ds["block"].values],
+        steps=[int(s) for s in window["step"].values],
+        step_expert=[int(e) for e in expert],
+        experts=list(ds.attrs.get("experts", ["transformer"])),
+        values=values,
+        maps_per_layer=int(maps_per_layer),
+        nan_maps=np.asarray(nan_maps),
+        attrs=attrs,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays in attrs -> JSON-able Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _units(summaries: list[RunSummary], metric: str, expert: int | None) -> tuple[np.ndarray, str, list[np.ndarray]]:
+    """(units x layers) matrix the statistics run on, what a unit is, and per-run step rows."""
+    rows = []
+    for summary in summaries:
+        step_rows = summary.values[metric]
+        if expert is not None:
+            step_rows = step_rows[np.asarray(summary.step_expert) == expert]
+        if step_rows.shape[0] == 0:
+            raise RankingError(f"run {summary.name or '?'} has no step of the chosen expert in the --steps window")
+        rows.append(step_rows)
+    if len(rows) == 1:
+        return rows[0], "step", rows
+    with np.errstate(invalid="ignore"):
+        means = np.stack([_nanmean_rows(r) for r in rows])
+    return means, "run", rows
+
+
+def _nanmean_rows(rows: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(rows)
+    counts = finite.sum(axis=0)
+    return np.where(counts > 0, np.where(finite, rows, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def rank_summaries(
+    summaries: list[RunSummary],
     *,
     metric: str = "moran_i",
-    steps: slice | None = None,
     method: str = "band",
     k: int | None = None,
     threshold: float | None = None,
-    names: list[str] | None = None,
+    alpha: float = 0.05,
+    permutations: int = 999,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    expert: str | None = None,
+    steps: slice | None = None,
+    per_expert: bool = True,
 ) -> Ranking:
-    """Rank layers over one or more runs whose metrics are computed (see ``ensure_metrics``)."""
+    """Rank layers over runs; the statistics of :mod:`layerscope.significance` decide the band."""
+    from layerscope.significance import SignificanceError, band_test
+
     if metric not in METRICS:
         raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    first = datasets[0]
-    layers = [int(v) for v in first["layer"].values]
-    per_metric: dict[str, list[np.ndarray]] = {"moran_i": [], "std": []}
-    for ds in datasets:
-        if [int(v) for v in ds["layer"].values] != layers:
+    if method not in METHODS:
+        raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not summaries:
+        raise RankingError("no runs to rank; pass stores or a sweep directory")
+    first = summaries[0]
+    for summary in summaries[1:]:
+        if summary.layers != first.layers:
             raise RankingError("runs record different layers; rank runs of the same model and --layers")
-        window = ds if steps is None else ds.isel(step=steps)
-        if ds.attrs.get("status", "complete") != "complete":
-            # a partial store: only the steps that were written carry maps
-            written = set(ds.attrs.get("steps_written", []))
-            window = window.sel(step=[s for s in window["step"].values.tolist() if s in written])
-        if window.sizes["step"] == 0:
-            raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
-        for name in per_metric:
-            values = window[name].transpose("layer", ...).values.reshape(len(layers), -1)
-            per_metric[name].append(values)
+    experts = first.experts
+    expert_index = None
+    if expert is not None:
+        if expert not in experts:
+            raise RankingError(f"--expert {expert!r} is not in this model (experts: {', '.join(experts)})")
+        expert_index = experts.index(expert)
+    tests, units_by_metric = {}, {}
+    try:
+        for name in METRICS:
+            units, unit, _ = _units(summaries, name, expert_index)
+            units_by_metric[name] = units
+            tests[name] = band_test(
+                units, alpha=alpha, permutations=permutations, resamples=bootstrap, seed=seed, unit=unit
+            )
+    except SignificanceError as error:
+        raise RankingError(str(error)) from None
+    main = tests[metric]
     table = []
-    stacked = {name: np.concatenate(parts, axis=1) for name, parts in per_metric.items()}
-    nan_maps = int(np.isnan(stacked["moran_i"]).sum())
-    for position, layer in enumerate(layers):
-        row = {"layer": layer, "block": str(first["block"].values[position])}
-        for name, values in stacked.items():
-            finite = values[position][np.isfinite(values[position])]
-            # mean over (steps, keywords, frames) within each run, then over runs (Eq. 4)
-            run_means = [
-                np.nanmean(p[position]) if np.isfinite(p[position]).any() else np.nan for p in per_metric[name]
-            ]
-            row[name] = float(np.nanmean(run_means)) if np.isfinite(run_means).any() else float("nan")
-            row[f"{name}_spread"] = float(finite.std()) if finite.size else float("nan")
-            row[f"{name}_per_run"] = [float(v) for v in run_means]
-        row["n_maps"] = int(stacked["moran_i"][position].size)
-        row["nan_maps"] = int(np.isnan(stacked["moran_i"][position]).sum())
+    for position, layer in enumerate(first.layers):
+        row: dict[str, Any] = {"layer": layer, "block": first.blocks[position]}
+        for name, test in tests.items():
+            column = units_by_metric[name][:, position]
+            finite = column[np.isfinite(column)]
+            row[name] = float(finite.mean()) if finite.size else float("nan")
+            row[f"{name}_ci"] = [float(test.ci_low[position]), float(test.ci_high[position])]
+            if main.unit == "run":
+                row[f"{name}_per_run"] = [float(v) for v in column]
+        row["ci"] = row[f"{metric}_ci"]
+        row["p_in_band"] = float(main.p_in_band[position])
+        row["n_maps"] = int(first.maps_per_layer * len(summaries))
+        row["nan_maps"] = int(sum(int(s.nan_maps[position]) for s in summaries))
         table.append(row)
-    curve = np.array([row[metric] for row in table])
-    positions, explanation, params = select_weak(curve, method, k, threshold)
+    nan_maps = int(sum(int(s.nan_maps.sum()) for s in summaries))
+    band_layers = [first.layers[p] for p in range(main.start, main.end + 1)]
+    label = METRIC_LABELS[metric]
+    band_text = f"{band_layers[0]}-{band_layers[-1]}"
+    if main.significant:
+        verdict = f"weak band {band_text} (p={main.p_value:.3g}, {label} dip {main.dip:.4f}, n_runs={len(summaries)})"
+    else:
+        verdict = (
+            f"no significant weak band (p={main.p_value:.3g}, best candidate {band_text} with {label} dip "
+            f"{main.dip:.4f}, n_runs={len(summaries)})"
+        )
+    if method == "band":
+        positions = main.layers
+        explanation = (
+            f"band: the interior segment {band_text} scores highest against both flanks; {main.permutations} "
+            f"permutations of layer labels within each {main.unit} give p={main.p_value:.3g} (alpha {alpha:g})"
+        )
+        params: dict[str, Any] = {}
+    else:
+        curve = np.array([row[metric] for row in table])
+        positions, explanation, params = select_weak(curve, method, k, threshold)
+    other = "std" if metric == "moran_i" else "moran_i"
+    agreement = _agreement(tests[metric], tests[other], first.layers, metric, other)
     runs = [
         {
-            "path": (names[i] if names else ""),
-            "prompt": ds.attrs.get("prompt", ""),
-            "seed": ds.attrs.get("seed"),
-            "status": ds.attrs.get("status"),
-            "steps": [int(s) for s in (ds if steps is None else ds.isel(step=steps))["step"].values],
+            "path": s.name,
+            "prompt": s.attrs.get("prompt", ""),
+            "seed": s.attrs.get("seed"),
+            "status": s.attrs.get("status"),
+            "id": s.attrs.get("sweep_id"),
+            "steps": s.steps,
         }
-        for i, ds in enumerate(datasets)
+        for s in summaries
     ]
-    model = {key: first.attrs.get(key) for key in ("model_id", "weights", "pipeline_class", "num_layers", "grid")}
-    transformation = first["moran_i"].attrs.get("transformation", "b")
-    return Ranking(
+    ranking = Ranking(
         metric=metric,
         method=method,
         params={
             **params,
             "steps": None if steps is None else f"{_or_blank(steps.start)}:{_or_blank(steps.stop)}",
-            "transformation": transformation,
+            "transformation": first.attrs.get("transformation", "b"),
+            "permutations": permutations,
+            "bootstrap": bootstrap,
+            "seed": seed,
+            "statistic": "max over interior bands of dip / sqrt(1/width + 1/flank), layer labels permuted within units",
             "aggregation": "mean over steps, keywords, frames per run, then over runs",
         },
         layers=table,
-        weak_layers=[layers[p] for p in positions],
+        weak_layers=[first.layers[p] for p in positions],
         explanation=explanation + (f"; {nan_maps} constant maps (NaN) left out" if nan_maps else ""),
+        verdict=verdict,
+        significant=main.significant,
+        p_value=main.p_value,
+        alpha=alpha,
+        n_runs=len(summaries),
+        interval_unit=main.unit,
+        band=band_layers,
+        agreement=agreement,
+        expert=expert,
         runs=runs,
-        model=model,
-        probe=dict(first.attrs.get("probe", {})),
+        model={key: first.attrs.get(key) for key in ("model_id", "weights", "pipeline_class", "num_layers", "grid")},
+        probe=dict(first.attrs.get("probe") or {}),
         nan_maps=nan_maps,
     )
+    if per_expert and expert is None and len(experts) > 1:
+        options = dict(
+            metric=metric,
+            method=method,
+            k=k,
+            threshold=threshold,
+            alpha=alpha,
+            permutations=permutations,
+            bootstrap=bootstrap,
+            seed=seed,
+            steps=steps,
+            per_expert=False,
+        )
+        for name in experts:
+            try:
+                sub = rank_summaries(summaries, expert=name, **options)
+            except RankingError as error:
+                ranking.per_expert[name] = {"verdict": f"not ranked: {error}", "weak_layers": []}
+                continue
+            ranking.per_expert[name] = _finite(
+                {k: v for k, v in sub.to_dict().items() if k not in ("runs", "model", "probe")}
+            )
+    return ranking
+
+
+def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metric: str) -> dict[str, Any]:
+    """Do Moran's I and std single out the same band?  Jaccard of their best bands."""
+    a = set(range(main.start, main.end + 1))
+    b = set(range(other.start, other.end + 1))
+    jaccard = len(a & b) / len(a | b)
+    both = main.significant and other.significant
+    sentence = (
+        f"{METRIC_LABELS[other_metric]} {'also finds' if other.significant else 'finds no significant'} band "
+        f"(best {layers[other.start]}-{layers[other.end]}, p={other.p_value:.3g}); overlap with the "
+        f"{METRIC_LABELS[metric]} band (Jaccard) {jaccard:.2f}"
+    )
+    return {
+        "metric": other_metric,
+        "band": [layers[i] for i in sorted(b)],
+        "p_value": other.p_value,
+        "significant": other.significant,
+        "jaccard": jaccard,
+        "agree": bool(both and jaccard >= 0.5) or (not main.significant and not other.significant),
+        "sentence": sentence,
+    }
+
+
+def rank_datasets(
+    datasets: list[Any], *, names: list[str] | None = None, steps: slice | None = None, **kwargs: Any
+) -> Ranking:
+    """Rank layers over runs already opened with metrics (the report's and the accessor's path)."""
+    summaries = [summarize_run(ds, names[i] if names else "", steps) for i, ds in enumerate(datasets)]
+    return rank_summaries(summaries, steps=steps, **kwargs)
+
+
+def _summarize_store(path: str, transformation: str, recompute: bool, allow_partial: bool, steps: slice | None):
+    from layerscope.metrics import ensure_metrics
+
+    ds = ensure_metrics(path, transformation, recompute=recompute, allow_partial=allow_partial)
+    return summarize_run(ds, path, steps)
+
+
+def summarize_stores(
+    paths: list[str | Path],
+    *,
+    transformation: str = "b",
+    allow_partial: bool = False,
+    recompute: bool = False,
+    steps: slice | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> list[RunSummary]:
+    """Metrics (computed once, cached in each store) and summaries of many stores, via dask.
+
+    One delayed task per store; with ``scheduler`` (a ``dask.distributed`` address, e.g.
+    ``tcp://host:8786``) the tasks run on that cluster, else on local threads.  The
+    results do not depend on where they ran: each task is a pure function of its store.
+    """
+    import dask
+
+    tasks = [
+        dask.delayed(_summarize_store, pure=False)(str(p), transformation, recompute, allow_partial, steps)
+        for p in paths
+    ]
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:  # pragma: no cover - it is a core dependency
+            raise RankingError("--scheduler needs the 'distributed' package: pip install distributed") from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as error:
+            raise RankingError(
+                f"--scheduler {scheduler}: cannot connect ({error}); start one with `dask scheduler`"
+            ) from None
+        with client:
+            return list(client.gather(client.compute(tasks)))
+    if progress and len(tasks) > 1:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=2.0):
+            return list(dask.compute(*tasks, scheduler="threads"))
+    return list(dask.compute(*tasks, scheduler="threads"))
 
 
 def rank_stores(
@@ -291,13 +562,22 @@ def rank_stores(
     transformation: str = "b",
     allow_partial: bool = False,
     recompute: bool = False,
+    steps: slice | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
     **kwargs: Any,
 ) -> Ranking:
     """Compute (or reuse) metrics in each store, then rank (what ``layerscope rank`` runs)."""
-    from layerscope.metrics import ensure_metrics
-
-    datasets = [ensure_metrics(p, transformation, recompute=recompute, allow_partial=allow_partial) for p in paths]
-    models = {ds.attrs.get("model_id") for ds in datasets}
+    summaries = summarize_stores(
+        paths,
+        transformation=transformation,
+        allow_partial=allow_partial,
+        recompute=recompute,
+        steps=steps,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    models = {s.attrs.get("model_id") for s in summaries}
     if len(models) > 1:
         raise RankingError(f"runs come from different models ({', '.join(map(str, models))}); rank one model at a time")
-    return rank_datasets(datasets, names=[str(p) for p in paths], **kwargs)
+    return rank_summaries(summaries, steps=steps, **kwargs)

@@ -99,14 +99,14 @@ def check_store_target(path: str | os.PathLike, *, overwrite: bool = False) -> P
 
     path = check_output_path(path, "--out", directory=True)
     if path.exists() or path.is_symlink():
-        if not _is_store(path):
+        if not is_store(path):
             raise StoreError(f"--out {path} exists and is not a LayerScope store; choose a new path")
         if not overwrite and not _lock_path(path).exists():
             raise StoreError(f"store {path} already exists; pass --overwrite or choose another --out")
     return path
 
 
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     marker = path / "zarr.json"
     if not (path.is_dir() and not path.is_symlink() and marker.is_file()):
         return False
@@ -348,7 +348,7 @@ def _remove_store(path: Path) -> None:
     ``--out ~ --overwrite`` must not wipe a home directory: only a directory holding a
     Zarr group written by ``layerscope record`` is removed.
     """
-    if not _is_store(path):
+    if not is_store(path):
         raise StoreError(f"{path} exists and is not a LayerScope store; refusing to overwrite it, choose another --out")
     shutil.rmtree(path)
 

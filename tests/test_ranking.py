@@ -11,26 +11,17 @@ import pytest
 import layerscope
 from layerscope.cli import main
 from layerscope.metrics import IncompleteStoreError, ensure_metrics, morans_i
-from layerscope.ranking import RankingError, max_sum_band, rank_stores, select_weak
+from layerscope.ranking import RankingError, rank_stores, select_weak
 
 
-def test_band_finds_the_dip_despite_a_noisy_layer():
-    # the paper's shape: high at both ends, a low band 11-26 of 40 with one bump at 18
-    curve = np.full(40, 0.7)
-    curve[11:27] = 0.2
-    curve[18] = 0.65
-    weak, explanation, params = select_weak(curve, "band")
-    assert weak == list(range(11, 27))
-    assert "11-26" in explanation and params["threshold"] == pytest.approx(curve.mean())
-
-
-def test_bottom_k_and_threshold():
+def test_bottom_k_and_threshold_force_a_choice():
     curve = np.array([0.5, 0.1, 0.3, 0.05, 0.9])
     assert select_weak(curve, "bottom-k", k=2)[0] == [1, 3]
     assert select_weak(curve, "threshold", threshold=0.31)[0] == [1, 2, 3]
     with pytest.raises(RankingError):
         select_weak(curve, "bottom-k")
-    assert max_sum_band(np.array([1.0, 0.0, 0.0, 1.0]), 0.5) == (1, 2)
+    # a layer without any finite value is never chosen
+    assert select_weak(np.array([np.nan, 0.2, 0.3]), "bottom-k", k=1)[0] == [1]
 
 
 def test_metrics_written_back_and_reopened(recorded_run, tmp_path):
@@ -83,17 +74,30 @@ def test_multi_run_ranking_averages_runs(recorded_run, tiny_pipe, example, tmp_p
     assert [r["moran_i"] for r in via_accessor.layers] == pytest.approx([r["moran_i"] for r in ranking.layers])
 
 
-def test_rank_cli_writes_json_with_weak_layers(recorded_run, tmp_path, capsys):
+def test_rank_cli_writes_json_with_verdict(recorded_run, tmp_path, capsys):
     path, _ = recorded_run
     copy = tmp_path / "c.zarr"
     shutil.copytree(path, copy)
     out = tmp_path / "ranking.json"
     assert main(["rank", str(copy), "--out", str(out), "--steps", "0:2"]) == 0
-    data = json.loads(out.read_text())
-    for key in ("weak_layers", "layers", "method", "params", "runs", "model", "probe"):
+    text = out.read_text()
+    assert "NaN" not in text  # strict JSON
+    data = json.loads(text)
+    for key in ("weak_layers", "verdict", "p_value", "alpha", "n_runs", "layers", "method", "params", "runs"):
         assert key in data
+    assert data["n_runs"] == 1 and data["interval_unit"] == "step" and data["alpha"] == 0.05
     assert data["params"]["steps"] == "0:2" and data["runs"][0]["steps"] == [0, 1]
     assert data["model"]["weights"] == "random"
+    for row in data["layers"]:
+        low, high = row["ci"]
+        assert low <= row["moran_i"] <= high and 0.0 <= row["p_in_band"] <= 1.0
+    # the verdict is computed: no band unless p <= alpha, and then weak_layers is that band
+    if data["p_value"] <= 0.05:
+        assert data["verdict"].startswith("weak band") and data["weak_layers"] == data["band"]
+    else:
+        assert data["verdict"].startswith("no significant weak band") and data["weak_layers"] == []
     printed = capsys.readouterr().out
-    assert "weak layers (band on moran_i)" in printed
+    assert f"verdict (moran_i): {data['verdict']}" in printed
+    assert "one run, so there is no between-run variation" in printed
     assert main(["rank", str(copy), "--method", "threshold"]) == 2
+    assert main(["rank", str(copy), "--alpha", "1.5"]) == 2

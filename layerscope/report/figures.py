@@ -1,7 +1,7 @@
 """Figures of a run, each returned as a matplotlib Figure (Agg backend, no display needed).
 
 They follow the paper: Figure 1 (similarity maps of layers x steps overlaid on the
-frame they belong to) and Figure 2 (Moran's I and std per layer with a spread band),
+frame they belong to) and Figure 2 (Moran's I and std per layer with 95% CI error bars),
 plus the before/after delta of a Focal Guidance comparison.
 """
 
@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 
 WEAK_BAND_COLOUR = "#f4a261"
+#: Label sizes of the similarity grid, in points.  The report embeds the grid at
+#: ``GRID_DPI = 72`` and never scales it down, so a point is a CSS pixel and labels are
+#: 11-13 px at 100% zoom (at 7 pt and 60 dpi they were under 6 px).
+GRID_LABEL_POINTS = 11
+GRID_TITLE_POINTS = 13
+GRID_DPI = 72
 
 
 def new_figure(nrows: int, ncols: int, figsize: tuple[float, float], **subplot_kw: Any) -> tuple[Any, Any]:
@@ -95,12 +101,14 @@ def similarity_grid(
             ax.set_yticks([])
             ax.grid(False)
             if col == 0:
-                ax.set_ylabel(f"L{layer}", rotation=0, ha="right", va="center", fontsize=7)
+                ax.set_ylabel(f"L{layer}", rotation=0, ha="right", va="center", fontsize=GRID_LABEL_POINTS)
             if row == 0:
-                ax.set_title(f"step {step}", fontsize=7)
+                ax.set_title(f"step {step}", fontsize=GRID_LABEL_POINTS)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, pad=0.02, label="similarity")
-    fig.suptitle(f"'{keyword}' — latent frame {frame}", fontsize=9)
+        bar = fig.colorbar(image, ax=axes, shrink=0.6, pad=0.02)
+        bar.set_label("similarity", fontsize=GRID_LABEL_POINTS)
+        bar.ax.tick_params(labelsize=GRID_LABEL_POINTS)
+    fig.suptitle(f"'{keyword}' — latent frame {frame}", fontsize=GRID_TITLE_POINTS)
     return fig
 
 
@@ -119,7 +127,10 @@ def layer_curves(
     weak_layers: Sequence[int] = (),
     metrics: Sequence[str] = ("moran_i", "std"),
 ) -> Any:
-    """Figure-2-style curves: per-layer mean with a ±spread band, weak band shaded.
+    """Figure-2-style curves: per-layer mean with 95% CI error bars, weak band shaded.
+
+    The bars are the ranking's intervals (bootstrap over runs, or over steps for one
+    run), not the spread of the maps: they say how well each mean is known.
 
     ``rankings`` are :class:`layerscope.ranking.Ranking` objects (one per run, drawn on
     shared axes so a before/after pair compares directly).
@@ -131,10 +142,20 @@ def layer_curves(
         for i, (ranking, label) in enumerate(zip(rankings, labels)):
             layers = np.array([row["layer"] for row in ranking.layers])
             mean = np.array([row[metric] for row in ranking.layers])
-            spread = np.array([row[f"{metric}_spread"] for row in ranking.layers])
+            ci = np.array([row[f"{metric}_ci"] for row in ranking.layers], dtype=np.float64)
             colour = palette[i % len(palette)]
-            ax.plot(layers, mean, marker="o", markersize=3, lw=1.5, color=colour, label=label)
-            ax.fill_between(layers, mean - spread, mean + spread, color=colour, alpha=0.18)
+            offset = (i - (len(rankings) - 1) / 2) * 0.15  # side by side, not on top of each other
+            ax.errorbar(
+                layers + offset,
+                mean,
+                yerr=np.abs(np.stack([mean - ci[:, 0], ci[:, 1] - mean])),
+                marker="o",
+                markersize=3,
+                lw=1.5,
+                capsize=2,
+                color=colour,
+                label=label,
+            )
         ax.set_xlabel("layer")
         ax.set_ylabel("Moran's I" if metric == "moran_i" else "std of normalised map")
         if len(rankings) > 1 or weak_layers:

@@ -202,7 +202,7 @@ def _grid_sections(contexts: list[dict[str, Any]], steps_shown: int) -> list[dic
             fig = figures.similarity_grid(
                 ds, kw, steps=figures.pick_steps(ds["step"].values.tolist(), steps_shown), vmin=vmin, vmax=vmax
             )
-            grids.append({"label": ctx["name"], "uri": figure_uri(fig, dpi=60)})
+            grids.append({"label": ctx["name"], "uri": figure_uri(fig, dpi=figures.GRID_DPI)})
         sections.append({"keyword": keyword, "slug": f"kw{position}", "grids": grids})
     return sections
 

@@ -162,3 +162,36 @@ def write_results(results: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=float))
     return path
+
+
+def write_prompt_file(out_dir: str | Path, count: int, split: str = "heldout", seed: int = 0) -> Path:
+    """Write ``prompts.jsonl`` and one reference PNG per scene: a ``layerscope sweep`` input.
+
+    The scenes are :func:`eval_scenes` (the benchmark's prompts); keywords are the
+    subject's colour and kind, ``questions`` the scorer's checks in words.
+    """
+    from PIL import Image
+
+    from layerscope.outputs import check_output_path, write_text_atomic
+    from layerscope.testbed.shapes.render import reference_image
+    from layerscope.testbed.shapes.world import questions
+
+    out_dir = check_output_path(out_dir, "--out", directory=True)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, scene in enumerate(eval_scenes(count, split, seed)):
+        name = f"images/{split}-{index:03d}.png"
+        Image.fromarray(reference_image(scene)).save(out_dir / name)
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"{split}-{index:03d}",
+                    "image": name,
+                    "prompt": scene.prompt,
+                    "keywords": [scene.subject.colour, scene.subject.kind],
+                    "dimension": scene.dimension,
+                    "questions": [q.text for q in questions(scene)],
+                }
+            )
+        )
+    return write_text_atomic(out_dir / "prompts.jsonl", "\n".join(lines) + "\n")

@@ -1,0 +1,468 @@
+"""Many recordings from one prompt file: a dataset-level sweep (prompts x seeds).
+
+Why: a weak band is a claim about a model, and the paper ranks layers over a dataset
+(Figure 2 averages 50 samples; every number in it is a mean over five seeds).  A sweep
+records one store per (prompt, seed) so ``layerscope rank DIR`` can treat the run as
+the statistical unit.
+
+The prompt file is JSONL, one run a line (``#`` lines and blank lines are skipped)::
+
+    {"image": "images/cat.png", "prompt": "a cat jumps onto the sofa", "keywords": ["cat", "sofa"],
+     "id": "cat-sofa", "dimension": "motion", "questions": ["Does the cat jump?"]}
+
+``image`` is relative to the file.  ``id`` (optional) names the stores; without it a run
+is named ``p<line>-<hash of image, prompt and keywords>``, so editing a line renames (and
+re-records) only that line.  ``dimension`` and ``questions`` are kept in the store's
+attrs for benchmarks.
+
+Scale-out uses existing launchers, not our own: under ``accelerate launch`` or
+``torchrun`` each process takes ``runs[rank::world_size]`` (accelerate's
+``PartialState`` reads the launcher's environment), records its own stores with its own
+device, and no store has two writers.  Resuming is the default: complete stores whose
+recording options match are skipped, interrupted ones are recorded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerscope.errors import LayerScopeError
+
+#: The plan (every run the sweep will make), written once when a sweep starts.
+PLAN_FILE = "sweep.json"
+#: The index of runs and their statuses, rewritten after every run and at the end.
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "layerscope-sweep/1"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_KNOWN_KEYS = {"image", "prompt", "keywords", "id", "dimension", "questions"}
+
+
+class SweepError(LayerScopeError):
+    """The prompt file, the seeds or the output directory cannot make a sweep."""
+
+
+@dataclass(frozen=True)
+class PromptEntry:
+    """One line of the prompt file, checked."""
+
+    id: str
+    line: int
+    image: Path
+    prompt: str
+    keywords: tuple[str, ...]
+    dimension: str | None = None
+    questions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One (prompt, seed) recording and the store it goes to."""
+
+    entry: PromptEntry
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.id}-seed{self.seed}"
+
+    @property
+    def store_name(self) -> str:
+        return f"{self.name}.zarr"
+
+    def attrs(self) -> dict[str, Any]:
+        """What the store keeps about where it came from (benchmarks read these)."""
+        return {
+            "sweep_id": self.entry.id,
+            "sweep_line": self.entry.line,
+            "dimension": self.entry.dimension,
+            "questions": list(self.entry.questions),
+        }
+
+
+def _entry_id(line: int, image: str, prompt: str, keywords: list[str]) -> str:
+    digest = hashlib.sha1(json.dumps([image, prompt, keywords]).encode()).hexdigest()[:8]
+    return f"p{line:04d}-{digest}"
+
+
+def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
+    """Read and check a JSONL prompt file: the one reader of the format.
+
+    Every problem is one :class:`SweepError` naming the line and the fix, raised before
+    any model loads or any store is created.
+    """
+    from layerscope.keywords import check_keywords_in_prompt, parse_keywords
+    from layerscope.outputs import read_text_input
+
+    fix = "write one JSON object per line with image, prompt and keywords"
+    text = read_text_input(path, "PROMPTS", fix, SweepError)
+    base = Path(path).parent
+    entries: list[PromptEntry] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            raise SweepError(f"{where}: not JSON ({error.msg}); {fix}") from None
+        if not isinstance(data, dict):
+            raise SweepError(f"{where}: expected a JSON object; {fix}")
+        unknown = sorted(set(data) - _KNOWN_KEYS)
+        if unknown:
+            raise SweepError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}")
+        for key in ("image", "prompt"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise SweepError(f"{where}: '{key}' must be a non-empty string")
+        keywords = data.get("keywords")
+        if isinstance(keywords, str):
+            keywords = parse_keywords(keywords)
+        if (
+            not isinstance(keywords, list)
+            or not keywords
+            or not all(isinstance(k, str) and k.strip() for k in keywords)
+        ):
+            raise SweepError(f"{where}: 'keywords' must be a non-empty list of words of the prompt")
+        try:
+            check_keywords_in_prompt(data["prompt"], keywords)
+        except LayerScopeError as error:
+            raise SweepError(f"{where}: {error}") from None
+        image = (base / data["image"]).resolve()
+        if not image.is_file():
+            raise SweepError(f"{where}: image {data['image']} not found (paths are relative to {base or '.'})")
+        dimension = data.get("dimension")
+        if dimension is not None and not isinstance(dimension, str):
+            raise SweepError(f"{where}: 'dimension' must be a string")
+        questions = data.get("questions", [])
+        if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
+            raise SweepError(f"{where}: 'questions' must be a list of strings")
+        entry_id = data.get("id")
+        if entry_id is None:
+            entry_id = _entry_id(number, data["image"], data["prompt"], keywords)
+        elif not isinstance(entry_id, str) or not _ID_PATTERN.match(entry_id):
+            raise SweepError(f"{where}: id {entry_id!r} must be letters, digits, '.', '_' or '-' (it names the store)")
+        if entry_id in seen:
+            raise SweepError(f"{where}: id {entry_id!r} is also on line {seen[entry_id]}; ids must be unique")
+        seen[entry_id] = number
+        entries.append(
+            PromptEntry(
+                id=entry_id,
+                line=number,
+                image=image,
+                prompt=data["prompt"],
+                keywords=tuple(k.strip() for k in keywords),
+                dimension=dimension,
+                questions=tuple(questions),
+            )
+        )
+    if not entries:
+        raise SweepError(f"PROMPTS {path} has no runs; {fix}")
+    return entries
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` and mixes work too."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            span = range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1)
+        except ValueError:
+            raise SweepError(f"cannot read --seeds {text!r}; use e.g. 0-4 or 0,3,7") from None
+        if not span or span.start < 0:
+            raise SweepError(f"--seeds {text!r}: seeds are integers >= 0 and ranges go up, e.g. 0-4")
+        seeds.extend(span)
+    if not seeds:
+        raise SweepError(f"--seeds {text!r} names no seed; use e.g. 0-4")
+    return sorted(set(seeds))
+
+
+def plan_runs(entries: list[PromptEntry], seeds: list[int]) -> list[SweepRun]:
+    """Every (prompt, seed) in a fixed order: prompts in file order, seeds ascending."""
+    return [SweepRun(entry, seed) for entry in entries for seed in seeds]
+
+
+def shard(runs: list[SweepRun], rank: int, world_size: int) -> list[SweepRun]:
+    """The runs process ``rank`` of ``world_size`` records: a strided split, so every
+    process gets a mix of prompts and the shards cover each run exactly once."""
+    return runs[rank::world_size]
+
+
+@dataclass
+class StoreState:
+    """What is on disk for one planned run."""
+
+    status: str  # "missing" | "complete" | "interrupted" | "recording" | "unreadable"
+    record_config: dict[str, Any] = field(default_factory=dict)
+
+
+def store_state(path: Path) -> StoreState:
+    """Status of a planned store without opening its arrays (cheap for big sweeps)."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return StoreState("missing" if not path.exists() else "unreadable")
+    try:
+        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return StoreState("unreadable")
+    return StoreState(str(attrs.get("status", "unreadable")), dict(attrs.get("record_config") or {}))
+
+
+#: Options that must match for a complete store to count as this sweep's run.
+MATCHED_OPTIONS = (
+    "prompt",
+    "keywords",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "seed",
+    "guidance_scale",
+    "negative_prompt",
+    "probe",
+    "layers",
+    "record_steps",
+    "branch",
+    "dtype",
+)
+
+
+def mismatched_options(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Names of recording options where a complete store differs from what the sweep asks."""
+    return [
+        key
+        for key in MATCHED_OPTIONS
+        if json.dumps(stored.get(key), sort_keys=True) != json.dumps(wanted.get(key), sort_keys=True)
+    ]
+
+
+def sweep_index(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The sweep's index, built from its plan and its stores' statuses.
+
+    Works while a sweep is running or after it was killed: statuses come from the stores
+    themselves, not from a file some process may not have rewritten yet.
+    """
+    out_dir = Path(out_dir)
+    plan_path = out_dir / PLAN_FILE
+    from layerscope.outputs import read_json_object
+
+    plan = read_json_object(
+        plan_path, "sweep directory", "run `layerscope sweep PROMPTS --out-dir DIR` first", SweepError
+    )
+    runs = []
+    for run in plan.get("runs", []):
+        state = store_state(out_dir / run["store"])
+        runs.append({**run, "status": state.status})
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["status"]] = counts.get(run["status"], 0) + 1
+    return {
+        "format": INDEX_FORMAT,
+        "prompts": plan.get("prompts"),
+        "seeds": plan.get("seeds"),
+        "options": plan.get("options"),
+        "counts": counts,
+        "complete": counts.get("complete", 0) == len(runs),
+        "runs": runs,
+    }
+
+
+def write_plan(out_dir: Path, prompts: Path, seeds: list[int], runs: list[SweepRun], options: dict[str, Any]) -> None:
+    """Write the plan once (atomic; every process writes the same bytes)."""
+    from layerscope.outputs import write_text_atomic
+
+    plan = {
+        "format": INDEX_FORMAT,
+        "prompts": str(prompts),
+        "seeds": seeds,
+        "options": options,
+        "runs": [
+            {
+                "store": run.store_name,
+                "id": run.entry.id,
+                "line": run.entry.line,
+                "seed": run.seed,
+                "prompt": run.entry.prompt,
+                "keywords": list(run.entry.keywords),
+                "dimension": run.entry.dimension,
+                "questions": list(run.entry.questions),
+            }
+            for run in runs
+        ],
+    }
+    write_text_atomic(out_dir / PLAN_FILE, json.dumps(plan, indent=2), option="--out-dir")
+
+
+def write_index(out_dir: Path) -> dict[str, Any]:
+    """Rewrite ``index.json`` from the stores (atomic, so readers never see half a file)."""
+    from layerscope.outputs import write_text_atomic
+
+    index = sweep_index(out_dir)
+    write_text_atomic(out_dir / INDEX_FILE, json.dumps(index, indent=2), option="--out-dir")
+    return index
+
+
+def complete_stores(out_dir: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """Paths of the sweep's complete stores (plan order), and the names of the others."""
+    out_dir = Path(out_dir)
+    index = sweep_index(out_dir)
+    complete = [out_dir / run["store"] for run in index["runs"] if run["status"] == "complete"]
+    others = [f"{run['store']} ({run['status']})" for run in index["runs"] if run["status"] != "complete"]
+    return complete, others
+
+
+@dataclass
+class SweepOptions:
+    """How to run a sweep (what the CLI's ``sweep`` parses)."""
+
+    prompts: str | os.PathLike
+    out_dir: str | os.PathLike
+    seeds: str | list[int] = "0"
+    resume: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    cpu_offload: bool | str | None = None
+    progress: bool = True
+
+
+@dataclass
+class _Job:
+    run: SweepRun
+    store: Path
+    config: Any  # RecordConfig
+    skip: bool
+
+
+def _process_state(device: str) -> Any:
+    """accelerate's view of the launcher (one process without one); CPU-only when asked."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
+def _process_device(device: str, state: Any) -> str:
+    """Under a launcher each process takes its own GPU: ``cuda`` -> ``cuda:<local rank>``."""
+    if device == "cuda" and state.num_processes > 1:
+        return f"cuda:{state.local_process_index}"
+    return device
+
+
+def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config) -> list[_Job]:
+    """Check every run of this process before any model loads: configs, targets, resumability."""
+    from layerscope.store import check_store_target
+
+    jobs = []
+    for run in runs:
+        store = out_dir / run.store_name
+        state = store_state(store)
+        overwrite = state.status != "missing"
+        config = make_config(run.entry, run.seed, overwrite)
+        skip = False
+        if state.status == "complete" and resume:
+            wrong = mismatched_options(state.record_config, config.to_dict())
+            if wrong:
+                raise SweepError(
+                    f"{store} is complete but was recorded with other {', '.join(wrong)}; "
+                    "use a new --out-dir, or --no-resume to record every run again"
+                )
+            skip = True
+        if not skip:
+            check_store_target(store, overwrite=overwrite)  # refuses a non-store directory in the way
+        jobs.append(_Job(run, store, config, skip))
+    return jobs
+
+
+def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, intervention) -> int:
+    """Record this process's share of the sweep; return the exit code (0: all its runs complete).
+
+    ``make_config(entry, seed, overwrite)`` builds each run's ``RecordConfig``;
+    ``model_dir()``, ``model_attrs(dir)`` and ``intervention()`` are called once, after
+    every input has been checked, so a bad line costs one message and no model load.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from layerscope.loading import load_image, load_pipeline
+    from layerscope.outputs import check_output_path
+    from layerscope.recording import record
+
+    out_dir = check_output_path(options.out_dir, "--out-dir", directory=True)
+    entries = read_prompts(options.prompts)
+    seeds = options.seeds if isinstance(options.seeds, list) else parse_seeds(options.seeds)
+    runs = plan_runs(entries, seeds)
+    state = _process_state(options.device)
+    mine = shard(runs, state.process_index, state.num_processes)
+    jobs = _plan_jobs(mine, out_dir, options.resume, make_config)
+    images = {job.run.entry.image: None for job in jobs if not job.skip}
+    for path in images:
+        images[path] = load_image(path)  # unreadable images fail here, before the model loads
+    directory = model_dir()
+    fg = intervention()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_plan(
+        out_dir,
+        Path(options.prompts),
+        seeds,
+        runs,
+        {k: v for k, v in jobs[0].config.to_dict().items() if k not in ("prompt", "keywords", "seed", "overwrite")}
+        if jobs
+        else {},
+    )
+    pending = [job for job in jobs if not job.skip]
+    where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
+    print(
+        f"sweep{where}: {len(runs)} runs ({len(entries)} prompts x {len(seeds)} seeds); this process: "
+        f"{len(pending)} to record, {len(jobs) - len(pending)} complete and skipped (resume is the default)"
+    )
+    failures = 0
+    if pending:
+        pipe, directory = load_pipeline(
+            directory,
+            dtype=options.dtype,
+            device=_process_device(options.device, state),
+            cpu_offload=options.cpu_offload or False,
+        )
+        attrs = model_attrs(directory)
+        bar = tqdm(
+            total=len(pending),
+            desc=f"sweep{where}",
+            unit="run",
+            disable=not options.progress,
+            position=state.process_index if state.num_processes > 1 else None,
+        )
+        overhead = 0.0
+        for job in pending:
+            summary = record(
+                pipe,
+                job.store,
+                job.config,
+                image=images[job.run.entry.image],
+                attrs={**attrs, **job.run.attrs(), "sweep_process": [state.process_index, state.num_processes]},
+                progress=False,
+                intervention=fg,
+            )
+            started = time.perf_counter()
+            failures += summary.status != "complete"
+            write_index(out_dir)  # readable while the sweep runs
+            overhead += time.perf_counter() - started
+            bar.set_postfix_str(f"{job.run.name}: {summary.seconds_total:.1f} s")
+            bar.update()
+        bar.close()
+        print(f"sweep{where}: bookkeeping beyond recording {overhead / len(pending):.3f} s per run")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        index = write_index(out_dir)
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(index["counts"].items()))
+        print(f"sweep: {counts}; index {out_dir / INDEX_FILE}")
+    return 0 if failures == 0 else 1
