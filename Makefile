@@ -40,6 +40,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/record_overhead.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/ranking_validity.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info

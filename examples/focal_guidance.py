@@ -9,6 +9,11 @@
 Writes OUT_DIR/baseline.zarr, OUT_DIR/ranking.json, OUT_DIR/focal_guidance.zarr and
 OUT_DIR/compare.html (open it in a browser).  Both recordings use the same seed and
 probes, so the report compares like with like.
+
+Which layers get guidance: one run rarely carries a significant weak band (the ranking
+says "no significant weak band" and Focal Guidance then refuses to pick layers).  Rank a
+sweep first and pass ``--ranking runs/ranking.json``, or force layers with
+``--weak-layers 11-26`` (the choice is then yours, and the store says so).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"), default="fsg+cache")
     parser.add_argument("--intervene-config", help="TOML with Focal Guidance settings (lambdas, taus, ...)")
     parser.add_argument("--method", default="band", choices=("band", "bottom-k", "threshold"))
+    parser.add_argument("--ranking", help="use this ranking (e.g. of a sweep) instead of ranking the baseline")
+    parser.add_argument("--weak-layers", help="force the guided layers, e.g. 11-26 or 3,5,7 (skips the verdict)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cpu-offload", action="store_true")
@@ -57,13 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     print("1/4 baseline recording")
     if code := layerscope(["record", "--out", str(out / "baseline.zarr"), "--overwrite", *common]):
         return code
-    print("2/4 ranking the semantic-weak layers")
-    if code := layerscope(
-        ["rank", str(out / "baseline.zarr"), "--out", str(out / "ranking.json"), "--method", args.method]
-    ):
-        return code
+    ranking = Path(args.ranking) if args.ranking else out / "ranking.json"
+    if not args.ranking:
+        print("2/4 ranking the semantic-weak layers of the baseline")
+        if code := layerscope(["rank", str(out / "baseline.zarr"), "--out", str(ranking), "--method", args.method]):
+            return code
+    else:
+        print(f"2/4 using the ranking {ranking}")
     print(f"3/4 recording with Focal Guidance ({args.fg_mode})")
-    guided = ["--intervene", "focal-guidance", "--ranking", str(out / "ranking.json"), "--fg-mode", args.fg_mode]
+    guided = ["--intervene", "focal-guidance", "--ranking", str(ranking), "--fg-mode", args.fg_mode]
+    if args.weak_layers:
+        from layerscope.recording import parse_index_ranges
+
+        layers = parse_index_ranges(args.weak_layers, 10_000, "--weak-layers")
+        guided += ["--fg-set", f"weak_layers={layers}"]
     if args.intervene_config:
         guided += ["--intervene-config", args.intervene_config]
     if args.clip:

@@ -370,20 +370,25 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
 
 
 def _rank_inputs(paths: list[str], allow_partial: bool) -> list[str]:
-    """Stores named directly, or the complete stores of sweep directories."""
+    """Stores named directly, or the stores of sweep directories (complete ones; with
+    ``--allow-partial`` also interrupted and killed ones, for their whole steps)."""
     from layerscope.store import is_store
-    from layerscope.sweep import PLAN_FILE, complete_stores
+    from layerscope.sweep import PLAN_FILE, sweep_index
 
     stores: list[str] = []
+    usable = {"complete", "interrupted", "killed"} if allow_partial else {"complete"}
     for given in paths:
         path = Path(given)
         if path.is_dir() and not is_store(path) and (path / PLAN_FILE).is_file():
-            complete, others = complete_stores(path)
-            if others and not allow_partial:
-                print(f"note: {len(others)} runs of {path} are not complete and are left out: {', '.join(others[:5])}")
-            if not complete:
+            runs = sweep_index(path)["runs"]
+            chosen = [run for run in runs if run["status"] in usable]
+            left_out = [f"{run['store']} ({run['status']})" for run in runs if run["status"] not in usable]
+            if left_out:
+                hint = "" if allow_partial else "; --allow-partial adds interrupted and killed ones"
+                print(f"note: {len(left_out)} runs of {path} are left out{hint}: {', '.join(left_out[:5])}")
+            if not chosen:
                 raise UsageError(f"{path}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
-            stores.extend(str(p) for p in complete)
+            stores.extend(str(path / run["store"]) for run in chosen)
         else:
             stores.append(given)
     return stores
@@ -430,7 +435,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="write a self-contained HTML report of a run, or of a before/after pair",
         description="One file, no external requests: figures and video are embedded.",
     )
-    p.add_argument("store", help="the run (the 'before' run with --compare)")
+    p.add_argument(
+        "store", help="the run (the 'before' run with --compare), or a sweep directory (verdict over its runs)"
+    )
     p.add_argument("--compare", help="the 'after' run, e.g. recorded with --intervene focal-guidance")
     p.add_argument("--out", required=True, help="HTML file to write, e.g. runs/report.html")
     p.add_argument("--force", action="store_true", help="compare runs even if model/prompt/seed/grid differ")

@@ -65,7 +65,7 @@ def read_text_input(
     if not str(path).strip():
         raise error(f"{option} is empty; {fix}")
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a leading BOM (Windows editors) is not content
     except FileNotFoundError:
         raise error(f"{option} {path}: no such file; {fix}") from None
     except IsADirectoryError:

@@ -135,7 +135,6 @@ class Ranking:
 
     def table(self) -> str:
         """A readable terminal table: means with 95% intervals, P(in band), weak layers starred."""
-        unit = "runs" if self.interval_unit == "run" else "steps of the single run"
         lines = []
         if self.expert:
             lines.append(f"expert {self.expert}")
@@ -145,12 +144,14 @@ class Ranking:
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
             lines.append(
-                f"{row['layer']:>5}  {row['block']:<10} {row['moran_i']:>8.4f} {_interval(row['moran_i_ci']):>17} "
-                f"{row['std']:>7.4f} {_interval(row['std_ci']):>17} {row['p_in_band']:>7.2f}  {star}"
+                f"{row['layer']:>5}  {row['block']:<10} {_number(row['moran_i'], 8, 4)} "
+                f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
+                f"{_interval(row['std_ci']):>17} {_number(row['p_in_band'], 7, 2)}  {star}"
             )
-        lines.append(
-            f"95% CIs: bootstrap over {self.n_runs if self.interval_unit == 'run' else ''} {unit}".replace("  ", " ")
-        )
+        if self.interval_unit == "run":
+            lines.append(f"95% CIs: bootstrap over {self.n_runs} runs")
+        else:
+            lines.append("95% CIs: bootstrap over the steps of the single run ('-': one step, no interval)")
         if self.interval_unit != "run":
             lines.append("note: one run, so there is no between-run variation; rank a sweep (prompts x seeds)")
         lines.append(f"verdict ({self.metric}): {self.verdict}")
@@ -169,9 +170,16 @@ class Ranking:
 
 
 def _interval(ci: Any) -> str:
-    if not ci or ci[0] is None:
+    if not ci or ci[0] is None or not np.isfinite(ci[0]):
         return "-"
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _number(value: Any, width: int, digits: int) -> str:
+    """A right-aligned number, or '-' for a missing one (NaN in memory, null in a loaded file)."""
+    if value is None or not np.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{digits}f}"
 
 
 def _finite(value: Any) -> Any:
@@ -247,9 +255,15 @@ class RunSummary:
     step_expert: list[int]
     experts: list[str]
     values: dict[str, np.ndarray]
-    maps_per_layer: int
-    nan_maps: np.ndarray
+    maps_per_step: int
+    nan_maps: np.ndarray  # (steps, layers): constant maps (NaN Moran's I) per step and layer
     attrs: dict[str, Any]
+
+    def step_mask(self, expert: int | None) -> np.ndarray:
+        """Which of this run's steps belong to ``expert`` (all steps for ``None``)."""
+        if expert is None:
+            return np.ones(len(self.steps), dtype=bool)
+        return np.asarray(self.step_expert) == expert
 
 
 RUN_ATTRS = ("prompt", "seed", "status", "sweep_id", "dimension", "model_id", "weights", "pipeline_class", "num_layers")
@@ -274,8 +288,8 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
         with np.errstate(invalid="ignore", divide="ignore"):
             values[metric] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         if metric == "moran_i":
-            nan_maps = (~finite).sum(axis=(0, 2))
-            maps_per_layer = flat.shape[0] * flat.shape[2]
+            nan_maps = (~finite).sum(axis=2)
+            maps_per_step = flat.shape[2]
     expert = window["expert"].values.tolist() if "expert" in window.coords else [0] * window.sizes["step"]
     attrs = {key: _plain(ds.attrs.get(key)) for key in RUN_ATTRS}
     attrs["probe"] = _plain(ds.attrs.get("probe", {}))
@@ -289,7 +303,7 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
         step_expert=[int(e) for e in expert],
         experts=list(ds.attrs.get("experts", ["transformer"])),
         values=values,
-        maps_per_layer=int(maps_per_layer),
+        maps_per_step=int(maps_per_step),
         nan_maps=np.asarray(nan_maps),
         attrs=attrs,
     )
@@ -308,9 +322,7 @@ def _units(summaries: list[RunSummary], metric: str, expert: int | None) -> tupl
     """(units x layers) matrix the statistics run on, what a unit is, and per-run step rows."""
     rows = []
     for summary in summaries:
-        step_rows = summary.values[metric]
-        if expert is not None:
-            step_rows = step_rows[np.asarray(summary.step_expert) == expert]
+        step_rows = summary.values[metric][summary.step_mask(expert)]
         if step_rows.shape[0] == 0:
             raise RankingError(f"run {summary.name or '?'} has no step of the chosen expert in the --steps window")
         rows.append(step_rows)
@@ -377,17 +389,17 @@ def rank_summaries(
         row: dict[str, Any] = {"layer": layer, "block": first.blocks[position]}
         for name, test in tests.items():
             column = units_by_metric[name][:, position]
-            finite = column[np.isfinite(column)]
-            row[name] = float(finite.mean()) if finite.size else float("nan")
+            # the point estimate and its interval come from the same (NaN-filled) units
+            row[name] = float(test.curve[position])
             row[f"{name}_ci"] = [float(test.ci_low[position]), float(test.ci_high[position])]
             if main.unit == "run":
                 row[f"{name}_per_run"] = [float(v) for v in column]
         row["ci"] = row[f"{metric}_ci"]
         row["p_in_band"] = float(main.p_in_band[position])
-        row["n_maps"] = int(first.maps_per_layer * len(summaries))
-        row["nan_maps"] = int(sum(int(s.nan_maps[position]) for s in summaries))
+        row["n_maps"] = int(sum(s.maps_per_step * int(s.step_mask(expert_index).sum()) for s in summaries))
+        row["nan_maps"] = int(sum(int(s.nan_maps[s.step_mask(expert_index), position].sum()) for s in summaries))
         table.append(row)
-    nan_maps = int(sum(int(s.nan_maps.sum()) for s in summaries))
+    nan_maps = int(sum(int(s.nan_maps[s.step_mask(expert_index)].sum()) for s in summaries))
     band_layers = [first.layers[p] for p in range(main.start, main.end + 1)]
     label = METRIC_LABELS[metric]
     band_text = f"{band_layers[0]}-{band_layers[-1]}"
@@ -417,7 +429,7 @@ def rank_summaries(
             "seed": s.attrs.get("seed"),
             "status": s.attrs.get("status"),
             "id": s.attrs.get("sweep_id"),
-            "steps": s.steps,
+            "steps": [step for step, used in zip(s.steps, s.step_mask(expert_index)) if used],
         }
         for s in summaries
     ]
@@ -531,8 +543,11 @@ def summarize_stores(
     """
     import dask
 
+    # absolute paths: workers of a cluster need not share this process's working directory
     tasks = [
-        dask.delayed(_summarize_store, pure=False)(str(p), transformation, recompute, allow_partial, steps)
+        dask.delayed(_summarize_store, pure=False)(
+            str(Path(p).resolve()), transformation, recompute, allow_partial, steps
+        )
         for p in paths
     ]
     if scheduler:
@@ -556,6 +571,39 @@ def summarize_stores(
     return list(dask.compute(*tasks, scheduler="threads"))
 
 
+def check_rank_options(
+    paths: list[str | Path],
+    *,
+    metric: str | None = None,
+    method: str | None = None,
+    k: int | None = None,
+    threshold: float | None = None,
+    alpha: float | None = None,
+    expert: str | None = None,
+) -> None:
+    """Refuse impossible ranking options before any store is read beyond its attributes."""
+    if not paths:
+        raise RankingError("no runs to rank; pass stores or a sweep directory")
+    if metric is not None and metric not in METRICS:
+        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if method is not None and method not in METHODS:
+        raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "bottom-k" and (k is None or k < 1):
+        raise RankingError("bottom-k needs --k N (N >= 1)")
+    if method == "threshold" and threshold is None:
+        raise RankingError("the threshold method needs --threshold T")
+    if alpha is not None and not 0 < alpha < 1:
+        raise RankingError(f"--alpha must be between 0 and 1 (got {alpha})")
+    if expert is not None:
+        meta = Path(paths[0]) / "zarr.json"
+        try:
+            experts = json.loads(meta.read_text(encoding="utf-8"))["attributes"].get("experts", ["transformer"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not readable as a store: opening it will say why
+        if expert not in experts:
+            raise RankingError(f"--expert {expert!r} is not in this model (experts: {', '.join(experts)})")
+
+
 def rank_stores(
     paths: list[str | Path],
     *,
@@ -567,7 +615,12 @@ def rank_stores(
     progress: bool = False,
     **kwargs: Any,
 ) -> Ranking:
-    """Compute (or reuse) metrics in each store, then rank (what ``layerscope rank`` runs)."""
+    """Compute (or reuse) metrics in each store, then rank (what ``layerscope rank`` runs).
+
+    Options that need no data are checked first, so a typo costs one line, not the
+    metrics of every store.
+    """
+    check_rank_options(paths, **{k: kwargs.get(k) for k in ("metric", "method", "k", "threshold", "alpha", "expert")})
     summaries = summarize_stores(
         paths,
         transformation=transformation,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -79,6 +80,12 @@ class RecordConfig:
             raise RecordError(f"--steps must be at least 1 (got {self.num_inference_steps})")
         if self.seed < 0:
             raise RecordError(f"--seed must be >= 0 (got {self.seed})")
+        if (
+            isinstance(self.guidance_scale, bool)
+            or not isinstance(self.guidance_scale, (int, float))
+            or not (math.isfinite(self.guidance_scale))
+        ):
+            raise RecordError(f"--guidance must be a finite number (got {self.guidance_scale!r})")
         if self.probe not in PROBE_KINDS:
             raise RecordError(f"unknown probe kind {self.probe!r}; choose one of {', '.join(PROBE_KINDS)}")
         if self.branch not in BRANCHES:

@@ -10,18 +10,19 @@ by how far it sits below *both* of its flanks::
     dip(a, b)   = min(mean(c[:a]), mean(c[b+1:])) - mean(c[a:b+1])      1 <= a <= b <= L-2
     score(a, b) = min over both flanks F of (mean(F) - mean(c[a:b+1])) / sqrt(1/w + 1/|F|)
 
-with ``w = b - a + 1`` the band's width: the band's shortfall below each flank in units
-of its standard error when layers share one variance (a two-sample t statistic per
-side), and the weaker side counts.  A band of w layers each a bit low is as convincing
-as its shortfall times ~sqrt(w), so one noisy low layer does not win; a band stretched
-to a one-layer flank gains nothing, because that flank's mean is as noisy as one layer
-(scoring by width instead names the whole interior on shuffled curves); and a band
-that leaves one of its own low layers to a flank pays for it on that side.  The band is the
-segment with the largest score; it never contains the first or the last layer, and a monotone curve
+with ``w = b - a + 1`` the band's width: the band's shortfall below each flank scaled
+as a two-sample t statistic would be if every layer had unit variance (no variance is
+estimated: the permutation null below calibrates the score), and the weaker side
+counts.  A band of w layers each a bit low is as convincing as its shortfall times
+~sqrt(w), so one noisy low layer does not win; a band stretched to a one-layer flank
+gains nothing, because that flank's mean is as noisy as one layer (scoring by width
+instead names the whole interior on shuffled curves); and a band that leaves one of its
+own low layers to a flank pays for it on that side.  The band is the segment with the
+largest score; it never contains the first or the last layer, and a monotone curve
 scores ~0 because one of its flanks is always on the low side.
 
 Why a permutation null: under "no layer is special", layer labels are exchangeable
-within each run.  Shuffling them independently per run (vectorised, >= 999 times) and
+within each run.  Shuffling them independently per run (vectorised, 999 times by default) and
 re-scoring gives the null distribution of the *maximum* score, so the p-value already
 pays for having searched over every band.  The run is the unit for intervals too:
 steps, keywords and frames of one run share the prompt, the seed and the noise, so the
@@ -92,11 +93,12 @@ def fill_missing(values: np.ndarray) -> tuple[np.ndarray, int]:
     nor breaks a dip in that run.  Returns the filled array and how many were filled.
     """
     values = np.array(values, dtype=np.float64)
-    missing = np.isnan(values)
+    missing = ~np.isfinite(values)
     if missing.all(axis=-1).any():
         raise SignificanceError("a run has no finite value in any layer (all its maps are constant)")
     if missing.any():
-        row_means = np.nanmean(values, axis=-1, keepdims=True)
+        finite = np.where(missing, 0.0, values)
+        row_means = finite.sum(axis=-1, keepdims=True) / (~missing).sum(axis=-1, keepdims=True)
         values = np.where(missing, row_means, values)
     return values, int(missing.sum())
 
@@ -120,7 +122,9 @@ def permutation_null(units: np.ndarray, permutations: int = 999, rng: np.random.
 
 
 def p_value(observed: float, null: np.ndarray) -> float:
-    """(1 + #null >= observed) / (1 + n): never 0, exact under exchangeability."""
+    """(1 + #null >= observed) / (1 + n): never 0, exact under exchangeability (1 for a NaN score)."""
+    if not np.isfinite(observed):
+        return 1.0
     return float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + null.size))
 
 
@@ -154,10 +158,18 @@ def bootstrap(
     units: np.ndarray, resamples: int = 1000, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster bootstrap over units: 95% percentile CI of each layer's mean, and the
-    probability that each layer is inside the best band of a resampled curve."""
+    probability that each layer is inside the best band of a resampled curve.
+
+    One unit cannot be resampled: everything is NaN then (a zero-width "interval" would
+    claim a certainty that no data supports).  With very few units the percentile
+    interval is close to the range of the units; callers say how many there were.
+    """
     rng = np.random.default_rng(1) if rng is None else rng
     units = np.asarray(units, dtype=np.float64)
     n_units, num_layers = units.shape
+    if n_units < 2:
+        nan = np.full(num_layers, np.nan)
+        return nan, nan.copy(), nan.copy()
     picks = rng.integers(0, n_units, size=(resamples, n_units))
     curves = units[picks].mean(axis=1)  # (resamples, L)
     low, high = np.percentile(curves, [2.5, 97.5], axis=0)

@@ -350,7 +350,11 @@ def _remove_store(path: Path) -> None:
     """
     if not is_store(path):
         raise StoreError(f"{path} exists and is not a LayerScope store; refusing to overwrite it, choose another --out")
-    shutil.rmtree(path)
+    # rename first: a process killed while deleting leaves a hidden sibling, never a
+    # half-deleted directory under the store's name that later runs refuse to touch
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
 
 
 def _to_host(maps: Any) -> Any:

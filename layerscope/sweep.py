@@ -39,6 +39,8 @@ PLAN_FILE = "sweep.json"
 #: The index of runs and their statuses, rewritten after every run and at the end.
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "layerscope-sweep/1"
+#: torch.Generator.manual_seed takes 64-bit seeds; we stay in the signed range.
+MAX_SEED = 2**63 - 1
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _KNOWN_KEYS = {"image", "prompt", "keywords", "id", "dimension", "questions"}
 
@@ -58,6 +60,7 @@ class PromptEntry:
     keywords: tuple[str, ...]
     dimension: str | None = None
     questions: tuple[str, ...] = ()
+    image_sha1: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class SweepRun:
             "sweep_line": self.entry.line,
             "dimension": self.entry.dimension,
             "questions": list(self.entry.questions),
+            "image_sha1": self.entry.image_sha1,
         }
 
 
@@ -104,7 +108,8 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     base = Path(path).parent
     entries: list[PromptEntry] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # split on newlines only: str.splitlines() would also split inside JSON strings at U+2028/U+0085
+    for number, raw in enumerate(text.split("\n"), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -134,8 +139,12 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
             check_keywords_in_prompt(data["prompt"], keywords)
         except LayerScopeError as error:
             raise SweepError(f"{where}: {error}") from None
-        image = (base / data["image"]).resolve()
-        if not image.is_file():
+        try:
+            image = (base / data["image"]).resolve()
+            digest = hashlib.sha1(image.read_bytes()).hexdigest() if image.is_file() else None
+        except (OSError, ValueError) as error:  # NUL bytes, permissions, too-long names
+            raise SweepError(f"{where}: image {data['image']!r} cannot be read ({error})") from None
+        if digest is None:
             raise SweepError(f"{where}: image {data['image']} not found (paths are relative to {base or '.'})")
         dimension = data.get("dimension")
         if dimension is not None and not isinstance(dimension, str):
@@ -160,6 +169,7 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
                 keywords=tuple(k.strip() for k in keywords),
                 dimension=dimension,
                 questions=tuple(questions),
+                image_sha1=digest,
             )
         )
     if not entries:
@@ -179,8 +189,10 @@ def parse_seeds(text: str) -> list[int]:
             span = range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1)
         except ValueError:
             raise SweepError(f"cannot read --seeds {text!r}; use e.g. 0-4 or 0,3,7") from None
-        if not span or span.start < 0:
-            raise SweepError(f"--seeds {text!r}: seeds are integers >= 0 and ranges go up, e.g. 0-4")
+        if not span or span.start < 0 or span.stop - 1 > MAX_SEED:
+            raise SweepError(f"--seeds {text!r}: seeds are integers from 0 to 2**63-1 and ranges go up, e.g. 0-4")
+        if len(span) > 100_000:
+            raise SweepError(f"--seeds {text!r} names {len(span):,} seeds; a sweep takes at most 100,000")
         seeds.extend(span)
     if not seeds:
         raise SweepError(f"--seeds {text!r} names no seed; use e.g. 0-4")
@@ -202,12 +214,18 @@ def shard(runs: list[SweepRun], rank: int, world_size: int) -> list[SweepRun]:
 class StoreState:
     """What is on disk for one planned run."""
 
-    status: str  # "missing" | "complete" | "interrupted" | "recording" | "unreadable"
-    record_config: dict[str, Any] = field(default_factory=dict)
+    status: str  # "missing" | "complete" | "interrupted" | "recording" | "killed" | "unreadable"
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 def store_state(path: Path) -> StoreState:
-    """Status of a planned store without opening its arrays (cheap for big sweeps)."""
+    """Status of a planned store without opening its arrays (cheap for big sweeps).
+
+    A store still marked ``recording`` whose writer is gone (no live lock) is ``killed``,
+    so an index read after a ``kill -9`` does not claim that a run is under way.
+    """
+    from layerscope.store import recording_was_killed
+
     meta = path / "zarr.json"
     if not meta.is_file():
         return StoreState("missing" if not path.exists() else "unreadable")
@@ -215,7 +233,10 @@ def store_state(path: Path) -> StoreState:
         attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return StoreState("unreadable")
-    return StoreState(str(attrs.get("status", "unreadable")), dict(attrs.get("record_config") or {}))
+    status = str(attrs.get("status", "unreadable"))
+    if recording_was_killed(path, attrs):
+        status = "killed"
+    return StoreState(status, attrs)
 
 
 #: Options that must match for a complete store to count as this sweep's run.
@@ -237,13 +258,24 @@ MATCHED_OPTIONS = (
 )
 
 
-def mismatched_options(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Names of recording options where a complete store differs from what the sweep asks."""
-    return [
-        key
-        for key in MATCHED_OPTIONS
-        if json.dumps(stored.get(key), sort_keys=True) != json.dumps(wanted.get(key), sort_keys=True)
-    ]
+#: Store attributes (beyond the record config) that must match too: the model, its dtype,
+#: the intervention as configured when the sweep started (``sweep_intervention``; the
+#: store's ``intervention`` also holds what each run resolved, e.g. selected keywords)
+#: and the reference image's bytes.
+MATCHED_ATTRS = ("model_path", "model_dtype", "sweep_intervention", "image_sha1")
+
+
+def mismatched_options(
+    stored_attrs: dict[str, Any], wanted_config: dict[str, Any], wanted_attrs: dict[str, Any]
+) -> list[str]:
+    """Names of options where a complete store differs from what the sweep asks now."""
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    stored_config = stored_attrs.get("record_config") or {}
+    wrong = [key for key in MATCHED_OPTIONS if not same(stored_config.get(key), wanted_config.get(key))]
+    return wrong + [key for key in MATCHED_ATTRS if not same(stored_attrs.get(key), wanted_attrs.get(key))]
 
 
 def sweep_index(out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -312,15 +344,6 @@ def write_index(out_dir: Path) -> dict[str, Any]:
     return index
 
 
-def complete_stores(out_dir: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """Paths of the sweep's complete stores (plan order), and the names of the others."""
-    out_dir = Path(out_dir)
-    index = sweep_index(out_dir)
-    complete = [out_dir / run["store"] for run in index["runs"] if run["status"] == "complete"]
-    others = [f"{run['store']} ({run['status']})" for run in index["runs"] if run["status"] != "complete"]
-    return complete, others
-
-
 @dataclass
 class SweepOptions:
     """How to run a sweep (what the CLI's ``sweep`` parses)."""
@@ -344,10 +367,16 @@ class _Job:
 
 
 def _process_state(device: str) -> Any:
-    """accelerate's view of the launcher (one process without one); CPU-only when asked."""
+    """accelerate's view of the launcher (one process without one); CPU-only when asked.
+
+    The process-group timeout is a week: the final barrier waits for the slowest shard,
+    which may finish hours after the others (torch's default would abort after 10-30 min).
+    """
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=device == "cpu")
+    return PartialState(cpu=device == "cpu", timeout=timedelta(days=7))
 
 
 def _process_device(device: str, state: Any) -> str:
@@ -357,7 +386,7 @@ def _process_device(device: str, state: Any) -> str:
     return device
 
 
-def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config) -> list[_Job]:
+def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config, run_attrs) -> list[_Job]:
     """Check every run of this process before any model loads: configs, targets, resumability."""
     from layerscope.store import check_store_target
 
@@ -369,7 +398,7 @@ def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config) -
         config = make_config(run.entry, run.seed, overwrite)
         skip = False
         if state.status == "complete" and resume:
-            wrong = mismatched_options(state.record_config, config.to_dict())
+            wrong = mismatched_options(state.attrs, config.to_dict(), run_attrs(run))
             if wrong:
                 raise SweepError(
                     f"{store} is complete but was recorded with other {', '.join(wrong)}; "
@@ -386,13 +415,17 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
     """Record this process's share of the sweep; return the exit code (0: all its runs complete).
 
     ``make_config(entry, seed, overwrite)`` builds each run's ``RecordConfig``;
-    ``model_dir()``, ``model_attrs(dir)`` and ``intervention()`` are called once, after
-    every input has been checked, so a bad line costs one message and no model load.
+    ``model_dir()``, ``model_attrs(dir)`` and ``intervention()`` are called once.  Every
+    input is checked before the pipeline loads, so a bad line or option costs one message
+    and no model load.  A run that fails while recording (out of memory, a prompt longer
+    than the text encoder takes) is reported in one line and the sweep goes on; the exit
+    code is then 1 and a resumed sweep records it again.
     """
     import time
 
     from tqdm.auto import tqdm
 
+    from layerscope.errors import LayerScopeError
     from layerscope.loading import load_image, load_pipeline
     from layerscope.outputs import check_output_path
     from layerscope.recording import record
@@ -401,24 +434,24 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
     entries = read_prompts(options.prompts)
     seeds = options.seeds if isinstance(options.seeds, list) else parse_seeds(options.seeds)
     runs = plan_runs(entries, seeds)
+    directory = model_dir()
+    fg = intervention()
+    base_attrs = {**model_attrs(directory), "sweep_intervention": fg.to_dict() if fg is not None else "none"}
     state = _process_state(options.device)
     mine = shard(runs, state.process_index, state.num_processes)
-    jobs = _plan_jobs(mine, out_dir, options.resume, make_config)
+    jobs = _plan_jobs(mine, out_dir, options.resume, make_config, lambda run: {**base_attrs, **run.attrs()})
     images = {job.run.entry.image: None for job in jobs if not job.skip}
     for path in images:
         images[path] = load_image(path)  # unreadable images fail here, before the model loads
-    directory = model_dir()
-    fg = intervention()
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_plan(
-        out_dir,
-        Path(options.prompts),
-        seeds,
-        runs,
-        {k: v for k, v in jobs[0].config.to_dict().items() if k not in ("prompt", "keywords", "seed", "overwrite")}
-        if jobs
-        else {},
-    )
+    # the same bytes from every process: options come from the first run, not this shard
+    shared = make_config(runs[0].entry, runs[0].seed, False).to_dict()
+    write_plan(out_dir, Path(options.prompts), seeds, runs, {
+        **{k: v for k, v in shared.items() if k not in ("prompt", "keywords", "seed", "overwrite")},
+        "model_path": base_attrs.get("model_path"),
+        "model_dtype": base_attrs.get("model_dtype"),
+        "intervention": base_attrs["sweep_intervention"],
+    })  # fmt: skip
     pending = [job for job in jobs if not job.skip]
     where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
     print(
@@ -433,7 +466,6 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
             device=_process_device(options.device, state),
             cpu_offload=options.cpu_offload or False,
         )
-        attrs = model_attrs(directory)
         bar = tqdm(
             total=len(pending),
             desc=f"sweep{where}",
@@ -443,20 +475,30 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
         )
         overhead = 0.0
         for job in pending:
-            summary = record(
-                pipe,
-                job.store,
-                job.config,
-                image=images[job.run.entry.image],
-                attrs={**attrs, **job.run.attrs(), "sweep_process": [state.process_index, state.num_processes]},
-                progress=False,
-                intervention=fg,
-            )
+            try:
+                summary = record(
+                    pipe,
+                    job.store,
+                    job.config,
+                    image=images[job.run.entry.image],
+                    attrs={
+                        **base_attrs,
+                        **job.run.attrs(),
+                        "sweep_process": [state.process_index, state.num_processes],
+                    },
+                    progress=False,
+                    intervention=fg,
+                )
+                status, seconds = summary.status, summary.seconds_total
+            except (LayerScopeError, RuntimeError, ValueError, OSError) as error:
+                message = " ".join(str(error).split())[:300]
+                tqdm.write(f"sweep{where}: {job.run.name} failed ({type(error).__name__}: {message})")
+                status, seconds = "failed", 0.0
             started = time.perf_counter()
-            failures += summary.status != "complete"
+            failures += status != "complete"
             write_index(out_dir)  # readable while the sweep runs
             overhead += time.perf_counter() - started
-            bar.set_postfix_str(f"{job.run.name}: {summary.seconds_total:.1f} s")
+            bar.set_postfix_str(f"{job.run.name}: {status}, {seconds:.1f} s")
             bar.update()
         bar.close()
         print(f"sweep{where}: bookkeeping beyond recording {overhead / len(pending):.3f} s per run")
@@ -465,4 +507,6 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
         index = write_index(out_dir)
         counts = ", ".join(f"{n} {status}" for status, n in sorted(index["counts"].items()))
         print(f"sweep: {counts}; index {out_dir / INDEX_FILE}")
+    if failures:
+        print(f"sweep{where}: {failures} runs failed; run the same command again to record them")
     return 0 if failures == 0 else 1

@@ -19,6 +19,7 @@ def loop_dir(tmp_path_factory, model_dir):
     out = tmp_path_factory.mktemp("loop")
     argv = sys.argv
     sys.argv = ["focal_guidance.py", "--out-dir", str(out), "--model", "random", "--frames", "5", "--steps", "3"]
+    sys.argv += ["--weak-layers", "2-4"]  # one run carries no significant band: the layers are forced
     try:
         with pytest.raises(SystemExit) as done:
             runpy.run_path(str(ROOT / "examples" / "focal_guidance.py"), run_name="__main__")
@@ -34,6 +35,7 @@ def test_focal_guidance_loop_writes_two_complete_stores_and_a_report(loop_dir):
     assert base.attrs["status"] == guided.attrs["status"] == "complete"
     assert base.attrs["intervention"] == "none"
     assert guided.attrs["intervention"]["mode"] == "fsg+cache"
+    assert guided.attrs["intervention"]["weak_layers"] == [2, 3, 4]
     assert (loop_dir / "ranking.json").exists()
     html = (loop_dir / "compare.html").read_text()
     assert "LayerScope comparison" in html and 'id="delta"' in html

@@ -135,6 +135,20 @@ def test_sweep_records_indexes_and_resumes(tmp_path, prompts, capsys):
     data = json.loads(ranking.read_text())
     assert data["n_runs"] == 6 and data["interval_unit"] == "run"
     assert {r["id"] for r in data["runs"]} == {"heldout-000", "heldout-001", "heldout-002"}
+    # the sweep report leads with the same verdict, lists every run's prompt, and shows CIs over runs
+    from bs4 import BeautifulSoup
+
+    html = tmp_path / "sweep.html"
+    assert main(["report", str(out), "--out", str(html)]) == 0
+    page = BeautifulSoup(html.read_text(), "html.parser")
+    verdicts = page.select("p.verdict")
+    assert len(verdicts) == 1 and data["verdict"] in verdicts[0].get_text()
+    assert verdicts[0]["data-n-runs"] == "6" and page.select_one("#n-runs").get_text() == "6"
+    rows = page.select("table.runs tbody tr")
+    assert len(rows) == 6 and {r.select("td")[2].get_text() for r in rows} == {e.prompt for e in read_prompts(prompts)}
+    first = page.select("table.ranking tbody tr")[0].select("td")
+    low, high = data["layers"][0]["moran_i_ci"]
+    assert first[3].get_text() == f"[{low:.4f}, {high:.4f}]"
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -142,7 +156,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def test_killed_sweep_resumes_without_redoing_complete_stores(tmp_path, prompts):
@@ -165,6 +179,71 @@ def test_killed_sweep_resumes_without_redoing_complete_stores(tmp_path, prompts)
     assert all(run["status"] == "complete" for run in sweep_index(out)["runs"])
 
 
+def _one_line_prompts(prompts: Path, target: Path) -> Path:
+    """A copy of the first prompt with its image, so a test may change the image."""
+    target.mkdir(parents=True, exist_ok=True)
+    line = json.loads(prompts.read_text().splitlines()[0])
+    shutil.copy(prompts.parent / line["image"], target / "ref.png")
+    line["image"] = "ref.png"
+    (target / "p.jsonl").write_text(json.dumps(line) + "\n")
+    return target / "p.jsonl"
+
+
+def test_a_failed_run_is_one_line_and_the_sweep_goes_on(tmp_path, prompts, monkeypatch, capsys):
+    import layerscope.recording
+
+    real, calls = layerscope.recording.record, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layerscope.recording, "record", flaky)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(prompts), "--out-dir", str(out), *FAST]) == 1
+    printed = capsys.readouterr()
+    assert "heldout-000-seed0 failed (RuntimeError: CUDA out of memory" in printed.err + printed.out
+    assert sweep_index(out)["counts"] == {"complete": 2, "missing": 1}
+    monkeypatch.setattr(layerscope.recording, "record", real)
+    assert main(["sweep", str(prompts), "--out-dir", str(out), *FAST]) == 0
+    assert sweep_index(out)["counts"] == {"complete": 3}
+
+
+def test_resume_refuses_stores_made_from_another_image_or_model(tmp_path, prompts, capsys):
+    from PIL import Image
+
+    path = _one_line_prompts(prompts, tmp_path / "p")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--out-dir", str(out), *FAST]) == 0
+    image = Image.open(tmp_path / "p" / "ref.png")
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "p" / "ref.png")
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--out-dir", str(out), *FAST]) == 2
+    assert "recorded with other image_sha1" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out-dir", str(out), *FAST, "--model", "random"]) == 2
+    assert "model_path" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out-dir", str(out), *FAST, "--no-resume"]) == 0
+
+
+def test_rank_of_a_sweep_without_complete_stores_and_with_allow_partial(tmp_path, prompts, capsys):
+    import zarr
+
+    path = _one_line_prompts(prompts, tmp_path / "p")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--out-dir", str(out), "--seeds", "0-1", *FAST]) == 0
+    for store in out.glob("*.zarr"):
+        zarr.open_group(store, mode="r+").attrs.update({"status": "interrupted", "steps_written": [0]})
+    capsys.readouterr()
+    assert main(["rank", str(out)]) == 2
+    assert "the sweep has no complete store yet" in capsys.readouterr().err
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 2
+    assert main(["rank", str(out), "--allow-partial", "--out", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["n_runs"] == 2 and all(run["steps"] == [0] for run in data["runs"])
+
+
 def _launched(command: list[str], out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -185,6 +264,14 @@ def test_torchrun_two_processes_on_cpu(tmp_path, prompts):
     out = tmp_path / "sweep"
     launcher = [str(BIN / "torchrun"), "--nproc-per-node", "2", "-m", "layerscope"]
     _launched([*launcher, "sweep", str(prompts), "--out-dir", str(out), *FAST], out)
+    # more processes than runs: one process has nothing to do and still joins the barrier
+    one = _one_line_prompts(prompts, tmp_path / "p")
+    result = subprocess.run(
+        [*launcher, "sweep", str(one), "--out-dir", str(tmp_path / "one"), *FAST],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0 to record" in result.stdout and sweep_index(tmp_path / "one")["counts"] == {"complete": 1}
 
 
 def test_accelerate_launch_two_processes_on_cpu(tmp_path, prompts):

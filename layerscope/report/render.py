@@ -304,8 +304,44 @@ def render(
         weak_layers=weak,
         layerscope_version=__version__,
         thumbnail_note=f"Similarity grids show {steps_shown} evenly spaced steps, latent frame 0, "
-        f"at {60} dpi; videos are downsampled GIFs.",
+        f"at {figures.GRID_DPI} dpi (1 pt = 1 px at 100% zoom); videos are downsampled GIFs.",
     )
+
+
+def render_sweep(sweep_dir: str | os.PathLike, *, rank_kwargs: dict[str, Any] | None = None) -> str:
+    """HTML of a sweep: the verdict over its runs, per-layer CIs over runs, and the runs' prompts.
+
+    The claim is about the model, so the page leads with the computed verdict and its p,
+    then the curves with 95% CI error bars (bootstrap over runs), then every run that went
+    into it (and those that did not, with their status).
+    """
+    from layerscope import __version__
+    from layerscope.ranking import rank_stores
+    from layerscope.sweep import sweep_index
+
+    index = sweep_index(sweep_dir)
+    stores = [Path(sweep_dir) / run["store"] for run in index["runs"] if run["status"] == "complete"]
+    if not stores:
+        raise ReportError(f"{sweep_dir}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
+    ranking = rank_stores(stores, **(rank_kwargs or {}))
+    name = Path(sweep_dir).resolve().name
+    curves = figure_uri(figures.layer_curves([ranking], [f"{ranking.n_runs} runs"], weak_layers=ranking.weak_layers))
+    template = _environment().get_template("sweep.html.j2")
+    return template.render(
+        name=name,
+        ranking=ranking,
+        run={"ranking": ranking, "metrics_note": None},
+        runs=index["runs"],
+        counts=index["counts"],
+        curves=curves,
+        layerscope_version=__version__,
+    )
+
+
+def is_sweep_dir(path: str | os.PathLike) -> bool:
+    from layerscope.sweep import PLAN_FILE
+
+    return Path(path).is_dir() and (Path(path) / PLAN_FILE).is_file()
 
 
 def write(
@@ -318,4 +354,6 @@ def write(
     from layerscope.outputs import check_output_path, write_text_atomic
 
     check_output_path(out)  # before the rendering work
+    if compare is None and isinstance(run, (str, os.PathLike)) and is_sweep_dir(run):
+        return write_text_atomic(out, render_sweep(run, rank_kwargs=kwargs.get("rank_kwargs")))
     return write_text_atomic(out, render(run, compare, **kwargs))

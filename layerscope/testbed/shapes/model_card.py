@@ -4,7 +4,7 @@ The card is generated, not hand-written, so that its sizes, steps and losses are
 ones in the directory next to it: component sizes from the safetensors files, the
 recipe and step counts from ``layerscope_model.json``, loss curves from
 ``train_log.jsonl``.  Evaluation results are appended by whoever measured them
-(``layerscope eval`` / ``examples/shapes_study.py``), under "Measured behaviour".
+(``layerscope eval`` / ``layerscope sweep`` + ``layerscope rank``), under "Measured behaviour".
 """
 
 from __future__ import annotations
