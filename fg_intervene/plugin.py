@@ -29,7 +29,9 @@ class FocalGuidance:
     def _check_ranking(self, inputs: Any) -> None:
         source = self.config.ranking_source.get("model", {})
         model_id = inputs.extra.get("model_id")
-        if source.get("model_id") and model_id and source["model_id"] != model_id:
+        # a fine-tuned model may use the ranking of its base (finetune trains the ranked layers)
+        accepted = {model_id, inputs.extra.get("base_model_id")}
+        if source.get("model_id") and model_id and source["model_id"] not in accepted:
             raise ConfigError(
                 f"the ranking was computed on model {source['model_id']}, this run uses {model_id}; "
                 "rank a recording of this model first"

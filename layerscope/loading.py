@@ -61,13 +61,51 @@ def _check_components(model: str | os.PathLike, path: Path, index: dict[str, Any
                 raise LoadError(f"--model {model}: {name}/ has no safetensors weights{hint}")
 
 
+#: Written by ``layerscope finetune``: the base pipeline and the changed tensors (see
+#: :func:`read_finetune`).
+FINETUNE_FILE = "layerscope_finetune.json"
+FINETUNE_WEIGHTS = "transformer_delta.safetensors"
+
+
+def read_finetune(path: Path, model: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The finetune record of ``path`` (``None`` if it is not a finetune directory).
+
+    A finetune directory holds only the tensors training changed (the weak layers'
+    cross-attention: megabytes, where a 14B transformer is 28 GB) and names its base
+    pipeline; loading merges them into the base.  The base path is stored relative to the
+    finetune directory when it can be, so the pair can be moved together.
+    """
+    marker = path / FINETUNE_FILE
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        base = Path(info["base_model_path"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise LoadError(
+            f"--model {model or path}: {FINETUNE_FILE} is unreadable ({error}); re-run layerscope finetune"
+        ) from None
+    info["base_dir"] = base if base.is_absolute() else (path / base).resolve()
+    if not (path / FINETUNE_WEIGHTS).is_file():
+        raise LoadError(f"--model {model or path}: {FINETUNE_WEIGHTS} is missing; re-run layerscope finetune")
+    return info
+
+
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """Check that ``model`` is a local diffusers pipeline directory LayerScope can probe."""
+    """Check that ``model`` is a local diffusers pipeline directory LayerScope can probe
+    (or a ``layerscope finetune`` directory whose base is one)."""
     if not str(model).strip():
         raise LoadError("--model is empty; pass a local diffusers pipeline directory")
     path = Path(model).expanduser()
     if not path.is_dir():
         raise LoadError(f"--model {model}: no such directory; pass a local diffusers pipeline directory")
+    finetune = read_finetune(path, model)
+    if finetune is not None:
+        try:
+            resolve_model_dir(finetune["base_dir"])
+        except LoadError as error:
+            raise LoadError(f"--model {model}: its base model cannot be used ({error})") from None
+        return path
     index = path / "model_index.json"
     if not index.is_file():
         raise LoadError(
@@ -90,6 +128,16 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
 def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     """What a store or report should say about a model directory (its provenance file, else its name)."""
     model_dir = Path(model_dir)
+    finetune = read_finetune(model_dir)
+    if finetune is not None:
+        base = model_info(finetune["base_dir"])
+        return {
+            "model_id": f"{base['model_id']}+{model_dir.name}",
+            "base_model_id": base["model_id"],
+            "weights": "finetuned",
+            "weights_note": f"{base['model_id']} with layers {finetune.get('layers')} fine-tuned "
+            f"({'with' if finetune.get('focal_guidance') else 'without'} Focal Guidance)",
+        }
     marker = model_dir / MODEL_INFO_FILE
     if marker.exists():
         try:
@@ -143,13 +191,19 @@ def load_pipeline(
     # Loading bars say nothing useful for local files; the denoising bar stays.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    finetune = read_finetune(path, model)
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, dtype=getattr(torch, dtype)
+            finetune["base_dir"] if finetune else path,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype=getattr(torch, dtype),
         )
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LoadError(f"--model {model}: diffusers could not load this pipeline ({first[:300]})") from None
+    if finetune:
+        _merge_finetune(pipe, path, model)
     if offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=torch_device)
     elif offload == "model":
@@ -157,6 +211,23 @@ def load_pipeline(
     else:
         pipe.to(torch_device)
     return pipe, path
+
+
+def _merge_finetune(pipe: Any, path: Path, model: str | os.PathLike) -> None:
+    """Load the changed tensors into the base transformer; every name must exist and match."""
+    from safetensors.torch import load_file
+
+    delta = load_file(path / FINETUNE_WEIGHTS)
+    own = pipe.transformer.state_dict()
+    unknown = sorted(set(delta) - set(own))
+    if unknown:
+        raise LoadError(f"--model {model}: tensors {', '.join(unknown[:3])} are not in the base transformer")
+    for name, tensor in delta.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise LoadError(
+                f"--model {model}: {name} has shape {tuple(tensor.shape)}, the base {tuple(own[name].shape)}"
+            )
+    pipe.transformer.load_state_dict({k: v.to(own[k].dtype) for k, v in delta.items()}, strict=False)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -403,7 +403,7 @@ def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image
         num_frames=config.num_frames,
         grid=grid,
         model_dir=model_dir,
-        extra={"model_id": model.get("model_id")},
+        extra={"model_id": model.get("model_id"), "base_model_id": model.get("base_model_id")},
     )
     handle = intervention.apply(inputs)
     return handle.remove

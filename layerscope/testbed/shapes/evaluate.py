@@ -195,3 +195,34 @@ def write_prompt_file(out_dir: str | Path, count: int, split: str = "heldout", s
             )
         )
     return write_text_atomic(out_dir / "prompts.jsonl", "\n".join(lines) + "\n")
+
+
+def write_training_data(out_dir: str | Path, count: int, seed: int = 0, frames: int = 9, size: int = 256) -> Path:
+    """Write ``train.jsonl`` and one folder of PNG frames per scene: a ``layerscope finetune`` input.
+
+    Scenes come from the training split (the held-out combinations stay unseen); the
+    caption is the scene's prompt, the keywords its subject's colour and kind.
+    """
+    from PIL import Image
+
+    from layerscope.outputs import check_output_path, write_text_atomic
+    from layerscope.testbed.shapes.render import render_video
+    from layerscope.testbed.shapes.world import sample_scenes
+
+    out_dir = check_output_path(out_dir, "--data", directory=True)
+    lines = []
+    for index, scene in enumerate(sample_scenes(count, split="train", seed=seed + 5000)):
+        folder = out_dir / "clips" / f"train-{index:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for number, frame in enumerate(render_video(scene, num_frames=frames, height=size, width=size)):
+            Image.fromarray(frame).save(folder / f"{number:03d}.png")
+        lines.append(
+            json.dumps(
+                {
+                    "video": f"clips/train-{index:04d}",
+                    "caption": scene.prompt,
+                    "keywords": [scene.subject.colour, scene.subject.kind],
+                }
+            )
+        )
+    return write_text_atomic(out_dir / "train.jsonl", "\n".join(lines) + "\n")
