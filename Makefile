@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/record_overhead.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/ranking_validity.py
+	$(BIN)/python benchmarks/sweep_overhead.py
+	$(BIN)/python benchmarks/finetune_cost.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info
