@@ -625,7 +625,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("heldout", "train"), default="heldout")
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default 12)")
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="scene seed: which prompts (default 0)")
+    p.add_argument("--seeds", default="0", help="generation seeds per prompt, e.g. 0-4 (the paper's five; default 0)")
     p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps: a smoke test")
     p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
     p.add_argument("--ranking", help="ranking JSON for the intervention")
@@ -639,14 +640,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from layerscope.loading import load_pipeline, model_info
     from layerscope.outputs import check_output_path
+    from layerscope.sweep import parse_seeds
     from layerscope.testbed.shapes.evaluate import (
         check_intervention,
         evaluate_pipeline,
+        format_comparisons,
         format_table,
+        paired_comparison,
         reference_points,
         write_results,
     )
 
+    seeds = parse_seeds(args.seeds)
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
     count, steps = (6, 4) if args.quick else (args.count or 30, args.steps or 12)
@@ -658,21 +663,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_output_path(args.out)
     pipe, model_dir = load_pipeline(resolve_model(args.model))
     common = {"count": count, "split": args.split, "seed": args.seed, "steps": steps, "guidance": args.guidance}
+    common["seeds"] = seeds
     if factory is not None:
         check_intervention(pipe, factory, split=args.split, seed=args.seed)  # before the long part
     results = {"baseline": evaluate_pipeline(pipe, **common)}
+    comparisons = {}
     if factory is not None:
         results[args.intervene] = evaluate_pipeline(pipe, intervention_factory=factory, **common)
+        comparisons[args.intervene] = paired_comparison(results["baseline"], results[args.intervene])
     info = model_info(model_dir)
     references = reference_points(count=count, split=args.split, seed=args.seed)
     table = (
         f"model {info['model_id']} (weights: {info['weights']}), {count} {args.split} prompts, {steps} steps, "
-        f"guidance {args.guidance:g}\n\n{format_table(results)}\n\n"
-        f"the scorer on the same prompts (ceiling and chance level):\n\n{format_table(references)}\n"
+        f"guidance {args.guidance:g}, generation seeds {args.seeds} (95% intervals: bootstrap over prompts)"
+        f"\n\n{format_table(results)}\n\n"
+        + (
+            f"paired over prompt x seed (sign-flip test over prompts):\n\n{format_comparisons(comparisons)}\n\n"
+            if comparisons
+            else ""
+        )
+        + f"the scorer on the same prompts (ceiling and chance level):\n\n{format_table(references)}\n"
     )
     print(table)
     if args.out:
-        out = write_results({"model": info, "results": results, "reference_points": references}, args.out)
+        out = write_results(
+            {"model": info, "results": results, "comparisons": comparisons, "reference_points": references}, args.out
+        )
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -92,3 +92,42 @@ def read_json_object(
     if not isinstance(data, dict):
         raise error(f"{option} {path}: expected a JSON object; {fix}")
     return data
+
+
+def read_jsonl_objects(
+    path: str | os.PathLike,
+    option: str,
+    fix: str,
+    error: type[LayerScopeError],
+    *,
+    allowed: set[str],
+    required: tuple[str, ...] = (),
+):
+    """Yield ``(where, data)`` for each JSON-object line of a JSONL input (``#`` and blank lines skipped).
+
+    The one reader of line-oriented inputs (sweep prompts, training data): every problem
+    is one ``error`` naming ``file:line``; ``required`` keys must be non-empty strings.
+    Lines are split on ``\\n`` only (``str.splitlines`` would also split inside JSON
+    strings at U+2028/U+0085).
+    """
+    import json
+
+    text = read_text_input(path, option, fix, error)
+    for number, raw in enumerate(text.split("\n"), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as reason:
+            raise error(f"{where}: not JSON ({reason.msg}); {fix}") from None
+        if not isinstance(data, dict):
+            raise error(f"{where}: expected a JSON object; {fix}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise error(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        for key in required:
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise error(f"{where}: '{key}' must be a non-empty string")
+        yield number, where, data

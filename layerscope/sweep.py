@@ -101,31 +101,14 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     any model loads or any store is created.
     """
     from layerscope.keywords import check_keywords_in_prompt, parse_keywords
-    from layerscope.outputs import read_text_input
+    from layerscope.outputs import read_jsonl_objects
 
     fix = "write one JSON object per line with image, prompt and keywords"
-    text = read_text_input(path, "PROMPTS", fix, SweepError)
     base = Path(path).parent
     entries: list[PromptEntry] = []
     seen: dict[str, int] = {}
-    # split on newlines only: str.splitlines() would also split inside JSON strings at U+2028/U+0085
-    for number, raw in enumerate(text.split("\n"), start=1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            raise SweepError(f"{where}: not JSON ({error.msg}); {fix}") from None
-        if not isinstance(data, dict):
-            raise SweepError(f"{where}: expected a JSON object; {fix}")
-        unknown = sorted(set(data) - _KNOWN_KEYS)
-        if unknown:
-            raise SweepError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}")
-        for key in ("image", "prompt"):
-            if not isinstance(data.get(key), str) or not data[key].strip():
-                raise SweepError(f"{where}: '{key}' must be a non-empty string")
+    lines = read_jsonl_objects(path, "PROMPTS", fix, SweepError, allowed=_KNOWN_KEYS, required=("image", "prompt"))
+    for number, where, data in lines:
         keywords = data.get("keywords")
         if isinstance(keywords, str):
             keywords = parse_keywords(keywords)

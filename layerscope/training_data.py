@@ -15,7 +15,6 @@ rule is one line before any model loads.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,30 +73,15 @@ def read_training_data(path: str | os.PathLike, *, frame_rule: int = 4) -> list[
     """Read and check every clip of a training JSONL (see the module docstring)."""
     from layerscope.keywords import check_keywords_in_prompt
     from layerscope.loading import load_image
-    from layerscope.outputs import read_text_input
+    from layerscope.outputs import read_jsonl_objects
 
     fix = "write one JSON object per line with video and caption (see `layerscope finetune --help`)"
-    text = read_text_input(path, "--data", fix, TrainingDataError)
     base = Path(path).parent
     clips = []
-    for number, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip() or raw.strip().startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise TrainingDataError(f"{where}: not JSON ({error.msg}); {fix}") from None
-        if not isinstance(data, dict):
-            raise TrainingDataError(f"{where}: expected a JSON object; {fix}")
-        unknown = sorted(set(data) - _KNOWN_KEYS)
-        if unknown:
-            raise TrainingDataError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: video, caption, keywords, image"
-            )
-        for key in ("video", "caption"):
-            if not isinstance(data.get(key), str) or not data[key].strip():
-                raise TrainingDataError(f"{where}: '{key}' must be a non-empty string")
+    lines = read_jsonl_objects(
+        path, "--data", fix, TrainingDataError, allowed=_KNOWN_KEYS, required=("video", "caption")
+    )
+    for number, where, data in lines:
         keywords = data.get("keywords", [])
         if not isinstance(keywords, list) or not all(isinstance(k, str) and k.strip() for k in keywords):
             raise TrainingDataError(f"{where}: 'keywords' must be a list of words of the caption")

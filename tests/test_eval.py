@@ -39,7 +39,8 @@ def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     config = tmp_path / "fg.toml"
     config.write_text("[focal_guidance]\ntau_sel = -1.0\n")
     argv = ["eval", "--quick", "--model", "random", "--out", str(out), "--intervene-config", str(config)]
-    assert main([*argv, "--intervene", "focal-guidance", "--ranking", str(base_ranking)]) == 0
+    forced = ["--fg-set", "weak_layers=[2,3,4]"]  # a one-run ranking need not name a band
+    assert main([*argv, "--intervene", "focal-guidance", "--ranking", str(base_ranking), *forced]) == 0
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"baseline", "focal-guidance"}
     baseline, guided = results["baseline"], results["focal-guidance"]
@@ -49,7 +50,7 @@ def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     zero = ["--fg-set", "lambda_txt=0", "--fg-set", "lambda_lat=0", "--fg-set", "lambda_cache=0"]
     out0 = tmp_path / "eval0.json"
     argv0 = ["eval", "--quick", "--model", "random", "--out", str(out0), "--intervene-config", str(config)]
-    assert main([*argv0, "--intervene", "focal-guidance", "--ranking", str(base_ranking), *zero]) == 0
+    assert main([*argv0, "--intervene", "focal-guidance", "--ranking", str(base_ranking), *zero, *forced]) == 0
     results0 = json.loads(out0.read_text())["results"]
     assert results0["focal-guidance"]["scores"] == results0["baseline"]["scores"] == baseline["scores"]
 
@@ -76,3 +77,19 @@ def test_eval_usage_errors(argv, message, capsys):
     assert main(["eval", "--model", "random", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_eval_with_five_seeds_reports_intervals_and_a_paired_test(model_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--model", "random", "--count", "3", "--steps", "2", "--seeds", "0-1", "--out", str(out)]
+    assert main([*argv, "--intervene", "focal-guidance", "--fg-set", "weak_layers=[2]", "--fg-set", "tau_sel=-1"]) == 0
+    data = json.loads(out.read_text())
+    baseline = data["results"]["baseline"]
+    assert baseline["seeds"] == [0, 1] and len(baseline["scores"]) == 6
+    assert [s["seed"] for s in baseline["scores"]] == [0, 0, 0, 1, 1, 1]
+    assert len(baseline["outcomes"]) == 3 and all(len(row) == 2 for row in baseline["outcomes"])
+    low, high = baseline["overall"]["wilson"]
+    assert low == 0.0 and 0.3 < high < 0.5  # 0 of 6: Wilson (0, 0.390)
+    comparison = data["comparisons"]["focal-guidance"]["overall"]
+    assert comparison["prompts"] == 3 and 0.0 <= comparison["p_value"] <= 1.0
+    assert "paired over prompt x seed" in capsys.readouterr().out

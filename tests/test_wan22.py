@@ -16,15 +16,14 @@ from layerscope.cli import main
 from layerscope.probes import step_timestep
 
 
-@pytest.fixture(scope="module")
-def wan22_dir(tiny_pipe, tmp_path_factory):
-    """A tiny Wan2.2 I2V-A14B-shaped pipeline: two experts without the image-context branch."""
+def _save_tiny_wan(tiny_pipe, path, config_update: dict, **pipeline_kwargs):
+    """A WanImageToVideoPipeline from the tiny pipeline's parts and new transformers, saved and returned by path."""
     from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
     config = {k: v for k, v in dict(tiny_pipe.transformer.config).items() if not k.startswith("_")}
-    config.update(added_kv_proj_dim=None, image_dim=None)
+    config.update(config_update)
     torch.manual_seed(0)
-    experts = [WanTransformer3DModel.from_config(config) for _ in range(2)]
+    experts = [WanTransformer3DModel.from_config(config) for _ in range(pipeline_kwargs.pop("experts", 1))]
     pipe = WanImageToVideoPipeline(
         tokenizer=tiny_pipe.tokenizer,
         text_encoder=tiny_pipe.text_encoder,
@@ -33,12 +32,20 @@ def wan22_dir(tiny_pipe, tmp_path_factory):
         image_processor=None,
         image_encoder=None,
         transformer=experts[0],
-        transformer_2=experts[1],
-        boundary_ratio=0.5,
+        transformer_2=experts[1] if len(experts) > 1 else None,
+        **pipeline_kwargs,
     )
-    path = tmp_path_factory.mktemp("models") / "tiny-wan22-a14b"
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def wan22_dir(tiny_pipe, tmp_path_factory):
+    """A tiny Wan2.2 I2V-A14B-shaped pipeline: two experts without the image-context branch."""
+    path = tmp_path_factory.mktemp("models") / "tiny-wan22-a14b"
+    return _save_tiny_wan(
+        tiny_pipe, path, {"added_kv_proj_dim": None, "image_dim": None}, experts=2, boundary_ratio=0.5
+    )
 
 
 def test_wan22_records_both_experts_with_an_expert_coordinate(wan22_dir, tmp_path, capsys):
@@ -107,26 +114,10 @@ def test_wan22_rank_ranks_each_expert(wan22_dir, tmp_path, capsys):
 def wan22_ti2v_dir(tiny_pipe, tmp_path_factory):
     """A tiny Wan2.2 TI2V-shaped pipeline: one transformer, ``expand_timesteps`` (the reference frame
     is the first latent frame, with per-token timesteps), no image encoder."""
-    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
-
-    config = {k: v for k, v in dict(tiny_pipe.transformer.config).items() if not k.startswith("_")}
     z_dim = tiny_pipe.vae.config.z_dim
-    config.update(added_kv_proj_dim=None, image_dim=None, in_channels=z_dim, out_channels=z_dim)
-    torch.manual_seed(0)
-    pipe = WanImageToVideoPipeline(
-        tokenizer=tiny_pipe.tokenizer,
-        text_encoder=tiny_pipe.text_encoder,
-        vae=tiny_pipe.vae,
-        scheduler=tiny_pipe.scheduler,
-        image_processor=None,
-        image_encoder=None,
-        transformer=WanTransformer3DModel.from_config(config),
-        transformer_2=None,
-        expand_timesteps=True,
-    )
+    update = {"added_kv_proj_dim": None, "image_dim": None, "in_channels": z_dim, "out_channels": z_dim}
     path = tmp_path_factory.mktemp("models") / "tiny-wan22-ti2v"
-    pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return _save_tiny_wan(tiny_pipe, path, update, expand_timesteps=True)
 
 
 def test_wan22_ti2v_records_with_the_steps_timestep_and_refuses_fg(wan22_ti2v_dir, tmp_path, capsys):

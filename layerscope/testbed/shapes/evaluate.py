@@ -89,30 +89,54 @@ def evaluate_pipeline(
     count: int = 30,
     split: str = "heldout",
     seed: int = 0,
+    seeds: tuple[int, ...] | list[int] = (0,),
     steps: int = 12,
     guidance: float = 5.0,
     intervention_factory: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score ``count`` scenes of ``split``; ``intervention_factory()`` gives a fresh intervention per video."""
+    """Score ``count`` scenes of ``split`` under each generation seed of ``seeds``.
+
+    ``seed`` fixes the scene set (the prompts); ``seeds`` are the generation seeds (the
+    paper's five), so the same prompts are scored ``len(seeds)`` times.  Video ``i`` of
+    generation seed ``s`` uses noise seed ``10000 s + seed + i`` (for ``seeds=(0,)`` the
+    numbering of earlier versions).  ``intervention_factory()`` gives a fresh
+    intervention per video.  Adds 95% intervals (bootstrap over prompts, and Wilson) and
+    the (prompt x seed) outcome matrices that paired comparisons need.
+    """
     from tqdm.auto import tqdm
 
+    from layerscope.proportions import prompt_bootstrap_interval, wilson_interval
     from layerscope.testbed.shapes.render import reference_image
-    from layerscope.testbed.shapes.scorer import evaluate
+    from layerscope.testbed.shapes.scorer import score_video, summarise
 
     scenes = eval_scenes(count, split, seed)
+    references = [reference_image(s, height=256, width=256) for s in scenes]
     pipe.set_progress_bar_config(disable=True)
-    videos = []
+    scores = []
     started = time.perf_counter()
-    for index, scene in enumerate(tqdm(scenes, desc=f"eval {split}", disable=not progress)):
+    jobs = [(g, index, scene) for g in seeds for index, scene in enumerate(scenes)]
+    for generation_seed, index, scene in tqdm(jobs, desc=f"eval {split}", disable=not progress):
         handle = None if intervention_factory is None else apply_intervention(pipe, scene, intervention_factory())
         try:
-            videos.append(generate(pipe, scene, steps=steps, seed=seed + index, guidance=guidance))
+            video = generate(pipe, scene, steps=steps, seed=10_000 * generation_seed + seed + index, guidance=guidance)
         finally:
             if handle is not None:
                 handle.remove()
-    # first-frame consistency compares each video with the image it was conditioned on
-    summary = evaluate(scenes, videos, references=[reference_image(s, height=256, width=256) for s in scenes])
+        # first-frame consistency compares each video with the image it was conditioned on
+        scores.append({**score_video(scene, video, references[index]), "prompt_index": index, "seed": generation_seed})
+    summary = {**summarise(scores), "scores": scores}
+    outcomes = np.array([s["all_correct"] for s in scores], dtype=float).reshape(len(seeds), len(scenes)).T
+    groups = {"overall": np.arange(len(scenes))}
+    groups.update(
+        {d: np.array([i for i, s in enumerate(scenes) if s.dimension == d]) for d in summary["per_dimension"]}
+    )
+    for name, rows in groups.items():
+        target = summary["overall"] if name == "overall" else summary["per_dimension"][name]
+        chosen = outcomes[rows]
+        target["ci"] = list(prompt_bootstrap_interval(chosen))
+        target["wilson"] = list(wilson_interval(int(chosen.sum()), chosen.size))
+        target["prompts"], target["seeds"] = int(chosen.shape[0]), len(seeds)
     summary.update(
         {
             "split": split,
@@ -120,10 +144,30 @@ def evaluate_pipeline(
             "steps": steps,
             "guidance": guidance,
             "seed": seed,
+            "seeds": list(seeds),
+            "outcomes": outcomes.astype(int).tolist(),
+            "dimensions": [s.dimension for s in scenes],
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
     return summary
+
+
+def paired_comparison(baseline: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """Variant minus baseline on the same prompts and seeds: difference and sign-flip p-value."""
+    from layerscope.proportions import paired_sign_flip_test
+
+    a, b = np.array(baseline["outcomes"], dtype=float), np.array(variant["outcomes"], dtype=float)
+    dimensions = np.array(baseline["dimensions"])
+    result = {}
+    for name in ["overall", *sorted(set(dimensions))]:
+        rows = np.ones(len(dimensions), bool) if name == "overall" else dimensions == name
+        result[name] = {
+            "difference": float(b[rows].mean() - a[rows].mean()),
+            "p_value": paired_sign_flip_test(a[rows], b[rows]),
+            "prompts": int(rows.sum()),
+        }
+    return result
 
 
 def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, size: int = 128) -> dict[str, Any]:
@@ -143,17 +187,37 @@ def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, 
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown table: one row per evaluated variant, all-correct rate per dimension."""
+    """Markdown table: one row per variant, all-correct rate per dimension with its 95% interval."""
     dimensions = sorted({d for r in results.values() for d in r.get("per_dimension", {})})
     header = "| variant | " + " | ".join(dimensions) + " | overall | first-frame consistency |"
     lines = [header, "|" + " --- |" * (len(dimensions) + 3)]
+
+    def cell(entry: dict[str, Any]) -> str:
+        value = f"{entry.get('all_correct', float('nan')):.3f}"
+        ci = entry.get("ci")
+        if ci and all(np.isfinite(ci)):
+            value += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        return value
+
     for name, result in results.items():
-        cells = [f"{result['per_dimension'].get(d, {}).get('all_correct', float('nan')):.3f}" for d in dimensions]
+        cells = [cell(result["per_dimension"].get(d, {})) for d in dimensions]
         lines.append(
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {result['overall']['all_correct']:.3f} | {result['overall']['first_frame_consistency']:.3f} |"
+            + f" | {cell(result['overall'])} | {result['overall']['first_frame_consistency']:.3f} |"
         )
+    return "\n".join(lines)
+
+
+def format_comparisons(comparisons: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of paired differences (variant - baseline) with sign-flip p-values."""
+    if not comparisons:
+        return ""
+    names = list(next(iter(comparisons.values())))
+    lines = ["| variant - baseline | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for variant, result in comparisons.items():
+        cells = [f"{result[n]['difference']:+.3f} (p={result[n]['p_value']:.3g})" for n in names]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
