@@ -47,20 +47,14 @@ class LayerScopeAccessor:
             return rank_datasets([ds.isel(run=i) for i in range(ds.sizes["run"])], **kwargs)
         return rank_datasets([ds], **kwargs)
 
-    def plot_layers(self, metrics: tuple[str, ...] = ("moran_i", "std")) -> Any:
-        """Figure-2-style curves: mean per layer with a ±1 std band over steps/keywords/frames."""
-        from layerscope.report.figures import new_figure
+    def plot_layers(self, metrics: tuple[str, ...] = ("moran_i", "std"), **rank_kwargs: Any) -> Any:
+        """Figure-2-style curves: mean per layer with the ranking's 95% CI error bars.
 
-        fig, axes = new_figure(1, len(metrics), figsize=(5 * len(metrics), 3.2))
-        for ax, name in zip(axes[0], metrics):
-            values = self.morans_i() if name == "moran_i" else self.std()
-            reduce = [d for d in values.dims if d != "layer"]
-            mean = values.mean(reduce).values
-            spread = values.std(reduce).values
-            layers = values["layer"].values
-            ax.plot(layers, mean, marker="o", lw=1.5)
-            ax.fill_between(layers, mean - spread, mean + spread, alpha=0.25)
-            ax.set_xlabel("layer")
-            ax.set_ylabel(name)
-        fig.tight_layout()
-        return fig
+        The bars are :meth:`rank`'s intervals (bootstrap over runs for stacked runs, over
+        steps for one run), not the spread of the maps, so they say how well a mean is known.
+        """
+        from layerscope.report.figures import layer_curves
+
+        ranking = self.rank(**rank_kwargs)
+        label = f"{ranking.n_runs} runs" if ranking.n_runs > 1 else "one run (CIs over steps)"
+        return layer_curves([ranking], [label], weak_layers=ranking.weak_layers, metrics=metrics)
