@@ -1,0 +1,93 @@
+"""The paper's Table 3 on the shapes testbed: baseline, FG zero-shot, post-training without FG,
+post-training with FG, on the same held-out prompts and seeds, with 95% intervals and
+paired p-values against the baseline.
+
+    python examples/table3.py --ranking runs/sweep-ranking.json --out-dir runs/table3          # full: 30 x 5
+    python examples/table3.py --ranking runs/sweep-ranking.json --out-dir runs/t3 --quick      # minutes
+
+Steps (each a `layerscope` command, so every piece is reproducible on its own):
+  1. finetune the ranking's weak layers' cross-attention twice: with FG on (paper) and with --no-fg;
+  2. eval the shipped model with and without FG (rows "baseline", "FG zero-shot");
+  3. eval the --no-fg fine-tune without FG ("post-training only");
+  4. eval the FG fine-tune with FG ("post-training + FG").
+Writes OUT_DIR/table3.json and OUT_DIR/table3.md.  `--baseline-eval PATH` reuses an
+earlier `layerscope eval --intervene focal-guidance` JSON of the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranking", required=True, help="ranking JSON whose weak band is guided and trained")
+    parser.add_argument("--out-dir", default="runs/table3")
+    parser.add_argument("--quick", action="store_true", help="6 prompts, 2 seeds, 4 steps, 8 clips x 5 steps")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--baseline-eval", help="reuse this eval JSON for the baseline and FG zero-shot rows")
+    parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+
+    from layerscope.cli import main as layerscope
+    from layerscope.testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = "0-1" if args.quick else args.seeds
+    clips, train_steps = (8, 5) if args.quick else (args.clips, args.train_steps)
+    size = ["--count", "6", "--steps", "4"] if args.quick else []
+    fg = ["--intervene", "focal-guidance", "--ranking", args.ranking]
+
+    def run(argv: list[str]) -> None:
+        print("$ layerscope " + " ".join(argv), flush=True)
+        if code := layerscope(argv):
+            raise SystemExit(code)
+
+    for name, extra in (("ft-fg", []), ("ft-nofg", ["--no-fg"])):
+        if not (out / name / "layerscope_finetune.json").is_file():
+            run(["finetune", "--model", "default", "--data", f"shapes:{clips}", "--ranking", args.ranking,
+                 "--steps", str(train_steps), "--lr", str(args.lr), "--out", str(out / name), "--quiet", *extra])  # fmt: skip
+    evals = {
+        "zero-shot": Path(args.baseline_eval) if args.baseline_eval else out / "eval-default.json",
+        "ft-nofg": out / "eval-ft-nofg.json",
+        "ft-fg": out / "eval-ft-fg.json",
+    }
+    if not evals["ft-nofg"].is_file():
+        run(["eval", "--model", str(out / "ft-nofg"), "--seeds", seeds, *size, "--out", str(evals["ft-nofg"])])
+    if not evals["ft-fg"].is_file():
+        run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *fg])
+    if not evals["zero-shot"].is_file():
+        run(["eval", "--model", "default", "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
+    loaded = {name: json.loads(path.read_text())["results"] for name, path in evals.items()}
+    rows = {
+        "baseline": loaded["zero-shot"]["baseline"],
+        "FG zero-shot": loaded["zero-shot"]["focal-guidance"],
+        "post-training only": loaded["ft-nofg"]["baseline"],
+        "post-training + FG": loaded["ft-fg"]["focal-guidance"],
+    }
+    if any(
+        row["outcomes"] != [] and len(row["outcomes"]) != len(rows["baseline"]["outcomes"]) for row in rows.values()
+    ):
+        raise SystemExit("the evals scored different prompt sets; rerun them with the same --seeds and count")
+    comparisons = {name: paired_comparison(rows["baseline"], row) for name, row in rows.items() if name != "baseline"}
+    table = (
+        f"Table 3 on the shapes testbed ({len(rows['baseline']['outcomes'])} held-out prompts x seeds {seeds}; "
+        "95% intervals: bootstrap over prompts)\n\n"
+        f"{format_table(rows)}\n\npaired against the baseline (sign-flip test over prompts):\n\n"
+        f"{format_comparisons(comparisons)}\n"
+    )
+    print(table)
+    (out / "table3.md").write_text(table)
+    (out / "table3.json").write_text(json.dumps({"rows": rows, "comparisons": comparisons}, indent=2, default=float))
+    print(f"wrote {out / 'table3.json'} and {out / 'table3.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
