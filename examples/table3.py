@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, extra in (("ft-fg", []), ("ft-nofg", ["--no-fg"])):
         if not (out / name / "layerscope_finetune.json").is_file():
-            run(["finetune", "--model", "default", "--data", f"shapes:{clips}", "--ranking", args.ranking,
-                 "--steps", str(train_steps), "--lr", str(args.lr), "--out", str(out / name), "--quiet", *extra])  # fmt: skip
+            data = ["--data", f"shapes:{clips}", "--ranking", args.ranking, "--steps", str(train_steps)]
+            again = ["--resume"] if (out / name).is_dir() else []  # an interrupted run continues (cache, checkpoints)
+            target = ["--lr", str(args.lr), "--out", str(out / name), "--quiet"]
+            run(["finetune", "--model", "default", *data, *target, *extra, *again])
     evals = {
         "zero-shot": Path(args.baseline_eval) if args.baseline_eval else out / "eval-default.json",
         "ft-nofg": out / "eval-ft-nofg.json",

@@ -556,7 +556,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise UsageError("--fg-set/--intervene-config/--clip configure Focal Guidance; drop them with --no-fg")
     if args.resume and latest_checkpoint(out) is None:
         print(f"note: no checkpoint in {out}; starting from step 0")
-    pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=args.device)
+    from layerscope.sweep import process_device
+
+    pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=process_device(args.device, state))
     pipe.set_progress_bar_config(disable=True)
     info = model_info(model_dir)
     provenance = {

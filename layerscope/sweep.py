@@ -362,7 +362,7 @@ def _process_state(device: str) -> Any:
     return PartialState(cpu=device == "cpu", timeout=timedelta(days=7))
 
 
-def _process_device(device: str, state: Any) -> str:
+def process_device(device: str, state: Any) -> str:
     """Under a launcher each process takes its own GPU: ``cuda`` -> ``cuda:<local rank>``."""
     if device == "cuda" and state.num_processes > 1:
         return f"cuda:{state.local_process_index}"
@@ -446,7 +446,7 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
         pipe, directory = load_pipeline(
             directory,
             dtype=options.dtype,
-            device=_process_device(options.device, state),
+            device=process_device(options.device, state),
             cpu_offload=options.cpu_offload or False,
         )
         bar = tqdm(

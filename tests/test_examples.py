@@ -56,3 +56,35 @@ def test_analysis_notebook_runs(loop_dir):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook draws its figures"
+
+
+@pytest.mark.slow
+def test_table3_quick_writes_four_rows_with_intervals_and_paired_tests(tmp_path, model_dir):
+    import json
+    import subprocess
+
+    from layerscope.testbed.synthetic import write_synthetic_run
+
+    # any ranking of the shipped model's 12 layers with a band; here one planted in synthetic stores
+    stores = [
+        write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=12, model_id="layerscope-shapes-wan-i2v-v2")
+        for i in range(6)
+    ]
+    from layerscope.ranking import rank_stores
+
+    ranking = rank_stores(stores)
+    ranking.model.update({"grid": None, "num_layers": 12})
+    path = ranking.save(tmp_path / "ranking.json")
+    out = tmp_path / "t3"
+    script = ROOT / "examples" / "table3.py"
+    done = subprocess.run([sys.executable, str(script), "--ranking", str(path), "--out-dir", str(out), "--quick"],
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads((out / "table3.json").read_text())
+    assert list(data["rows"]) == ["baseline", "FG zero-shot", "post-training only", "post-training + FG"]
+    for row in data["rows"].values():
+        assert len(row["outcomes"]) == 6 and all(len(r) == 2 for r in row["outcomes"])
+        assert len(row["overall"]["wilson"]) == 2
+    for comparison in data["comparisons"].values():
+        assert 0.0 <= comparison["overall"]["p_value"] <= 1.0
+    assert "| post-training + FG |" in (out / "table3.md").read_text()
