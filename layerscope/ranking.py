@@ -403,7 +403,9 @@ def rank_summaries(
     band_layers = [first.layers[p] for p in range(main.start, main.end + 1)]
     label = METRIC_LABELS[metric]
     band_text = f"{band_layers[0]}-{band_layers[-1]}"
-    if main.significant:
+    if len(first.layers) < 3:
+        verdict = f"no band test: {len(first.layers)} layers recorded, a band needs 3 (n_runs={len(summaries)})"
+    elif main.significant:
         verdict = f"weak band {band_text} (p={main.p_value:.3g}, {label} dip {main.dip:.4f}, n_runs={len(summaries)})"
     else:
         verdict = (

@@ -173,6 +173,8 @@ def bootstrap(
     picks = rng.integers(0, n_units, size=(resamples, n_units))
     curves = units[picks].mean(axis=1)  # (resamples, L)
     low, high = np.percentile(curves, [2.5, 97.5], axis=0)
+    if num_layers < MIN_LAYERS:  # no interior band exists: nothing can be inside one
+        return low, high, np.zeros(num_layers)
     scores = dip_scores(curves)
     starts, ends = _segments(num_layers)
     best = np.argmax(scores, axis=-1)
@@ -201,10 +203,13 @@ def band_test(
         raise SignificanceError("--permutations and --bootstrap must be at least 1")
     units, filled = fill_missing(np.atleast_2d(units))
     curve = units.mean(axis=0)
-    start, end, score, dip = best_band(curve)
     null_rng, boot_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    null = permutation_null(units, permutations, null_rng)
-    p = p_value(score, null)
+    if curve.size < MIN_LAYERS:
+        # fewer than 3 layers recorded (--layers): intervals still mean something, a band cannot exist
+        start, end, score, dip, p = 0, curve.size - 1, float("nan"), float("nan"), 1.0
+    else:
+        start, end, score, dip = best_band(curve)
+        p = p_value(score, permutation_null(units, permutations, null_rng))
     low, high, p_in_band = bootstrap(units, resamples, boot_rng)
     return BandTest(
         start=start,
@@ -213,7 +218,7 @@ def band_test(
         dip=dip,
         p_value=p,
         permutations=permutations,
-        significant=bool(p <= alpha and dip > 0),
+        significant=bool(p <= alpha and np.isfinite(dip) and dip > 0),
         alpha=alpha,
         curve=curve,
         ci_low=low,

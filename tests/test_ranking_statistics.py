@@ -227,3 +227,14 @@ def test_validity_benchmark_quick(tmp_path):
     strong = data["recovery"]["2"]["50"]
     assert strong["exact"] >= 0.9 and strong["jaccard"] >= 0.95
     assert "| effect (SD) | runs |" in result.stdout
+
+
+def test_two_recorded_layers_rank_without_a_band(tmp_path):
+    from layerscope.testbed.synthetic import write_synthetic_run
+
+    stores = [write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=2, band=None) for i in range(3)]
+    ranking = rank_stores(stores)
+    assert not ranking.significant and ranking.weak_layers == [] and ranking.p_value == 1.0
+    assert ranking.verdict.startswith("no band test: 2 layers recorded")
+    assert all(row["ci"][0] <= row["moran_i"] <= row["ci"][1] for row in ranking.layers)
+    assert rank_stores(stores, method="bottom-k", k=1).weak_layers in ([0], [1])
