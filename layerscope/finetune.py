@@ -365,7 +365,12 @@ def finetune(
     if config.focal_guidance and intervention is None:
         raise FinetuneError("Focal Guidance during training needs --intervene focal-guidance (or pass --no-fg)")
     digest = data_hash(clips)
-    cache = out / "cache" / f"encoded-{digest}-{config.num_frames}x{config.height}x{config.width}.safetensors"
+    # encodings depend on the data, the clip size and the model's VAE/encoders: all three key the cache
+    import hashlib
+
+    model_key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:8]
+    shape = f"{config.num_frames}x{config.height}x{config.width}"
+    cache = out / "cache" / f"encoded-{digest}-{model_key}-{shape}.safetensors"
     data = encode_clips(pipe, clips, config, cache, pipe.device)
     trainer = Trainer(pipe, adapter, clips, data, config, out, intervention, model_dir)
     start = 0
