@@ -47,12 +47,22 @@ class FocalGuidance:
             )
 
     def apply(self, inputs: Any) -> Any:
+        if inputs.adapter.name == "hunyuan-video":
+            return self._apply_hunyuan(inputs)
         from fg_intervene.wan import apply_focal_guidance, check_image_branch, prepare_guidance
 
         if inputs.adapter.name != "wan":
-            raise ConfigError(f"Focal Guidance supports Wan pipelines; got {inputs.adapter.name}")
+            raise ConfigError(f"Focal Guidance supports Wan and HunyuanVideo-I2V pipelines; got {inputs.adapter.name}")
         self._check_ranking(inputs)
         check_image_branch(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
+        self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
+        return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
+
+    def _apply_hunyuan(self, inputs: Any) -> Any:
+        from fg_intervene.hunyuan_video import apply_focal_guidance, check_single_stream, prepare_guidance
+
+        self._check_ranking(inputs)
+        check_single_stream(inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
         return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
 

@@ -75,7 +75,18 @@ def _add_recording_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_positive_int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
     p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the default model, else 480)")
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the default model, else 832)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=5.0,
+        help="classifier-free guidance scale (HunyuanVideo-I2V: its embedded guidance, used with a guidance embedding)",
+    )
+    p.add_argument(
+        "--true-cfg",
+        type=float,
+        default=1.0,
+        help="HunyuanVideo-I2V: true classifier-free guidance scale; > 1 runs cond and uncond calls each step",
+    )
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--probe", choices=("hidden", "output", "attention"), default="hidden")
     p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
@@ -131,6 +142,16 @@ def _add_fg_set(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def _is_shapes_model(marker: Path) -> bool:
+    """A shapes-world model made by ``testbed train`` or ``testbed plant`` (256x256, 9 frames)."""
+    import json
+
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))["name"].startswith("layerscope-shapes-wan-i2v")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def _testbed_sized(model: str) -> bool:
     """Does ``model`` take the testbed's small defaults (6 steps, 9 frames, 256x256)?  The
     embedded models do, and so does a ``layerscope finetune`` of one of them."""
@@ -138,6 +159,8 @@ def _testbed_sized(model: str) -> bool:
         return True
     from layerscope.loading import MODEL_INFO_FILE, LoadError, read_finetune
 
+    if _is_shapes_model(Path(model).expanduser() / MODEL_INFO_FILE):  # testbed train / plant output
+        return True
     try:
         finetune = read_finetune(Path(model).expanduser())
     except (LoadError, OSError):
@@ -163,6 +186,7 @@ def _record_config(args: argparse.Namespace, prompt: str, keywords: list[str], s
         seed=seed,
         guidance_scale=args.guidance,
         negative_prompt=args.negative_prompt,
+        true_cfg_scale=args.true_cfg,
         probe=args.probe,
         layers=args.layers,
         record_steps=args.record_steps,
@@ -281,13 +305,26 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="the embedded models: build the random one, train the shapes-world one")
     p.add_argument(
         "action",
-        choices=("build", "path", "train", "prompts"),
-        help="build: write the random tiny model (once); path: print where --model default/random lives; "
+        choices=("build", "build-tiny", "path", "train", "prompts", "export-bench", "plant"),
+        help="build: write the random tiny model (once); build-tiny: write a tiny random pipeline of --family "
+        "to --out; path: print where --model default/random lives; "
         "train: train the shapes-world model (long: run it in the background); "
         "prompts: write a sweep prompt file (prompts.jsonl + images) of --scenes held-out scenes to --out",
     )
     p.add_argument("--out", help="directory to write to (build: default the cache directory; train: required)")
     p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
+    p.add_argument(
+        "--family",
+        choices=("wan-i2v", "hunyuan-video-i2v"),
+        default="wan-i2v",
+        help="build-tiny: the model family (real diffusers classes at toy size, random weights)",
+    )
+    p.add_argument(
+        "--condition-type",
+        choices=("token_replace", "latent_concat"),
+        default="token_replace",
+        help="build-tiny, hunyuan-video-i2v: the released checkpoints' image conditioning (16 or 33 channels)",
+    )
     p.add_argument("--minutes", type=_positive_float, default=60.0, help="train: total time budget")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="train: seed (data, init, batches)")
     p.add_argument(
@@ -301,6 +338,9 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL_JSON",
         help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other options)",
     )
+    p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
+    p.add_argument("--steps", type=_non_negative_int, default=60, help="plant: fine-tune steps (batch 4)")
+    p.add_argument("--clips", type=_positive_int, default=32, help="plant: training clips for the fine-tune")
     p.set_defaults(func=_cmd_testbed)
 
 
@@ -312,6 +352,19 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         return 0
     if args.action == "train":
         return _train(args)
+    if args.action == "export-bench":  # a `layerscope bench` prompt file
+        return _testbed_export_bench(args)
+    if args.action == "build-tiny":
+        return _build_tiny(args)
+    if args.action == "plant":  # planted truth: known semantic-weak layers (testbed/shapes/plant.py)
+        from layerscope.testbed.shapes.plant import PlantConfig, check_plant, parse_layers, plant
+
+        if not args.out:
+            raise UsageError("testbed plant needs --out DIR (e.g. runs/planted)")
+        config = PlantConfig(args.out, parse_layers(args.layers), args.seed, args.clips, args.steps)
+        check_plant(config)
+        print(plant(config))
+        return 0
     if args.action == "prompts":
         from layerscope.testbed.shapes.evaluate import write_prompt_file
 
@@ -321,6 +374,26 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         print(f"wrote {write_prompt_file(args.out, count, seed=args.seed)} ({count} prompts)")
         return 0
     print(ensure_default_model(args.out))
+    return 0
+
+
+def _build_tiny(args: argparse.Namespace) -> int:
+    """``testbed build-tiny --family F --out DIR``: a tiny random pipeline saved like a checkpoint."""
+    from layerscope.outputs import check_output_path
+
+    if not args.out:
+        raise UsageError("testbed build-tiny needs --out DIR (e.g. runs/tiny-hunyuan)")
+    out = check_output_path(args.out, "--out", directory=True)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {args.out} exists and is not an empty directory; choose a new directory")
+    if args.family == "hunyuan-video-i2v":
+        from layerscope.testbed.hunyuan_video import save_tiny_pipeline
+
+        print(save_tiny_pipeline(out, args.condition_type, seed=args.seed))
+    else:
+        from layerscope.testbed import ensure_default_model
+
+        print(ensure_default_model(out))
     return 0
 
 
@@ -374,6 +447,11 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=_int_at_least(100, "percentile CIs need resamples"), default=1000)
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the permutations and resamples")
     p.add_argument("--expert", help="rank only this expert's steps (Wan2.2: transformer or transformer_2)")
+    p.add_argument(
+        "--stream",
+        choices=("double", "single"),
+        help="MMDiT (HunyuanVideo-I2V): rank only the double- or single-stream blocks (FG acts on single)",
+    )
     p.add_argument(
         "--scheduler", help="dask.distributed scheduler address for the per-store work, e.g. tcp://host:8786"
     )
@@ -433,6 +511,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         expert=args.expert,
+        stream=args.stream,
     )
     print(ranking.table())
     if ranking.model.get("weights") == "random":
@@ -696,6 +775,160 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="instruction-following benchmark on a JSONL prompt set: videos x seeds, a judge, consistency, HTML",
+        description="PROMPTS is JSONL, one prompt a line: image (relative to the file), prompt, dimension, questions "
+        "(yes/no, expected yes), optional keywords, id, scene; `layerscope testbed export-bench` writes the shapes "
+        "world's set. Generation resumes (saved videos are kept). A prompt-seed counts only if every question "
+        "passes; 95%% intervals bootstrap over prompts. Also: --compare A B (paired test of two runs) and "
+        "--judge-validity (a judge against the shapes world's programmatic oracle).",
+    )
+    p.add_argument("prompts", nargs="?", help="JSONL prompt file, e.g. runs/shapes-bench/prompts.jsonl")
+    p.add_argument("--out", help="output directory (--compare: a JSON file, optional)")
+    p.add_argument("--judge", help="shapes (the shapes world's scorer) or vlm:PATH (a local transformers VLM folder)")
+    p.add_argument("--seeds", default="0", help="generation seeds per prompt, e.g. 0-4 (the paper's five)")
+    p.add_argument("--model", default="default", help="'default', 'random' or a local diffusers pipeline dir")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default 12 for the testbed models, else 50)")
+    p.add_argument("--frames", type=_positive_int, help="frames, 4n+1 (default 9 for the testbed models, else 81)")
+    p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the testbed models, else 480)")
+    p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the testbed models, else 832)")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--fps", type=_positive_int, default=16, help="frame rate of the saved mp4 (Wan2.1: 16)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="generator dtype")
+    p.add_argument("--device", default="cpu", help="torch device for generation, consistency and (default) the judge")
+    p.add_argument("--cpu-offload", nargs="?", const="model", choices=("model", "sequential"))
+    p.add_argument("--record", action="store_true", help="also record similarity maps (needs keywords per line)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="generate every video again")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    j = p.add_argument_group("judge and consistency")
+    j.add_argument("--judge-frames", type=_positive_int, default=8, help="vlm: frames sampled uniformly per video")
+    j.add_argument("--judge-batch", type=_positive_int, default=8, help="vlm: questions per forward pass")
+    j.add_argument("--judge-device", help="vlm: torch device (default --device)")
+    j.add_argument("--judge-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    j.add_argument("--clip", help="open_clip folder for consistency features (default: the shipped model's clip/)")
+    j.add_argument("--no-consistency", action="store_true", help="skip I2V subject/background consistency")
+    j.add_argument("--compare", nargs=2, metavar=("A", "B"), help="paired comparison of two bench outputs (B - A)")
+    j.add_argument("--judge-validity", action="store_true", help="score --judge against the shapes oracle on "
+                   "ground-truth and shuffled shapes videos (--scenes of them, default 30)")  # fmt: skip
+    j.add_argument("--scenes", type=_positive_int, help="--judge-validity: number of shapes scenes (default 30)")
+    g = p.add_argument_group("interventions (e.g. Focal Guidance from fg_intervene)")
+    g.add_argument("--intervene", help="intervention to apply while generating, e.g. focal-guidance")
+    g.add_argument("--ranking", help="ranking JSON from `layerscope rank` (its weak_layers are guided)")
+    g.add_argument("--intervene-config", help="TOML file with the intervention's settings")
+    g.add_argument("--fg-clip", help="open_clip folder for FG's keyword selection (default: <model>/clip)")
+    g.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
+    _add_fg_set(g)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _bench_judges() -> dict:
+    """The judge registry: the core's vlm judge plus the shapes world's scorer (the CLI may import the testbed)."""
+    from layerscope.bench.judges import vlm_factory
+    from layerscope.testbed.shapes.bench import shapes_factory
+
+    return {"shapes": shapes_factory, "vlm": vlm_factory}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from layerscope.bench.run import run_compare
+
+    if args.compare:
+        if args.prompts or args.judge or args.judge_validity:
+            raise UsageError("--compare A B takes two bench outputs only; drop PROMPTS/--judge/--judge-validity")
+        return run_compare(args.compare[0], args.compare[1], args.out)
+    if not args.judge:
+        raise UsageError("name a judge: --judge shapes (shapes-world prompts) or --judge vlm:/path/to/model")
+    if not args.out:
+        raise UsageError("bench needs --out DIR (videos, scores, results.json, report.html go there)")
+    judge_options = {
+        "frames": args.judge_frames,
+        "batch_size": args.judge_batch,
+        "device": args.judge_device or args.device,
+        "dtype": args.judge_dtype,
+        "fps": args.fps,
+    }
+    if args.judge_validity:
+        return _bench_judge_validity(args, judge_options)
+    if not args.prompts:
+        raise UsageError("bench needs PROMPTS (a JSONL file; `layerscope testbed export-bench --out DIR` writes one)")
+    from layerscope import testbed
+    from layerscope.bench.generation import GenerationSettings
+    from layerscope.bench.run import BenchOptions, run_bench
+    from layerscope.loading import load_pipeline, resolve_model_dir
+
+    small = _testbed_sized(args.model)
+    steps, frames, height, width = (12, 9, 256, 256) if small else (50, 81, 480, 832)
+    settings = GenerationSettings(
+        model=args.model if args.model in ("default", "random") else str(Path(args.model).expanduser().resolve()),
+        steps=args.steps or steps,
+        frames=args.frames or frames,
+        height=args.height or height,
+        width=args.width or width,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        dtype=args.dtype,
+        fps=args.fps,
+        record=args.record,
+    )
+    clip = None
+    if not args.no_consistency:
+        clip = args.clip or str((testbed.shipped_model_dir() or testbed.ensure_default_model()) / "clip")
+    elif args.clip:
+        raise UsageError("--clip and --no-consistency contradict each other; drop one")
+    options = BenchOptions(
+        prompts=args.prompts, out_dir=args.out, settings=settings, judge=args.judge, seeds=args.seeds,
+        resume=args.resume, clip=clip, device=args.device, judge_options=judge_options, progress=not args.quiet,
+    )  # fmt: skip
+    fg_args = argparse.Namespace(**{**vars(args), "clip": args.fg_clip})
+    _load_intervention(fg_args)  # refuses FG options without --intervene before anything is created
+    state: dict = {}
+
+    def model_dir() -> Path:
+        if "dir" not in state:
+            state["dir"] = resolve_model_dir(testbed.resolve_model(args.model))
+        return state["dir"]
+
+    return run_bench(
+        options,
+        factories=_bench_judges(),
+        prepare=model_dir,
+        load_pipe=lambda: load_pipeline(model_dir(), dtype=args.dtype, device=args.device,
+                                        cpu_offload=args.cpu_offload or False)[0],  # fmt: skip
+        model_info=lambda: _model_attrs(args, model_dir()),
+        intervention=lambda: _load_intervention(fg_args) if args.intervene else None,
+    )
+
+
+def _bench_judge_validity(args: argparse.Namespace, judge_options: dict) -> int:
+    import json
+
+    from layerscope.bench.judges import make_judge
+    from layerscope.outputs import check_output_path
+    from layerscope.testbed.shapes.bench import judge_validity
+
+    if args.prompts:
+        raise UsageError("--judge-validity makes its own shapes-world videos; drop PROMPTS")
+    out = check_output_path(args.out, "--out", directory=True)
+    judge = make_judge(args.judge, _bench_judges(), prompts=[], **judge_options)
+    result = judge_validity(judge, out, count=args.scenes or 30, log=lambda _: None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _testbed_export_bench(args: argparse.Namespace) -> int:
+    """``testbed export-bench --out DIR``: the eval scenes as a `layerscope bench` prompt file."""
+    from layerscope.testbed.shapes.bench import export_bench
+
+    if not args.out:
+        raise UsageError("testbed export-bench needs --out DIR (it writes DIR/prompts.jsonl and DIR/images/)")
+    count = args.scenes or 30
+    print(f"wrote {export_bench(args.out, count, seed=args.seed)} ({count} prompts with questions and scenes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from layerscope import __version__
 
@@ -711,6 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rank(sub)
     _add_report(sub)
     _add_eval(sub)
+    _add_bench(sub)
     _add_testbed(sub)
     return parser
 

@@ -97,18 +97,40 @@ def map_keywords(prompt: str, keywords: Sequence[str], tokenizer: Any) -> list[K
             prompt's words.
     """
     text = clean_prompt(prompt)
+    check_keywords_in_prompt(prompt, keywords)
+    return _match_tokens(text, 0, text, keywords, tokenizer)
+
+
+def map_keywords_in_template(
+    prompt: str, keywords: Sequence[str], tokenizer: Any, template: str
+) -> list[KeywordTokens]:
+    """Token indices of each keyword in ``template.format(prompt)`` (HunyuanVideo's LLaVA prompt).
+
+    The prompt is not cleaned (diffusers' HunyuanVideo pipelines format it as given); the
+    character spans returned are those inside the prompt, the indices those of the whole
+    templated token sequence, so the caller can shift them by the template's crop.
+    """
+    if template.count("{}") != 1:
+        raise KeywordError("the prompt template must contain exactly one '{}' where the prompt goes")
+    start = template.index("{}")
+    check_keywords_in_prompt(prompt, keywords)
+    return _match_tokens(template.format(prompt), start, prompt, keywords, tokenizer)
+
+
+def _match_tokens(text: str, offset: int, prompt: str, keywords: Sequence[str], tokenizer: Any) -> list[KeywordTokens]:
+    """Tokens of ``text`` overlapping each keyword's occurrences in ``prompt`` (at ``offset`` in ``text``)."""
     encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     offsets = encoding["offset_mapping"]
     pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
-    check_keywords_in_prompt(prompt, keywords)
     result = []
     for keyword in keywords:
-        spans = _keyword_char_spans(text, keyword)
+        spans = _keyword_char_spans(prompt, keyword)
+        shifted = [(a + offset, b + offset) for a, b in spans]
         indices = []
         for index, ((start, end), piece) in enumerate(zip(offsets, pieces)):
             if end <= start or piece.replace(_METASPACE, "") == "":
                 continue
-            if any(start < span_end and end > span_start for span_start, span_end in spans):
+            if any(start < span_end and end > span_start for span_start, span_end in shifted):
                 indices.append(index)
         if not indices:
             raise KeywordError(f"keyword {keyword!r} matched no tokens of the prompt (is it truncated away?)")

@@ -110,7 +110,7 @@ def step_timestep(timestep: Any) -> float | None:
     return float(timestep.detach().float().max())
 
 
-def _make_branch_tracker(state: StepState, expert: int = 0):
+def _make_branch_tracker(state: StepState, expert: int = 0, by_call_order: bool = False):
     from diffusers.hooks import ModelHook
     from diffusers.hooks.hooks import StateManager
 
@@ -124,13 +124,19 @@ def _make_branch_tracker(state: StepState, expert: int = 0):
             self.state_manager = StateManager(_BranchState)
 
         def pre_forward(self, module, *args, **kwargs):
-            context = self.state_manager._context
-            branch = context.name if context is not None else "cond"
-            if branch not in ("cond", "uncond"):
-                branch = "cond"
+            timestep = step_timestep(kwargs.get("timestep", args[1] if len(args) > 1 else None))
+            if by_call_order:
+                # true CFG without cache_context: the second call at the same timestep is uncond
+                repeat = state.calls["cond"] > 0 and state.branch == "cond" and timestep == state.timestep
+                branch = "uncond" if repeat else "cond"
+            else:
+                context = self.state_manager._context
+                branch = context.name if context is not None else "cond"
+                if branch not in ("cond", "uncond"):
+                    branch = "cond"
             if branch == "cond":
                 state.step += 1
-                state.timestep = step_timestep(kwargs.get("timestep", args[1] if len(args) > 1 else None))
+                state.timestep = timestep
                 state.expert = expert
                 if state.on_step is not None:
                     state.on_step(state.step, state.timestep, expert)
@@ -156,7 +162,8 @@ def attach_step_tracker(adapter: ModelAdapter, state: StepState, name: str = _BR
     registries = []
     for expert, denoiser in enumerate(adapter.denoisers()):
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-        registry.register_hook(_make_branch_tracker(state, expert), name)
+        tracker = _make_branch_tracker(state, expert, getattr(adapter, "branch_source", "") == "call_order")
+        registry.register_hook(tracker, name)
         registries.append(registry)
 
     def remove() -> None:
@@ -194,13 +201,20 @@ def attention_mass_maps(
     keyword_tokens: Sequence[Sequence[int]],
     heads: int,
     grid: tuple[int, int, int],
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax mass of each visual query (N, D) on each keyword's text keys (M, D), heads averaged."""
+    """Softmax mass of each visual query (N, D) on each keyword's text keys (M, D), heads averaged.
+
+    ``key_mask`` (M,) bool leaves padding keys out of the softmax, as the model's own mask does.
+    """
     n, dim = queries.shape
     head_dim = dim // heads
     q = queries.float().reshape(n, heads, head_dim).transpose(0, 1)  # H, N, d
     k = keys.float().reshape(keys.shape[0], heads, head_dim).transpose(0, 1)  # H, M, d
-    probs = torch.softmax(q @ k.transpose(1, 2) / head_dim**0.5, dim=-1)  # H, N, M
+    logits = q @ k.transpose(1, 2) / head_dim**0.5
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask.to(logits.device), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # H, N, M
     maps = [probs[:, :, list(tokens)].sum(-1).mean(0) for tokens in keyword_tokens]
     return torch.stack(maps).reshape(len(keyword_tokens), *grid)
 
@@ -247,17 +261,33 @@ class _SiteProbe:
     def _on_attention_input(self, module, args, kwargs):
         if self._active():
             self._scratch["visual"] = self.site.visual_input(args, kwargs)[0]
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+                self._scratch["mask"] = mask.reshape(mask.shape[0], -1)[0]  # over [visual; text] keys
         return None
+
+    def _text_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The text rows of a (S, ...) tensor: after the visual rows in single-stream blocks."""
+        if self.site.text_follows_visual:
+            rows = rows[self._scratch["visual"].shape[0] :]
+        return rows[self.site.text_value_tokens]
 
     def _on_text_value(self, module, args, output):
         if "visual" in self._scratch:
-            values = output[0, self.site.text_value_tokens]
+            values = self._text_rows(output[0])
             flat, avg = self._index(values.device, values.dtype)
             self._scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
 
     def _on_attention_output(self, module, args):
         if "visual" in self._scratch:
-            self._scratch["attention_output"] = args[0][0]
+            visual = self._scratch["visual"]
+            reader = self.site.attention_output_reader
+            data = args[0][0]
+            self._scratch["attention_output"] = (
+                data if reader is None else reader(data, visual.shape[0], visual.shape[-1])
+            )
+            if self._scratch.pop("deferred", False):  # the output module runs after attention returned
+                self._finish()
 
     def _keep(self, name: str):
         def hook(module, args, output):
@@ -267,6 +297,15 @@ class _SiteProbe:
         return hook
 
     def _on_attention_done(self, module, args, output):
+        if self.config.kind == "output" and "visual" in self._scratch and "attention_output" not in self._scratch:
+            # HunyuanVideo's single blocks: proj_out (the output site) runs after attention returns
+            self._scratch["deferred"] = True
+            return None
+        self._finish()
+        return None
+
+    def _finish(self) -> None:
+        """Compute this call's maps from the scratch tensors and hand them to the sink."""
         scratch, self._scratch = self._scratch, {}
         if "visual" not in scratch:
             return None
@@ -278,9 +317,18 @@ class _SiteProbe:
             elif self.config.kind == "output":
                 maps = cosine_maps(scratch["attention_output"], scratch["keyword_values"], grid)
             else:
-                key_tokens = scratch["key"][self.site.text_value_tokens]
+                n_visual = scratch["visual"].shape[0]
+                query = scratch["query"].reshape(scratch["query"].shape[0], -1)  # (S, H, d) -> (S, D)
+                key = scratch["key"].reshape(scratch["key"].shape[0], -1)
+                if self.site.text_follows_visual:
+                    query, key = query[:n_visual], key[n_visual:]
+                key_tokens = key[self.site.text_value_tokens]
+                mask = scratch.get("mask")
+                key_mask = None
+                if mask is not None and mask.shape[0] == n_visual + key.shape[0]:
+                    key_mask = mask[n_visual:][self.site.text_value_tokens]
                 maps = attention_mass_maps(
-                    scratch["query"], key_tokens, self.config.keyword_tokens, self.site.heads, grid
+                    query, key_tokens, self.config.keyword_tokens, self.site.heads, grid, key_mask=key_mask
                 )
         self.calls += 1
         self.seconds += time.perf_counter() - started

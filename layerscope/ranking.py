@@ -258,6 +258,28 @@ class RunSummary:
     maps_per_step: int
     nan_maps: np.ndarray  # (steps, layers): constant maps (NaN Moran's I) per step and layer
     attrs: dict[str, Any]
+    #: per layer ``double``/``single`` (MMDiT stores' ``stream`` coordinate), empty otherwise
+    streams: list[str] = field(default_factory=list)
+
+    def only_stream(self, stream: str) -> RunSummary:
+        """This run restricted to one block kind's layers (``rank --stream single``)."""
+        keep = [i for i, s in enumerate(self.streams) if s == stream]
+        if not keep:
+            kinds = ", ".join(sorted(set(self.streams))) or "none (one-stream model)"
+            raise RankingError(f"--stream {stream}: run {self.name or '?'} has no such layers (streams: {kinds})")
+        return RunSummary(
+            name=self.name,
+            layers=[self.layers[i] for i in keep],
+            blocks=[self.blocks[i] for i in keep],
+            steps=self.steps,
+            step_expert=self.step_expert,
+            experts=self.experts,
+            values={key: value[:, keep] for key, value in self.values.items()},
+            maps_per_step=self.maps_per_step,
+            nan_maps=self.nan_maps[:, keep],
+            attrs=self.attrs,
+            streams=[self.streams[i] for i in keep],
+        )
 
     def step_mask(self, expert: int | None) -> np.ndarray:
         """Which of this run's steps belong to ``expert`` (all steps for ``None``)."""
@@ -306,6 +328,7 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
         maps_per_step=int(maps_per_step),
         nan_maps=np.asarray(nan_maps),
         attrs=attrs,
+        streams=[str(v) for v in ds["stream"].values] if "stream" in ds.coords else [],
     )
 
 
@@ -615,12 +638,14 @@ def rank_stores(
     steps: slice | None = None,
     scheduler: str | None = None,
     progress: bool = False,
+    stream: str | None = None,
     **kwargs: Any,
 ) -> Ranking:
     """Compute (or reuse) metrics in each store, then rank (what ``layerscope rank`` runs).
 
     Options that need no data are checked first, so a typo costs one line, not the
-    metrics of every store.
+    metrics of every store.  ``stream`` (``double``/``single``, MMDiT models) ranks one
+    block kind's layers only: the band test then looks for a dip inside that stream.
     """
     check_rank_options(paths, **{k: kwargs.get(k) for k in ("metric", "method", "k", "threshold", "alpha", "expert")})
     summaries = summarize_stores(
@@ -635,4 +660,9 @@ def rank_stores(
     models = {s.attrs.get("model_id") for s in summaries}
     if len(models) > 1:
         raise RankingError(f"runs come from different models ({', '.join(map(str, models))}); rank one model at a time")
-    return rank_summaries(summaries, steps=steps, **kwargs)
+    if stream is not None:
+        summaries = [summary.only_stream(stream) for summary in summaries]
+    ranking = rank_summaries(summaries, steps=steps, **kwargs)
+    if stream is not None:
+        ranking.params["stream"] = stream
+    return ranking

@@ -27,7 +27,7 @@ import numpy as np
 from layerscope.adapters.base import ModelAdapter
 from layerscope.adapters.registry import resolve_adapter
 from layerscope.errors import LayerScopeError
-from layerscope.keywords import KeywordTokens, clean_prompt, map_keywords
+from layerscope.keywords import KeywordTokens, clean_prompt
 from layerscope.store import STATUS_COMPLETE, STATUS_INTERRUPTED, StoreLayout, StoreWriter
 
 _INJECTED_TRACKER = "layerscope_injected_view_tracker"
@@ -55,6 +55,9 @@ class RecordConfig:
     seed: int = 0
     guidance_scale: float = 5.0
     negative_prompt: str | None = None
+    #: HunyuanVideo-I2V's true classifier-free guidance (two calls per step when > 1);
+    #: ``guidance_scale`` is then its embedded guidance.  Wan ignores it.
+    true_cfg_scale: float = 1.0
     probe: str = "hidden"
     layers: str | list[int] | None = None
     record_steps: str | list[int] | None = None
@@ -86,6 +89,13 @@ class RecordConfig:
             or not (math.isfinite(self.guidance_scale))
         ):
             raise RecordError(f"--guidance must be a finite number (got {self.guidance_scale!r})")
+        if (
+            isinstance(self.true_cfg_scale, bool)
+            or not isinstance(self.true_cfg_scale, (int, float))
+            or not math.isfinite(self.true_cfg_scale)
+            or self.true_cfg_scale < 0
+        ):
+            raise RecordError(f"--true-cfg must be a finite number >= 0 (got {self.true_cfg_scale!r})")
         if self.probe not in PROBE_KINDS:
             raise RecordError(f"unknown probe kind {self.probe!r}; choose one of {', '.join(PROBE_KINDS)}")
         if self.branch not in BRANCHES:
@@ -94,8 +104,12 @@ class RecordConfig:
             raise RecordError(f"store dtype {self.dtype!r} is not supported; choose float16 or float32")
 
     def check_guidance(self) -> None:
-        """The uncond branch exists only with classifier-free guidance (diffusers: guidance_scale > 1)."""
-        if self.branch in ("uncond", "both") and not self.guidance_scale > 1.0:
+        """The uncond branch exists only with classifier-free guidance (diffusers: a scale > 1).
+
+        Model-independent, so it runs before any model loads; :func:`trace` asks the
+        adapter again (HunyuanVideo's uncond branch needs ``--true-cfg``, not ``--guidance``).
+        """
+        if self.branch in ("uncond", "both") and not (self.guidance_scale > 1.0 or self.true_cfg_scale > 1.0):
             raise RecordError(
                 f"--branch {self.branch} needs classifier-free guidance, but --guidance {self.guidance_scale:g} "
                 "runs only the cond branch; use --guidance > 1 or --branch cond"
@@ -264,15 +278,17 @@ def trace(
 
     adapter = resolve_adapter(pipe)
     grid = validate_geometry(adapter, config.height, config.width, config.num_frames)
-    tokenizer = pipe.tokenizer
-    keyword_tokens = map_keywords(config.prompt, config.keywords, tokenizer)
-    limit = adapter.text_sequence_length()
-    for item in keyword_tokens:
-        if max(item.token_indices) >= limit:
-            raise RecordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
+    if config.branch in ("uncond", "both") and not adapter.runs_uncond(config):
+        hint = "--true-cfg > 1" if adapter.branch_source == "call_order" else "--guidance > 1"
+        raise RecordError(
+            f"--branch {config.branch} needs classifier-free guidance, which this {adapter.name} pipeline runs "
+            f"only with {hint}; pass it or use --branch cond"
+        )
+    keyword_tokens = adapter.map_keywords(config.prompt, config.keywords)
     layer_list = _as_indices(config.layers, adapter.num_layers(), "layer")
     step_list = _as_indices(config.record_steps, config.num_inference_steps, "step")
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
+    labels = adapter.layer_labels()
     touched = sorted(set(intervention.touched_layers()) & set(recorded_layers)) if intervention is not None else []
     if touched and config.probe != "hidden":
         raise RecordError(
@@ -291,10 +307,11 @@ def trace(
     layout = StoreLayout(
         steps=recorded_steps,
         layers=recorded_layers,
-        blocks=[f"blocks.{i}" for i in recorded_layers],
+        blocks=[labels[i][0] for i in recorded_layers],
+        streams=[labels[i][1] for i in recorded_layers] if any(stream for _, stream in labels) else None,
         keywords=[k.keyword for k in keyword_tokens],
         grid=grid,
-        video_shape=(config.num_frames, config.height, config.width),
+        video_shape=(adapter.video_frames(config.num_frames), config.height, config.width),
         dtype=config.dtype,
         branches=probe_config.branches,
         views=("intrinsic", "injected") if touched else ("intrinsic",),
@@ -435,6 +452,7 @@ def record(
 
     config = _config(config, options)
     config.check_guidance()
+    call_kwargs = resolve_adapter(pipe).call_kwargs(config)
     if not isinstance(image, Image.Image):
         image = Image.fromarray(to_uint8(np.asarray(image)))
     image = image.convert("RGB").resize((config.width, config.height), Image.Resampling.BICUBIC)
@@ -447,14 +465,13 @@ def record(
         output = pipe(
             image=image,
             prompt=config.prompt,
-            negative_prompt=config.negative_prompt,
             height=config.height,
             width=config.width,
             num_frames=config.num_frames,
             num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
             generator=generator,
             output_type="np",
+            **call_kwargs,
         )
         rec.save_outputs(video=output.frames[0])
         probe_seconds = sum(p.seconds for p in rec.handle.probes)

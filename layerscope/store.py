@@ -134,6 +134,8 @@ class StoreLayout:
     views: Sequence[str] = ("intrinsic",)
     #: the denoisers that may run a step (Wan2.2 A14B: ``transformer``, ``transformer_2``)
     experts: Sequence[str] = ("transformer",)
+    #: per layer ``double``/``single`` for MMDiT models (a ``stream`` coordinate); None otherwise
+    streams: Sequence[str] | None = None
 
     def variable_name(self, branch: str, view: str = "intrinsic") -> str:
         """``similarity`` for the first branch, ``similarity_<branch>`` for others; ``_injected`` for that view."""
@@ -179,6 +181,7 @@ def _skeleton(layout: StoreLayout):
         "expert": ("step", np.full(len(layout.steps), -1, dtype=np.int64)),
         "layer": np.asarray(layout.layers, dtype=np.int64),
         "block": ("layer", np.asarray(list(layout.blocks), dtype=strings)),
+        **({"stream": ("layer", np.asarray(list(layout.streams), dtype=strings))} if layout.streams else {}),
         "keyword": np.asarray(list(layout.keywords), dtype=strings),
         "frame": np.arange(frames),
         "y": np.arange(height),

@@ -42,6 +42,17 @@ class ProbeSite:
         attention_output: module whose *input* is the attention output before the
             output projection (for the ``output`` probe).
         heads: number of attention heads.
+        block: the block's module path (``blocks.11``, ``single_transformer_blocks.17``),
+            stored as the ``block`` coordinate.
+        stream: ``double``/``single`` for MMDiT blocks (stored as a ``stream`` coordinate),
+            empty for cross-attention DiTs.
+        text_follows_visual: the outputs of ``text_value``, ``query_norm`` and ``key_norm``
+            cover ``[visual; text]`` rows (MMDiT single-stream blocks): text rows start after
+            the visual ones, queries are the first rows.  The visual count is read from the
+            call, so dynamic text lengths need no configuration.
+        attention_output_reader: ``(input of attention_output, n_visual, width) -> (N, D)``
+            when that input holds more than the visual attention output (HunyuanVideo's
+            single blocks feed ``[attention; MLP]`` through ``proj_out``).
     """
 
     name: str
@@ -54,6 +65,10 @@ class ProbeSite:
     key_norm: torch.nn.Module
     attention_output: torch.nn.Module
     heads: int
+    block: str = ""
+    stream: str = ""
+    text_follows_visual: bool = False
+    attention_output_reader: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
 
 
 class ModelAdapter(ABC):
@@ -63,6 +78,10 @@ class ModelAdapter(ABC):
     name: str = ""
     #: Pipeline class names this adapter accepts.
     pipeline_classes: tuple[str, ...] = ()
+    #: How the step tracker tells the branches apart: ``cache_context`` (diffusers names the
+    #: branch, Wan) or ``call_order`` (true CFG calls cond first, then uncond at the same
+    #: timestep, HunyuanVideo).
+    branch_source: str = "cache_context"
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -106,6 +125,40 @@ class ModelAdapter(ABC):
     def expert_names(self) -> list[str]:
         """Names of :meth:`denoisers`, in order (``transformer``, ``transformer_2``)."""
         return ["transformer"] + [f"transformer_{i + 1}" for i in range(1, len(self.denoisers()))]
+
+    def layer_labels(self) -> list[tuple[str, str]]:
+        """(block path, stream) per layer, in layer order; stream is empty for one-stream models."""
+        labels = []
+        for site in self.probe_sites(self.denoisers()[0]):
+            labels.append((site.block or site.name.rsplit(".", 1)[0], site.stream))
+        return labels
+
+    def map_keywords(self, prompt: str, keywords: list[str]) -> list[Any]:
+        """Each keyword's rows in the text sequence the denoiser sees (:class:`KeywordTokens`).
+
+        The default tokenizes the prompt alone (Wan: T5 rows are token indices) and refuses a
+        keyword beyond :meth:`text_sequence_length`.
+        """
+        from layerscope.keywords import KeywordError, map_keywords
+
+        mapped = map_keywords(prompt, keywords, self.pipe.tokenizer)
+        limit = self.text_sequence_length()
+        for item in mapped:
+            if max(item.token_indices) >= limit:
+                raise KeywordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
+        return mapped
+
+    def call_kwargs(self, config: Any) -> dict[str, Any]:
+        """Pipeline keyword arguments that carry a :class:`RecordConfig`'s guidance settings."""
+        return {"guidance_scale": config.guidance_scale, "negative_prompt": config.negative_prompt}
+
+    def runs_uncond(self, config: Any) -> bool:
+        """Does the pipeline run an unconditional branch with these settings (diffusers: CFG > 1)?"""
+        return config.guidance_scale > 1.0
+
+    def video_frames(self, num_frames: int) -> int:
+        """Frames the pipeline returns for ``num_frames`` requested."""
+        return num_frames
 
     def hook_points(self) -> list[str]:
         """Names of every place a probe or intervention can attach, e.g. ``blocks.3.attn2``."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from layerscope.adapters.base import AdapterError, ModelAdapter
+from layerscope.adapters.hunyuan_video import HunyuanVideoAdapter
 from layerscope.adapters.wan import WanAdapter
 
 #: Every adapter, in the order a pipeline is matched against them.
-ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter, HunyuanVideoAdapter)
 
 
 def supported_pipeline_classes() -> list[str]:

@@ -44,6 +44,7 @@ class WanAdapter(ModelAdapter):
                 ProbeSite(
                     name=f"blocks.{index}.attn2",
                     layer=index,
+                    block=f"blocks.{index}",
                     attention=attn,
                     visual_input=_attn2_hidden_states,
                     text_value=attn.to_v,
