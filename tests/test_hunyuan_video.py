@@ -1,0 +1,368 @@
+"""HunyuanVideo-I2V (MMDiT) on the tiny offline pipeline: keyword rows, maps, branches, FG.
+
+Every expectation is computed here independently of the adapter: keyword rows from a
+hand-expanded LLaVA call, maps from tensors captured by the test's own hooks, Eq. 9's
+residual by re-running the block on ``z + d`` with FG removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+PROMPT = "the red circle moves to the left"
+SIZE = dict(height=64, width=64, num_frames=9, num_inference_steps=2)
+
+
+@pytest.fixture(scope="module", params=["token_replace", "latent_concat"])
+def hunyuan(request, tmp_path_factory):
+    from layerscope.loading import load_pipeline
+    from layerscope.testbed.hunyuan_video import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("hunyuan") / request.param, request.param)
+    pipe, _ = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return folder, pipe
+
+
+def _image():
+    rng = np.random.default_rng(0)
+    return (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+
+
+def test_hunyuan_keyword_rows_match_the_text_encoder(hunyuan):
+    """Row n_img + (i - crop_start) of the pipeline's prompt embeds is LLaVA's state of token i."""
+    from PIL import Image
+
+    from layerscope.adapters.registry import resolve_adapter
+
+    _, pipe = hunyuan
+    adapter = resolve_adapter(pipe)
+    template = adapter.prompt_template()
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(template["template"].format(PROMPT))["input_ids"]
+    assert ids[template["image_emb_start"]] == pipe.text_encoder.config.image_token_index
+    assert tokenizer.convert_ids_to_tokens(ids[template["crop_start"]]).replace("Ġ", "") == "the"
+    mapped = adapter.map_keywords(PROMPT, ["red", "circle"])
+    image = Image.fromarray(_image())
+    interleave = adapter.image_embed_interleave()
+    with torch.no_grad():
+        embeds, _, _ = pipe.encode_prompt(
+            image=image,
+            prompt=PROMPT,
+            prompt_template=template,
+            image_embed_interleave=interleave,
+            device="cpu",
+            max_sequence_length=256,
+        )
+        # the same call expanded by hand: <image> -> image_emb_len copies
+        n = template["image_emb_len"]
+        at = template["image_emb_start"]
+        expanded = ids[:at] + [ids[at]] * n + ids[at + 1 :]
+        pixels = pipe.image_processor(image, return_tensors="pt").pixel_values
+        hidden = pipe.text_encoder(
+            input_ids=torch.tensor([expanded]), pixel_values=pixels, output_hidden_states=True
+        ).hidden_states[-3][0]
+    for item, word in zip(mapped, ["red", "circle"]):
+        (row,) = item.token_indices
+        token = next(i for i, t in enumerate(tokenizer.convert_ids_to_tokens(ids)) if t.replace("Ġ", "") == word)
+        assert row == adapter.image_rows() + token - template["crop_start"]
+        torch.testing.assert_close(embeds[0, row], hidden[token + n - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_hunyuan_template_mismatch_is_one_line(hunyuan):
+    from layerscope.adapters.hunyuan_video import HunyuanVideoAdapter
+    from layerscope.errors import LayerScopeError
+
+    _, pipe = hunyuan
+    config = pipe.text_encoder.config
+    saved = config.image_token_index
+    config.image_token_index = saved + 1
+    try:
+        with pytest.raises(LayerScopeError, match="image_token_index"):
+            HunyuanVideoAdapter(pipe).prompt_template()
+    finally:
+        config.image_token_index = saved
+
+
+def _capture(pipe, layers_blocks):
+    """Record (visual input, text values) of the given attention modules per call, by our own hooks."""
+    seen: dict[str, list] = {name: [] for name, _ in layers_blocks}
+    handles = []
+    for name, block in layers_blocks:
+        attn = block.attn
+        value_module = attn.add_v_proj if name.startswith("transformer_blocks") else attn.to_v
+        current: dict = {}
+
+        def pre(module, args, kwargs, current=current):
+            current["z"] = kwargs["hidden_states"][0].detach().clone()
+
+        def values(module, args, output, current=current, name=name):
+            rows = output[0].detach().clone()
+            if not name.startswith("transformer_blocks"):
+                rows = rows[current["z"].shape[0] :]
+            seen[name].append((current["z"], rows))
+
+        handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(value_module.register_forward_hook(values))
+    return seen, handles
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 3.0])
+def test_hunyuan_maps_match_an_independent_computation(hunyuan, tmp_path, true_cfg):
+    """cos(V_k, z) for a double and a single block, both branches under true CFG (cond first)."""
+    import layerscope
+    from layerscope.adapters.registry import resolve_adapter
+    from layerscope.recording import record
+
+    _, pipe = hunyuan
+    adapter = resolve_adapter(pipe)
+    transformer = pipe.transformer
+    pairs = [
+        ("transformer_blocks.1", transformer.transformer_blocks[1]),
+        ("single_transformer_blocks.2", transformer.single_transformer_blocks[2]),
+    ]
+    seen, handles = _capture(pipe, pairs)
+    branch = "both" if true_cfg > 1 else "cond"
+    try:
+        record(
+            pipe,
+            tmp_path / "run.zarr",
+            image=_image(),
+            prompt=PROMPT,
+            keywords=["red", "circle"],
+            dtype="float32",
+            progress=False,
+            true_cfg_scale=true_cfg,
+            branch=branch,
+            **SIZE,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    ds = layerscope.open_run(tmp_path / "run.zarr")
+    assert ds.attrs["status"] == "complete"
+    assert list(ds["stream"].values[:2]) == ["double", "double"]
+    rows = [k["token_indices"] for k in ds.attrs["keywords"]]
+    grid = tuple(ds.attrs["grid"])
+    calls_per_step = 2 if true_cfg > 1 else 1
+    for name, _ in pairs:
+        layer = [str(b) for b in ds["block"].values].index(name)
+        assert len(seen[name]) == SIZE["num_inference_steps"] * calls_per_step
+        for step in range(SIZE["num_inference_steps"]):
+            for offset, variable in enumerate(["similarity", "similarity_uncond"][:calls_per_step]):
+                z, values = seen[name][step * calls_per_step + offset]
+                keys = torch.stack([values[r].float().mean(0) for r in rows])
+                expected = (F.normalize(keys, dim=-1) @ F.normalize(z.float(), dim=-1).T).reshape(-1, *grid)
+                got = torch.from_numpy(ds[variable].isel(step=step, layer=layer).values)
+                torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert adapter.video_frames(9) == ds.sizes["frame_px"]
+
+
+def _fg(folder, **settings):
+    from fg_intervene.plugin import create
+
+    return create(settings={"weak_layers": [3], "keywords": ["red"], **settings}, clip=folder / "clip")
+
+
+def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
+    """Eq. 9 on z_ref: the weak block computes (z + d) + update(z + d), d only on frame-0 rows in R_k."""
+    from PIL import Image
+
+    from fg_intervene import fsg
+    from fg_intervene.hunyuan_video import block_visual_values
+    from layerscope.adapters.registry import resolve_adapter
+    from layerscope.interventions import RunInputs
+
+    folder, pipe = hunyuan
+    adapter = resolve_adapter(pipe)
+    grid = adapter.token_grid(9, 64, 64)
+    intervention = _fg(folder, lambda_txt=0.0, lambda_cache=0.0, lambda_lat=2.0, attention_cache=False)
+    image = Image.fromarray(_image())
+    inputs = RunInputs(
+        pipe=pipe,
+        adapter=adapter,
+        prompt=PROMPT,
+        image=image,
+        height=64,
+        width=64,
+        num_frames=9,
+        grid=grid,
+        model_dir=folder,
+    )
+    block = pipe.transformer.single_transformer_blocks[1]  # layer 3 with 2 double blocks
+    captured = {}
+
+    def keep(module, args, kwargs):
+        captured["args"] = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+    def keep_out(module, args, output):
+        captured["out"] = output[0].clone()
+
+    hooks = [block.register_forward_pre_hook(keep, with_kwargs=True)]
+    handle = intervention.apply(inputs)
+    hooks.append(block.register_forward_hook(keep_out))
+    kwargs = dict(
+        image=image,
+        prompt=PROMPT,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **adapter.call_kwargs(type("C", (), {"guidance_scale": 6.0, "negative_prompt": None})()),
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=1,
+    )
+    try:
+        with torch.no_grad():
+            pipe(**kwargs)
+    finally:
+        handle.remove()
+        for hook in hooks:
+            hook.remove()
+    args = captured["args"]
+    guidance = intervention.guidance
+    with torch.no_grad():
+        values = block_visual_values(block, args, guidance.image_row_weights, adapter.image_rows())
+        delta = fsg.inject_reference_frame(torch.zeros_like(args[0]), guidance.region, values, 2.0)
+        moved = delta.abs().sum(-1)[0] > 0
+        first = grid[1] * grid[2]
+        assert moved[:first].any() and not moved[first:].any()
+        inside = (guidance.region.sum(0) > 0).reshape(-1)
+        assert torch.equal(moved[:first], inside)
+        expected = block(args[0] + delta, *args[1:])[0]  # FG removed: plain block on z + d
+    torch.testing.assert_close(captured["out"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hunyuan_fg_with_zero_strengths_equals_baseline(hunyuan, tmp_path):
+    from layerscope.recording import record
+
+    folder, pipe = hunyuan
+    common = dict(image=_image(), prompt=PROMPT, keywords=["red", "circle"], dtype="float32", progress=False, **SIZE)
+    base = record(pipe, tmp_path / "base.zarr", **common)
+    zero = _fg(folder, lambda_txt=0.0, lambda_lat=0.0, lambda_cache=0.0)
+    guided = record(pipe, tmp_path / "zero.zarr", intervention=zero, **common)
+    assert np.array_equal(base.video, guided.video)
+    strong = record(pipe, tmp_path / "fg.zarr", intervention=_fg(folder, lambda_lat=5.0, lambda_txt=5.0), **common)
+    import layerscope
+
+    a, b = layerscope.open_run(tmp_path / "base.zarr"), layerscope.open_run(tmp_path / "fg.zarr")
+    # intrinsic maps of layers before the weak block are untouched at step 0 (no self-credit)
+    np.testing.assert_array_equal(
+        a.similarity.isel(step=0, layer=slice(0, 3)), b.similarity.isel(step=0, layer=slice(0, 3))
+    )
+    assert np.isnan(b.similarity_injected.isel(layer=0)).all()
+    assert not np.array_equal(base.video, strong.video)
+
+
+def test_hunyuan_cli_end_to_end(tmp_path, capsys):
+    """build-tiny -> record (embedded guidance) -> rank --stream single -> record --intervene -> report --compare."""
+    import json
+
+    from layerscope.cli import main
+
+    for condition, guidance in (("token_replace", ["--guidance", "6"]), ("latent_concat", ["--true-cfg", "3"])):
+        model = tmp_path / condition
+        assert (
+            main(
+                [
+                    "testbed",
+                    "build-tiny",
+                    "--family",
+                    "hunyuan-video-i2v",
+                    "--condition-type",
+                    condition,
+                    "--out",
+                    str(model),
+                ]
+            )
+            == 0
+        )
+        common = [
+            "--model",
+            str(model),
+            "--prompt",
+            PROMPT,
+            "--keywords",
+            "red,circle",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--frames",
+            "9",
+            "--steps",
+            "2",
+            "--quiet",
+            *guidance,
+        ]
+        assert main(["record", *common, "--out", str(tmp_path / f"{condition}.zarr")]) == 0
+        ranking = tmp_path / f"{condition}.json"
+        assert (
+            main(
+                [
+                    "rank",
+                    str(tmp_path / f"{condition}.zarr"),
+                    "--stream",
+                    "single",
+                    "--permutations",
+                    "99",
+                    "--bootstrap",
+                    "100",
+                    "--out",
+                    str(ranking),
+                ]
+            )
+            == 0
+        )
+        data = json.loads(ranking.read_text())
+        assert [row["block"] for row in data["layers"]] == [f"single_transformer_blocks.{i}" for i in range(4)]
+        assert (
+            main(
+                [
+                    "record",
+                    *common,
+                    "--intervene",
+                    "focal-guidance",
+                    "--fg-set",
+                    "weak_layers=[3,4]",
+                    "--out",
+                    str(tmp_path / f"{condition}-fg.zarr"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "report",
+                    str(tmp_path / f"{condition}-fg.zarr"),
+                    "--compare",
+                    str(tmp_path / f"{condition}.zarr"),
+                    "--out",
+                    str(tmp_path / f"{condition}.html"),
+                ]
+            )
+            == 0
+        )
+        assert "single_transformer_blocks" in (tmp_path / f"{condition}.html").read_text()
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "record",
+                *common,
+                "--intervene",
+                "focal-guidance",
+                "--fg-set",
+                "weak_layers=[1]",
+                "--out",
+                str(tmp_path / "bad.zarr"),
+            ]
+        )
+        == 2
+    )
+    assert "not a single-stream block" in capsys.readouterr().err
+    assert not (tmp_path / "bad.zarr").exists()
