@@ -826,7 +826,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _bench_judges() -> dict:
     """The judge registry: the core's vlm judge plus the shapes world's scorer (the CLI may import the testbed)."""
-    from layerscope.bench.judges import vlm_factory
+    from layerscope.bench.vlm import vlm_factory
     from layerscope.testbed.shapes.bench import shapes_factory
 
     return {"shapes": shapes_factory, "vlm": vlm_factory}

@@ -54,16 +54,6 @@ class Judge(Protocol):
 JudgeFactory = Callable[..., Judge]
 
 
-def vlm_factory(argument: str | None, prompts: Sequence[BenchPrompt] = (), **options: Any) -> Judge:
-    """``vlm:PATH``: a transformers vision-language model from a local directory (loaded on first use)."""
-    if not argument:
-        raise BenchInputError("--judge vlm needs a model directory: --judge vlm:/path/to/Qwen2.5-VL-7B-Instruct")
-    from layerscope.bench.vlm import VLMJudge, check_vlm_dir
-
-    check_vlm_dir(argument)
-    return VLMJudge(argument, **options)
-
-
 def parse_judge_spec(spec: str, names: Sequence[str]) -> tuple[str, str | None]:
     """``"vlm:/models/qwen"`` -> ``("vlm", "/models/qwen")``; unknown names are one error line."""
     name, sep, argument = str(spec).partition(":")

@@ -16,6 +16,7 @@ once per question.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,13 @@ def check_vlm_dir(path: str | os.PathLike) -> Path:
     if not any(directory.glob("*.safetensors")):
         raise BenchInputError(f"--judge vlm:{path}: no *.safetensors weights there (other formats are not loaded)")
     return directory
+
+
+def vlm_factory(argument: str | None, prompts: Sequence[BenchPrompt] = (), **options: Any) -> VLMJudge:
+    """``--judge vlm:PATH``: checks the directory now; the model loads on first use."""
+    if not argument:
+        raise BenchInputError("--judge vlm needs a model directory: --judge vlm:/path/to/Qwen2.5-VL-7B-Instruct")
+    return VLMJudge(argument, **options)
 
 
 def _token_id(tokenizer: Any, words: tuple[str, ...]) -> int:

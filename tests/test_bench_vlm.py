@@ -1,0 +1,196 @@
+"""The `vlm` judge end to end on CPU with a tiny offline Qwen2.5-VL built here.
+
+The model is the real transformers architecture (``Qwen2_5_VLForConditionalGeneration``)
+at toy size -- a 2-layer text model of width 32 with ``mrope_section`` [1, 1, 2], a
+2-block vision tower -- with a WordLevel tokenizer that knows the chat-template tokens,
+saved with ``save_pretrained`` and loaded back from the directory through
+``AutoProcessor`` + ``AutoModelForImageTextToText``, the path a real Qwen2.5-VL-7B takes.
+Its weights are random, so its answers mean nothing; what is checked is the plumbing:
+margins are logit(yes) - logit(no) at the answer position, batching and left padding
+change no margin, verdicts follow the margin's sign, and everything is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layerscope.bench.prompts import BenchPrompt
+from layerscope.bench.video_io import write_mp4
+from layerscope.bench.vlm import JUDGE_PROMPT, VLMJudge
+from layerscope.cli import main
+
+SPECIAL = ["[UNK]", "[PAD]", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|video_pad|>", "<|image_pad|>"]  # fmt: skip
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen(directory: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLProcessor as Processor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from layerscope.testbed.shapes.world import VOCABULARY
+
+    words = re.findall(r"\w+|[^\w\s]+", JUDGE_PROMPT + " Is there at start of video Has turned by end Does move")
+    words += ["user", "assistant", "Yes", "No", "towards", "touch", "After", "they", "on", "away", "from", "across"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(SPECIAL + words + list(VOCABULARY)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="<|im_end|>",
+        additional_special_tokens=SPECIAL[2:],
+    )  # fmt: skip
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 56 * 56}  # 4x4 patches of 14 px per frame pair
+    processor = Processor(
+        image_processor=Qwen2VLImageProcessor(size=pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(size=pixels),
+        chat_template=TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": vocab["[PAD]"],
+            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
+            "bos_token_id": None, "eos_token_id": vocab["<|im_end|>"],
+        },
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "fullatt_block_indexes": [1], "window_size": 56},
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2.5-vl"))
+
+
+@pytest.fixture(scope="module")
+def shapes_set(tmp_path_factory) -> Path:
+    from layerscope.testbed.shapes.bench import export_bench
+
+    return export_bench(tmp_path_factory.mktemp("shapes-set"), 3)
+
+
+def _video(tmp_path: Path) -> Path:
+    from layerscope.testbed.shapes.evaluate import eval_scenes
+    from layerscope.testbed.shapes.render import render_video
+
+    return write_mp4(tmp_path / "v.mp4", render_video(eval_scenes(3)[2], 9, 64, 64))
+
+
+def test_margins_are_yes_minus_no_logits_and_batching_changes_none(tiny_vlm, tmp_path):
+    import torch
+
+    video = _video(tmp_path)
+    questions = ("Does the red square touch the yellow circle?", "Is there a red square at the start of the video?",
+                 "After they touch, does the yellow circle move on, away from the red square?")  # fmt: skip
+    prompt = BenchPrompt("x", 1, video, "p", "interaction", questions)
+    batched = VLMJudge(tiny_vlm, frames=4, batch_size=3).judge(video, prompt)
+    one_by_one = VLMJudge(tiny_vlm, frames=4, batch_size=1).judge(video, prompt)
+    assert [a.question for a in batched] == list(questions)
+    # left padding: questions of different lengths share a batch without changing any margin
+    lengths = {len(q.split()) for q in questions}
+    assert len(lengths) == 3
+    assert [a.margin for a in batched] == pytest.approx([a.margin for a in one_by_one], abs=1e-5)
+    assert all(a.passed == (a.margin > 0) for a in batched)
+    # the margin by hand: one forward pass of the model on the processor's inputs
+    judge = VLMJudge(tiny_vlm, frames=4)
+    judge.load()
+    from layerscope.bench.video_io import read_sampled
+
+    frames = read_sampled(video, 4)
+    text = judge._texts([questions[0]])
+    inputs = judge.processor(text=text, videos=[frames], return_tensors="pt")
+    with torch.no_grad():
+        logits = judge.model(**inputs).logits[0, -1]
+    vocab = judge.tokenizer.get_vocab()
+    expected = float(logits[vocab["Yes"]] - logits[vocab["No"]])
+    assert batched[0].margin == pytest.approx(expected, abs=1e-4)
+    assert batched[0].raw == judge.tokenizer.decode([int(logits.argmax())]).strip()
+    assert "Question: Does the red square touch the yellow circle?" in text[0]
+    assert text[0].endswith("<|im_start|>assistant\n")
+
+
+def test_frame_count_is_configurable_and_reaches_the_model(tiny_vlm, tmp_path):
+    video = _video(tmp_path)
+    judge = VLMJudge(tiny_vlm, frames=4)
+    judge.load()
+    from layerscope.bench.video_io import read_sampled
+
+    for count, grid_t in ((2, 1), (4, 2), (8, 4)):  # temporal patches of 2 frames (9 frames hold 8 distinct picks)
+        frames = read_sampled(video, count)
+        inputs = judge.processor(text=judge._texts(["q"]), videos=[frames], return_tensors="pt")
+        assert int(inputs["video_grid_thw"][0, 0]) == grid_t
+
+
+def test_bench_cli_with_the_tiny_vlm_judge_end_to_end(tiny_vlm, shapes_set, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["bench", str(shapes_set), "--judge", f"vlm:{tiny_vlm}", "--out", str(out), "--quiet", "--seeds", "0"]
+    args += ["--steps", "1", "--frames", "5", "--height", "64", "--width", "64", "--judge-frames", "4"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"]["judge"] == "vlm" and results["judge"]["frames"] == 4
+    answers = [a for r in results["records"] for a in r["answers"]]
+    assert len(answers) == 2 + 2 + 3  # the three dimensions' questions
+    assert all(isinstance(a["margin"], float) and a["passed"] == (a["margin"] > 0) and a["raw"] for a in answers)
+    saved = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["margin"] for a in saved] == [a["margin"] for a in answers]
+    html = (out / "report.html").read_text()
+    assert html.count("margin ") >= len(answers) and "tiny-qwen2.5-vl" in html
+    # judged again with another frame count: same videos (resume), fresh answers
+    assert main([*args[:-1], "2"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["timing"]["videos_generated"] == 0 and again["judge"]["frames"] == 2
+    assert "generated" in capsys.readouterr().out
+
+
+def test_judge_validity_harness_runs_the_vlm_against_the_oracle(tiny_vlm, tmp_path, capsys):
+    out = tmp_path / "validity"
+    args = ["bench", "--judge-validity", "--judge", f"vlm:{tiny_vlm}", "--out", str(out), "--scenes", "3"]
+    assert main([*args, "--judge-frames", "4"]) == 0
+    result = json.loads((out / "judge_validity.json").read_text())
+    for name in ("ground truth", "shuffled"):
+        block = result[name]
+        assert block["questions"] == 7 and sum(block["confusion_vs_oracle"].values()) == 7
+        agree = block["confusion_vs_oracle"]["tp"] + block["confusion_vs_oracle"]["tn"]
+        assert block["question_agreement"] == agree / 7
+    assert result["ground truth"]["oracle_all_correct"] == 1.0
+    assert json.loads(capsys.readouterr().out)["scenes"] == 3
+
+
+def test_a_folder_without_safetensors_is_refused_in_one_line(tmp_path, shapes_set, capsys):
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    assert main(["bench", str(shapes_set), "--judge", f"vlm:{folder}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no *.safetensors" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_sampled_frames_are_uniform(tmp_path):
+    from layerscope.bench.video_io import read_sampled
+
+    video = np.stack([np.full((16, 16, 3), 25 * t, dtype=np.uint8) for t in range(9)])
+    path = write_mp4(tmp_path / "ramp.mp4", video)
+    levels = read_sampled(path, 4).reshape(4, -1).mean(axis=1)
+    assert levels == pytest.approx([0, 75, 125, 200], abs=3)  # frames 0, 3, 5, 8
