@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ranking_validity.py
 	$(BIN)/python benchmarks/sweep_overhead.py
 	$(BIN)/python benchmarks/finetune_cost.py
+	$(BIN)/python benchmarks/hunyuan_overhead.py
+	$(BIN)/python benchmarks/bench_judge.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info

@@ -138,13 +138,15 @@ class Ranking:
         lines = []
         if self.expert:
             lines.append(f"expert {self.expert}")
+        width = max([10] + [len(str(row["block"])) for row in self.layers])  # MMDiT: single_transformer_blocks.17
         lines.append(
-            f"{'layer':>5}  {'block':<10} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17} {'P(band)':>7}  weak"
+            f"{'layer':>5}  {'block':<{width}} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17} "
+            f"{'P(band)':>7}  weak"
         )
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
             lines.append(
-                f"{row['layer']:>5}  {row['block']:<10} {_number(row['moran_i'], 8, 4)} "
+                f"{row['layer']:>5}  {row['block']:<{width}} {_number(row['moran_i'], 8, 4)} "
                 f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
                 f"{_interval(row['std_ci']):>17} {_number(row['p_in_band'], 7, 2)}  {star}"
             )

@@ -7,6 +7,8 @@ residual by re-running the block on ``z + d`` with FG removed.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -338,16 +340,21 @@ def test_hunyuan_cli_end_to_end(tmp_path, capsys):
             main(
                 [
                     "report",
-                    str(tmp_path / f"{condition}-fg.zarr"),
-                    "--compare",
                     str(tmp_path / f"{condition}.zarr"),
+                    "--compare",
+                    str(tmp_path / f"{condition}-fg.zarr"),
                     "--out",
                     str(tmp_path / f"{condition}.html"),
                 ]
             )
             == 0
         )
-        assert "single_transformer_blocks" in (tmp_path / f"{condition}.html").read_text()
+        page = (tmp_path / f"{condition}.html").read_text()
+        assert "single_transformer_blocks.3" in page
+        # the role table names the guided layers 3-4 as touched, layers 0-2 upstream, 5 downstream
+        text = re.sub(r"<[^>]+>", " ", page)
+        assert re.search(r"touched by the intervention\s+3,\s*4\b", text), text[:0]
+        assert re.search(r"upstream \(before the first touched layer\)\s+0,\s*1,\s*2\b", text)
     capsys.readouterr()
     assert (
         main(
