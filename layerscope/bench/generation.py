@@ -114,6 +114,7 @@ class GenerationReport:
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0  # inside the pipeline calls
     bookkeeping_seconds: float = 0.0  # writing files, checks
+    load_seconds: float = 0.0  # loading the pipeline (once, only when a video is missing)
 
 
 def _resized(image: np.ndarray, width: int, height: int) -> Any:
@@ -248,7 +249,9 @@ def generate_all(
         images[path] = load_image(path)  # unreadable images fail here, before the model loads
     if not pending:
         return report
+    loading = time.perf_counter()
     pipe = load_pipe()
+    report.load_seconds = time.perf_counter() - loading
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     for job in tqdm(pending, desc="bench: generate", unit="video", disable=not progress):
