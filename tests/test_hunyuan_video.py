@@ -169,19 +169,20 @@ def _fg(folder, **settings):
     return create(settings={"weak_layers": [3], "keywords": ["red"], **settings}, clip=folder / "clip")
 
 
-def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
-    """Eq. 9 on z_ref: the weak block computes (z + d) + update(z + d), d only on frame-0 rows in R_k."""
+def _run_weak_block(hunyuan, intervention, strong=()):
+    """One denoising step with ``intervention``; capture the weak block (layer 3 = single block 1).
+
+    Returns its input args, its visual output, the ``to_v`` rows of the image tokens (read by a
+    hook that runs before FG's), and (z, text values) of the ``strong`` blocks.
+    """
     from PIL import Image
 
-    from fg_intervene import fsg
-    from fg_intervene.hunyuan_video import block_visual_values
     from layerscope.adapters.registry import resolve_adapter
     from layerscope.interventions import RunInputs
 
     folder, pipe = hunyuan
     adapter = resolve_adapter(pipe)
     grid = adapter.token_grid(9, 64, 64)
-    intervention = _fg(folder, lambda_txt=0.0, lambda_cache=0.0, lambda_lat=2.0, attention_cache=False)
     image = Image.fromarray(_image())
     inputs = RunInputs(
         pipe=pipe,
@@ -194,7 +195,7 @@ def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
         grid=grid,
         model_dir=folder,
     )
-    block = pipe.transformer.single_transformer_blocks[1]  # layer 3 with 2 double blocks
+    block = pipe.transformer.single_transformer_blocks[1]
     captured = {}
 
     def keep(module, args, kwargs):
@@ -203,31 +204,49 @@ def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
     def keep_out(module, args, output):
         captured["out"] = output[0].clone()
 
-    hooks = [block.register_forward_pre_hook(keep, with_kwargs=True)]
+    def keep_values(module, args, output):
+        n = captured["args"][0].shape[1]
+        captured["image_values"] = output[0, n : n + adapter.image_rows()].clone()
+
+    seen, hooks = _capture(pipe, list(strong))
+    hooks += [
+        block.register_forward_pre_hook(keep, with_kwargs=True),
+        block.attn.to_v.register_forward_hook(keep_values),
+    ]
     handle = intervention.apply(inputs)
     hooks.append(block.register_forward_hook(keep_out))
-    kwargs = dict(
-        image=image,
-        prompt=PROMPT,
-        output_type="latent",
-        generator=torch.Generator().manual_seed(0),
-        **adapter.call_kwargs(type("C", (), {"guidance_scale": 6.0, "negative_prompt": None})()),
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=1,
-    )
+    settings = type("C", (), {"guidance_scale": 6.0, "negative_prompt": None})()
     try:
         with torch.no_grad():
-            pipe(**kwargs)
+            pipe(
+                image=image,
+                prompt=PROMPT,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+                height=64,
+                width=64,
+                num_frames=9,
+                num_inference_steps=1,
+                **adapter.call_kwargs(settings),
+            )
     finally:
         handle.remove()
         for hook in hooks:
             hook.remove()
+    return adapter, block, grid, captured, seen
+
+
+def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
+    """Eq. 9 on z_ref: the weak block computes (z + d) + update(z + d), d only on frame-0 rows in R_k."""
+    from fg_intervene import fsg
+
+    intervention = _fg(hunyuan[0], lambda_txt=0.0, lambda_cache=0.0, lambda_lat=2.0, attention_cache=False)
+    adapter, block, grid, captured, _ = _run_weak_block(hunyuan, intervention)
     args = captured["args"]
     guidance = intervention.guidance
     with torch.no_grad():
-        values = block_visual_values(block, args, guidance.image_row_weights, adapter.image_rows())
+        # V_k^vis from the to_v rows the block itself computed for the image tokens
+        values = guidance.image_row_weights @ captured["image_values"].float()
         delta = fsg.inject_reference_frame(torch.zeros_like(args[0]), guidance.region, values, 2.0)
         moved = delta.abs().sum(-1)[0] > 0
         first = grid[1] * grid[2]
@@ -235,6 +254,34 @@ def test_hunyuan_fg_latent_injection_by_hand(hunyuan):
         inside = (guidance.region.sum(0) > 0).reshape(-1)
         assert torch.equal(moved[:first], inside)
         expected = block(args[0] + delta, *args[1:])[0]  # FG removed: plain block on z + d
+    torch.testing.assert_close(captured["out"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hunyuan_attention_cache_by_hand(hunyuan):
+    """Eq. 11-13: the mean of strong layers 0-2's maps, thresholded, times V_k^vis, on every visual row."""
+    intervention = _fg(hunyuan[0], fsg=False, lambda_cache=0.7, tau_cache=0.05)
+    transformer = hunyuan[1].transformer
+    strong = [
+        ("transformer_blocks.0", transformer.transformer_blocks[0]),
+        ("transformer_blocks.1", transformer.transformer_blocks[1]),
+        ("single_transformer_blocks.0", transformer.single_transformer_blocks[0]),
+    ]
+    adapter, block, grid, captured, seen = _run_weak_block(hunyuan, intervention, strong)
+    guidance = intervention.guidance
+    rows = guidance.token_indices
+    maps = []
+    for name, _ in strong:
+        ((z, text),) = seen[name]
+        keys = torch.stack([text[r].float().mean(0) for r in rows])
+        maps.append((F.normalize(keys, dim=-1) @ F.normalize(z.float(), dim=-1).T).reshape(-1, *grid))
+    cache = sum(maps) / 3
+    kept = torch.where(cache > 0.05, cache, torch.zeros_like(cache))
+    assert 0 < int((kept > 0).sum()) < kept.numel()  # the threshold bites
+    values = guidance.image_row_weights @ captured["image_values"].float()
+    delta = 0.7 * (kept.reshape(len(rows), -1).T @ values)[None]
+    args = captured["args"]
+    with torch.no_grad():
+        expected = block(args[0] + delta, *args[1:])[0]
     torch.testing.assert_close(captured["out"], expected, rtol=1e-5, atol=1e-5)
 
 
