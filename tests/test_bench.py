@@ -304,13 +304,18 @@ def test_export_bench_and_shapes_judge_agree_with_the_oracle_on_truth_and_shuffl
     assert all(p.scene is not None and p.keywords for p in prompts)
 
 
-def test_bench_cli_on_the_shipped_model_writes_results_and_report(tmp_path, capsys):
+def test_bench_cli_on_the_shipped_model_records_and_writes_results_and_report(tmp_path, capsys):
     assert main(["testbed", "export-bench", "--out", str(tmp_path / "set"), "--scenes", "2"]) == 0
     out = tmp_path / "run"
     args = ["bench", str(tmp_path / "set" / "prompts.jsonl"), "--judge", "shapes", "--out", str(out), "--quiet"]
-    args += ["--steps", "2", "--frames", "5", "--height", "64", "--width", "64"]
+    args += ["--steps", "2", "--frames", "5", "--height", "64", "--width", "64", "--record"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
+    import layerscope
+
+    store = layerscope.open_run(out / "stores" / "heldout-001-seed0.zarr")  # --record: maps beside the video
+    assert store.attrs["status"] == "complete" and store.attrs["prompt"] == results["prompts"][1]["prompt"]
+    assert np.array_equal(store["video"].values[0], np.asarray(Image.open(out / "videos" / "heldout-001-seed0.png")))
     assert results["model"]["model_id"].startswith("layerscope-shapes-wan-i2v")
     assert len(results["records"]) == 2 and all(len(r["answers"]) == 2 for r in results["records"])
     subject = results["summary"]["consistency"]["subject_consistency"]["overall"]
