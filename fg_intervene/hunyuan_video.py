@@ -90,13 +90,12 @@ def check_single_stream(adapter: Any, weak_layers: list[int]) -> None:
 
 def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, inputs: Any, clip: Any) -> HunyuanGuidance:
     """Select keywords (Eq. 6), map them to text rows, weigh image rows and frame-0 cells."""
-    from layerscope.clip import image_patch_features, text_token_features
+    from layerscope.clip import clip_image_size, image_patch_features, text_token_features
     from layerscope.keywords import KeywordError
 
     check_single_stream(adapter, config.weak_layers)
     pixels = pipe.image_processor(images=inputs.image, return_tensors="pt")["pixel_values"].float()
-    size = clip.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size = clip_image_size(clip)
     if pixels.shape[-1] != size:
         pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
     _, patch_joint = image_patch_features(clip, pixels)

@@ -19,12 +19,12 @@ class FocalGuidance:
         self.guidance = None
 
     def _clip(self, model_dir: Path | None) -> Any:
-        from layerscope.clip import CLIP_SUBFOLDER, ClipError, load_open_clip
+        from layerscope.clip import CLIP_SUBFOLDER, ClipError, load_clip
 
         directory = self.clip_dir or (model_dir / CLIP_SUBFOLDER if model_dir else None)
         if directory is None:
             raise ClipError("Focal Guidance needs the CLIP that matches the pipeline's image encoder; pass --clip DIR")
-        return load_open_clip(directory)
+        return load_clip(directory)
 
     def _check_ranking(self, inputs: Any) -> None:
         source = self.config.ranking_source.get("model", {})

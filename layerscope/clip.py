@@ -8,7 +8,10 @@ pipeline's image encoder, so text and image tokens share a joint space by constr
 
 Checkpoints are read with safetensors only (never pickles) from a directory holding
 ``open_clip_config.json`` (``{"embed_dim": .., "vision_cfg": {..}, "text_cfg": {..}}``
-or ``{"model_name": "ViT-H-14"}``) and ``open_clip_model.safetensors``.
+or ``{"model_name": "ViT-H-14"}``) and ``open_clip_model.safetensors``, or a transformers
+``CLIPModel`` saved with ``save_pretrained`` (``config.json`` + ``model.safetensors`` +
+its tokenizer), e.g. ``openai/clip-vit-large-patch14-336`` for HunyuanVideo-I2V's
+LLaVA image tower: :func:`load_clip` takes either.
 """
 
 from __future__ import annotations
@@ -73,6 +76,77 @@ def load_open_clip(directory: str | os.PathLike) -> Any:
     return model.eval()
 
 
+class TransformersClip:
+    """A transformers ``CLIPModel`` and its tokenizer behind the two calls Eq. 6 needs.
+
+    Same features as the open_clip path: per-token text features through the final layer
+    norm and ``text_projection``; penultimate-layer patch tokens through ``post_layernorm``
+    and ``visual_projection``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    def token_features(self, text: str) -> tuple[Any, list[str]]:
+        import torch
+
+        encoded = self.tokenizer(text, return_tensors="pt", truncation=True)
+        with torch.no_grad():
+            hidden = self.model.text_model(**encoded).last_hidden_state  # final layer norm applied
+            features = self.model.text_projection(hidden)[0]
+        pieces = self.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
+        return features[1:-1], pieces[1:-1]  # start/end tokens dropped, as for open_clip
+
+    def patch_features(self, pixels: Any) -> tuple[Any, Any]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.vision_model(pixel_values=pixels, output_hidden_states=True)
+            tokens = out.hidden_states[-2][0, 1:]  # penultimate layer, CLS dropped
+            joint = self.model.visual_projection(self.model.vision_model.post_layernorm(tokens))
+        return tokens, joint
+
+
+def clip_image_size(model: Any) -> int:
+    """Input side in pixels of an open_clip model or a :class:`TransformersClip`."""
+    if isinstance(model, TransformersClip):
+        return model.image_size
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def load_clip(directory: str | os.PathLike) -> Any:
+    """An open_clip checkpoint (:func:`load_open_clip`) or a transformers ``CLIPModel`` folder."""
+    directory = Path(directory)
+    config = directory / "config.json"
+    if (directory / CONFIG_NAME).exists() or not config.exists():
+        return load_open_clip(directory)
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        model_type = None
+    if model_type != "clip":
+        raise ClipError(
+            f"{directory} holds a {model_type or 'unreadable'} config, not a CLIP model; pass --clip with an "
+            f"open_clip checkpoint ({CONFIG_NAME}) or a transformers CLIPModel folder"
+        )
+    if not any(directory.glob("*.safetensors")):
+        raise ClipError(f"{directory} has no .safetensors weights; LayerScope never loads pickled checkpoints")
+    from transformers import AutoTokenizer, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ClipError(f"cannot load the CLIP model in {directory}: {str(error).splitlines()[0]}") from None
+    return TransformersClip(model, tokenizer)
+
+
 def tokenizer_for(model: Any) -> Any:
     """open_clip's BPE tokenizer (the vocabulary ships inside open_clip: works offline)."""
     from open_clip.tokenizer import SimpleTokenizer
@@ -89,6 +163,8 @@ def text_token_features(model: Any, text: str) -> tuple[Any, list[str]]:
     """
     import torch
 
+    if isinstance(model, TransformersClip):
+        return model.token_features(text)
     tokenizer = tokenizer_for(model)
     ids = tokenizer([text])
     length = int((ids[0] != 0).sum())
@@ -113,6 +189,8 @@ def image_patch_features(model: Any, pixels: Any) -> tuple[Any, Any]:
     """
     import torch
 
+    if isinstance(model, TransformersClip):
+        return model.patch_features(pixels)
     visual = model.visual
     with torch.no_grad():
         out = visual.forward_intermediates(pixels, indices=[len(visual.transformer.resblocks) - 2], output_fmt="NLC")

@@ -420,3 +420,89 @@ def test_hunyuan_cli_end_to_end(tmp_path, capsys):
     )
     assert "not a single-stream block" in capsys.readouterr().err
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def _save_transformers_clip(directory, image_size=112, patch=14):
+    """A tiny transformers CLIPModel with a hand-written BPE vocabulary (every word one piece)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    words = sorted(set(PROMPT.split()) | {"moves"})
+    vocab, merges = {}, []
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    for word in words:
+        piece = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            nxt = ch + ("</w>" if i == len(word) - 1 else "")
+            merges.append(f"{piece} {nxt}")
+            piece += nxt
+            vocab.setdefault(piece, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    directory.mkdir(parents=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": patch,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_hunyuan_fg_with_a_transformers_clip(hunyuan, tmp_path):
+    """--clip may be a transformers CLIPModel folder: its own grid (7x7 here) is resampled onto the rows."""
+    import layerscope
+    from fg_intervene.plugin import create
+    from layerscope.clip import TransformersClip, image_patch_features, load_clip, text_token_features
+    from layerscope.recording import record
+
+    folder, pipe = hunyuan
+    clip_dir = _save_transformers_clip(tmp_path / "hf-clip", image_size=98, patch=14)
+    clip = load_clip(clip_dir)
+    assert isinstance(clip, TransformersClip)
+    features, pieces = text_token_features(clip, PROMPT)
+    assert pieces == [w + "</w>" for w in PROMPT.split()] and features.shape == (len(pieces), 16)
+    tokens, joint = image_patch_features(clip, torch.zeros(1, 3, 98, 98))
+    assert tokens.shape == (49, 32) and joint.shape == (49, 16)
+    fg = create(settings={"weak_layers": [4], "keywords": ["circle"]}, clip=clip_dir)
+    record(
+        pipe,
+        tmp_path / "fg.zarr",
+        image=_image(),
+        prompt=PROMPT,
+        keywords=["red", "circle"],
+        dtype="float32",
+        progress=False,
+        intervention=fg,
+        **SIZE,
+    )
+    attrs = layerscope.open_run(tmp_path / "fg.zarr").attrs
+    assert attrs["intervention"]["selected_keywords"] == ["circle"]
+    assert attrs["intervention"]["clip"] == str(clip_dir)
+    assert fg.guidance.keyword_sims.shape == (1, 49)
+    assert fg.guidance.image_row_weights.shape == (1, fg.guidance.image_row_weights.shape[1])
+    torch.testing.assert_close(fg.guidance.image_row_weights.sum(-1), torch.ones(1))
