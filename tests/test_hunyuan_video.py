@@ -47,6 +47,10 @@ def test_hunyuan_keyword_rows_match_the_text_encoder(hunyuan):
     ids = tokenizer(template["template"].format(PROMPT))["input_ids"]
     assert ids[template["image_emb_start"]] == pipe.text_encoder.config.image_token_index
     assert tokenizer.convert_ids_to_tokens(ids[template["crop_start"]]).replace("Ġ", "") == "the"
+    # Llama-3-shaped: diffusers' crop drops exactly <|eot_id|><|start_header_id|>assistant<|end_header_id|>
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    end = max(i for i, p in enumerate(pieces) if p == "<|end_header_id|>")
+    assert pieces[end - 3 : end + 1] == ["<|eot_id|>", "<|start_header_id|>", "assistant", "<|end_header_id|>"]
     mapped = adapter.map_keywords(PROMPT, ["red", "circle"])
     image = Image.fromarray(_image())
     interleave = adapter.image_embed_interleave()

@@ -43,7 +43,9 @@ _CORPUS = [
     "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects.",
     "4. background environment, light, style and atmosphere.",
     "5. camera angles, movements, and transitions used in the video:",
-    "system user assistant",
+    # Llama-3's role names are single tokens (they follow <|start_header_id|> with no space);
+    # repeated so BPE merges them whole
+    *["system", "user", "assistant"] * 4,
     "the red circle moves to the left while the blue square turns green",
     "a man raises his hand and the woman smiles at the camera",
     "the green triangle moves to the right and the yellow circle turns red",
