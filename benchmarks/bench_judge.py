@@ -161,6 +161,9 @@ def main() -> None:
             rows.append([mode, f"{r['peak_rss_bytes'] / 2**20:.0f}", f"{r['seconds']:.1f}"])
         print("\none 81-frame 480x832 mp4 (97 MB of pixels):")
         print_table(["process", "peak RSS MiB", "seconds"], rows)
+        small = max(e["peak_rss_bytes"] for e in results["throughput"] if e["judge"] == "vlm")
+        results["vlm_peak_wan_size_over_256px"] = results["streaming"][1]["peak_rss_bytes"] / small
+        print(f"vlm judge peak RSS, that video / the 256x256 clips: {results['vlm_peak_wan_size_over_256px']:.3f}")
         timing = bench_overhead(tmp, args.prompts)
         results["overhead"] = timing
         ratio = timing["overhead_ratio"]

@@ -66,15 +66,39 @@ def sample_indices(total: int, count: int) -> list[int]:
 def read_sampled(path: str | os.PathLike, count: int | None, total: int | None = None) -> np.ndarray:
     """(k, H, W, 3) uint8: ``count`` uniformly sampled frames (all when ``count`` is None).
 
-    Only the sampled frames are kept in memory; ``total`` (the frame count, when the
-    caller knows it) saves one decoding pass.
+    Only the sampled frames are kept in memory; ``total`` is the frame count when the
+    caller knows it (see :func:`sample_video`).
     """
     if count is None:
         return np.stack(list(iter_frames(path)))
-    total = count_frames(path) if total is None else total
-    wanted = set(sample_indices(total, count))
-    kept = [frame for index, frame in enumerate(iter_frames(path)) if index in wanted]
-    return np.stack(kept)
+    return sample_video(path, count, total)[0]
+
+
+def sample_video(path: str | os.PathLike, count: int, total: int | None = None) -> tuple[np.ndarray, float | None]:
+    """``count`` uniformly sampled frames and the video's duration in seconds, in one decoding pass.
+
+    The frame count comes from ``total`` or the container's duration x fps, checked
+    against the frames actually decoded; only if they disagree is the video decoded again.
+    """
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(Path(path), format="FFMPEG") as reader:
+        meta = reader.get_meta_data()
+        duration = meta.get("duration")
+        if total is None:
+            try:
+                total = int(round(float(meta["fps"]) * float(duration)))
+            except (KeyError, TypeError, ValueError):
+                total = None
+        wanted = set(sample_indices(total, count)) if total else set()
+        kept, decoded = [], 0
+        for index, frame in enumerate(reader):
+            decoded = index + 1
+            if index in wanted:
+                kept.append(np.asarray(frame, dtype=np.uint8))
+    if decoded != total:  # the container's estimate was off: sample again with the true count
+        return sample_video(path, count, decoded)
+    return np.stack(kept), float(duration) if duration else None
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:

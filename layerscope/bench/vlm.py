@@ -158,11 +158,9 @@ class VLMJudge:
         return results
 
     def judge(self, video: Path, prompt: BenchPrompt) -> list[Answer]:
-        from layerscope.bench.video_io import count_frames, read_sampled
+        from layerscope.bench.video_io import sample_video
 
-        total = count_frames(video)
-        frames = read_sampled(video, self.frames, total)
-        seconds = total / self.fps if self.fps else None
+        frames, seconds = sample_video(video, self.frames)
         margins = self.margins(frames, list(prompt.questions), seconds)
         return [
             Answer(question=q, passed=margin > 0, margin=margin, raw=raw)
