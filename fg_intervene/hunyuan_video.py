@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from fg_intervene import fsg
-from fg_intervene.attention_cache import AttentionCache, inject
+from fg_intervene.attention_cache import inject
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
+from fg_intervene.installation import FocalGuidanceHandle, install_step_source
 
 _TRACKER = "fg_intervene_hunyuan_step_tracker"
-_CACHE_TRACKER = "fg_intervene_hunyuan_cache_tracker"
 
 
 @dataclass
@@ -240,49 +240,14 @@ class _BlockGuide:
         return [h.remove for h in handles]
 
 
-class HunyuanFocalGuidanceHandle:
-    """Installed hooks; :meth:`remove` restores the pipeline exactly."""
-
-    def __init__(self, removers: list[Any], state: Any, cache: AttentionCache | None):
-        self._removers = removers
-        self.state = state
-        self.cache = cache
-
-    def remove(self) -> None:
-        for remover in reversed(self._removers):
-            remover()
-        self._removers = []
-        if self.cache is not None:
-            self.cache.clear()
-
-
 def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: HunyuanGuidance):
     """Install FSG and/or the Attention Cache on the weak single-stream blocks."""
-    from layerscope.probes import ProbeConfig, StepState, apply_probes, attach_step_tracker
-
     check_single_stream(adapter, config.weak_layers)
-    branches = ("cond", "uncond") if config.branch == "both" else (config.branch,)
-    state = StepState()
     removers: list[Any] = []
-    cache = None
     try:
-        if config.attention_cache:
-            cache = AttentionCache(adapter.num_layers(), config.weak_layers)
-            probe_config = ProbeConfig(
-                keyword_tokens=guidance.token_indices,
-                grid=guidance.grid,
-                kind="hidden",
-                layers=cache.strong_layers,
-                branch=config.branch,
-            )
-            handle = apply_probes(adapter, probe_config, cache.update, state=state, tracker_name=_CACHE_TRACKER)
-            removers.append(handle.remove)
-        else:
-            removers.append(attach_step_tracker(adapter, state, _TRACKER))
-
-        def active() -> bool:
-            return state.branch in branches
-
+        state, cache, active = install_step_source(
+            adapter, config, guidance.token_indices, guidance.grid, removers, _TRACKER
+        )
         transformer = adapter.denoisers()[0]
         offset = len(transformer.transformer_blocks)
         for layer in config.weak_layers:
@@ -293,4 +258,4 @@ def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Hu
         for remover in reversed(removers):
             remover()
         raise
-    return HunyuanFocalGuidanceHandle(removers, state, cache)
+    return FocalGuidanceHandle(removers, state, cache)

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from fg_intervene import fsg
-from fg_intervene.attention_cache import AttentionCache, inject
+from fg_intervene.attention_cache import inject
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
+from fg_intervene.installation import FocalGuidanceHandle, install_step_source
 
 _TRACKER = "fg_intervene_step_tracker"
-_CACHE_TRACKER = "fg_intervene_cache_tracker"
 
 
 @dataclass
@@ -150,49 +150,13 @@ def _clip_pixels(pipe: Any, image: Any) -> torch.Tensor:
     return pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].float()
 
 
-class FocalGuidanceHandle:
-    """Installed hooks; :meth:`remove` restores the pipeline exactly."""
-
-    def __init__(self, removers: list[Any], state: Any, cache: AttentionCache | None):
-        self._removers = removers
-        self.state = state
-        self.cache = cache
-
-    def remove(self) -> None:
-        for remover in reversed(self._removers):
-            remover()
-        self._removers = []
-        if self.cache is not None:
-            self.cache.clear()
-
-
 def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Guidance) -> FocalGuidanceHandle:
     """Install FSG and/or the Attention Cache on the weak layers of every denoiser."""
-    from layerscope.probes import ProbeConfig, StepState, apply_probes, attach_step_tracker
-
-    branches = ("cond", "uncond") if config.branch == "both" else (config.branch,)
-    state = StepState()
     removers: list[Any] = []
-    cache = None
     try:
-        if config.attention_cache:
-            cache = AttentionCache(adapter.num_layers(), config.weak_layers)
-            probe_config = ProbeConfig(
-                keyword_tokens=guidance.token_indices,
-                grid=guidance.grid,
-                kind="hidden",
-                layers=cache.strong_layers,
-                branch=config.branch,
-            )
-            # LayerScope's own Eq. 10 probe on the strong layers feeds the cache.
-            probe_handle = apply_probes(adapter, probe_config, cache.update, state=state, tracker_name=_CACHE_TRACKER)
-            removers.append(probe_handle.remove)
-        else:
-            removers.append(attach_step_tracker(adapter, state, _TRACKER))
-
-        def active() -> bool:
-            return state.branch in branches
-
+        state, cache, active = install_step_source(
+            adapter, config, guidance.token_indices, guidance.grid, removers, _TRACKER
+        )
         for expert, denoiser in enumerate(adapter.denoisers()):
             for layer in config.weak_layers:
                 block = denoiser.blocks[layer]
