@@ -895,8 +895,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options,
         factories=_bench_judges(),
         prepare=model_dir,
-        load_pipe=lambda: load_pipeline(model_dir(), dtype=args.dtype, device=args.device,
-                                        cpu_offload=args.cpu_offload or False)[0],  # fmt: skip
+        load_pipe=lambda device: load_pipeline(
+            model_dir(), dtype=args.dtype, device=device, cpu_offload=args.cpu_offload or False
+        )[0],
         model_info=lambda: _model_attrs(args, model_dir()),
         intervention=lambda: _load_intervention(fg_args) if args.intervene else None,
     )

@@ -112,7 +112,7 @@ def bench(prompts: Path, out: Path, judge, pipe=None, seeds="0-1", **options) ->
         BenchOptions(prompts=str(prompts), out_dir=str(out), settings=SETTINGS, judge="table", seeds=seeds,
                      progress=False, **options),
         factories={"table": lambda argument, prompts, **_: judge},
-        load_pipe=lambda: pipe,
+        load_pipe=lambda device: pipe,
         model_info=lambda: {"model_id": "fake-pipe", "weights": "none"},
         log=lambda _: None,
     )  # fmt: skip
@@ -209,7 +209,7 @@ def test_other_settings_on_resume_are_refused_not_mixed(four_prompts, tmp_path):
             BenchOptions(prompts=str(four_prompts), out_dir=str(out), seeds="0-1", judge="table", progress=False,
                          settings=GenerationSettings(model="fake", steps=2, frames=5, height=32, width=32)),
             factories={"table": lambda argument, prompts, **_: TableJudge(TABLE)},
-            load_pipe=FakePipe,
+            load_pipe=lambda device: FakePipe(),
             log=lambda _: None,
         )  # fmt: skip
 

@@ -131,7 +131,7 @@ def run_bench(
     options: BenchOptions,
     *,
     factories: Mapping[str, JudgeFactory],
-    load_pipe: Callable[[], Any],
+    load_pipe: Callable[[str], Any],
     model_info: Callable[[], dict[str, Any]] = dict,
     intervention: Callable[[], Any] = lambda: None,
     prepare: Callable[[], Any] = lambda: None,
@@ -141,7 +141,7 @@ def run_bench(
 
     Order: :func:`check_inputs`, ``prepare()`` (e.g. resolve the model directory) and
     ``intervention()`` may raise usage errors; only then is the output directory made.
-    ``load_pipe()`` runs only when some video is missing.
+    ``load_pipe(device)`` runs only when some video of this process is missing.
     """
     from tqdm.auto import tqdm
 
@@ -165,17 +165,33 @@ def run_bench(
         "judge": checked.judge.describe(),
     }
     write_text_atomic(out_dir / PLAN_FILE, results_mod.dumps(plan), option="--out")
-    log(f"bench: {len(checked.jobs)} videos ({len(checked.prompts)} prompts x {len(checked.seeds)} seeds) in {out_dir}")
+    # under `accelerate launch`/`torchrun` each process makes its share (the sweep's strided split) on
+    # its own GPU; the main process then judges everything
+    from layerscope.bench.generation import saved_state
+    from layerscope.sweep import _process_state, process_device, shard
+
+    state = _process_state(options.device)
+    mine = shard(checked.jobs, state.process_index, state.num_processes)
+    device = process_device(options.device, state)
+    where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
+    log(
+        f"bench{where}: {len(checked.jobs)} videos ({len(checked.prompts)} prompts x {len(checked.seeds)} seeds) "
+        f"in {out_dir}"
+    )
     generation = generate_all(
-        checked.jobs, out_dir, settings, load_pipe=load_pipe, intervention=fg, resume=options.resume,
+        mine, out_dir, settings, load_pipe=lambda: load_pipe(device), intervention=fg, resume=options.resume,
         progress=options.progress, log=log,
     )  # fmt: skip
     log(
-        f"bench: {len(generation.generated)} generated, {len(generation.skipped)} already saved"
+        f"bench{where}: {len(generation.generated)} generated, {len(generation.skipped)} already saved"
         + (f", {len(generation.failed)} failed" if generation.failed else "")
     )
-    if generation.failed:
-        log("bench: run the same command again to generate the failed videos; no results written")
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 1 if generation.failed else 0
+    missing = [job.name for job in checked.jobs if saved_state(job, out_dir, settings) != "done"]
+    if missing:
+        log(f"bench: {len(missing)} videos missing (e.g. {missing[0]}); run the same command again; no results written")
         return 1
     _free_accelerator_memory()  # the generator is gone: room for the judge on the same GPU
     scoring = time.perf_counter()
