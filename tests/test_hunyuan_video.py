@@ -310,118 +310,45 @@ def test_hunyuan_fg_with_zero_strengths_equals_baseline(hunyuan, tmp_path):
     assert not np.array_equal(base.video, strong.video)
 
 
-def test_hunyuan_cli_end_to_end(tmp_path, capsys):
-    """build-tiny -> record (embedded guidance) -> rank --stream single -> record --intervene -> report --compare."""
+@pytest.mark.parametrize("condition", ["token_replace", "latent_concat"])
+@pytest.mark.parametrize("guidance", ["embedded", "true-cfg"])
+def test_hunyuan_cli_end_to_end(tmp_path, capsys, condition, guidance):
+    """build-tiny -> record -> rank --stream single -> record --intervene -> report --compare."""
     import json
 
+    import layerscope
     from layerscope.cli import main
 
-    for condition, guidance in (("token_replace", ["--guidance", "6"]), ("latent_concat", ["--true-cfg", "3"])):
-        model = tmp_path / condition
-        assert (
-            main(
-                [
-                    "testbed",
-                    "build-tiny",
-                    "--family",
-                    "hunyuan-video-i2v",
-                    "--condition-type",
-                    condition,
-                    "--out",
-                    str(model),
-                ]
-            )
-            == 0
-        )
-        common = [
-            "--model",
-            str(model),
-            "--prompt",
-            PROMPT,
-            "--keywords",
-            "red,circle",
-            "--height",
-            "64",
-            "--width",
-            "64",
-            "--frames",
-            "9",
-            "--steps",
-            "2",
-            "--quiet",
-            *guidance,
-        ]
-        assert main(["record", *common, "--out", str(tmp_path / f"{condition}.zarr")]) == 0
-        ranking = tmp_path / f"{condition}.json"
-        assert (
-            main(
-                [
-                    "rank",
-                    str(tmp_path / f"{condition}.zarr"),
-                    "--stream",
-                    "single",
-                    "--permutations",
-                    "99",
-                    "--bootstrap",
-                    "100",
-                    "--out",
-                    str(ranking),
-                ]
-            )
-            == 0
-        )
-        data = json.loads(ranking.read_text())
-        assert [row["block"] for row in data["layers"]] == [f"single_transformer_blocks.{i}" for i in range(4)]
-        assert (
-            main(
-                [
-                    "record",
-                    *common,
-                    "--intervene",
-                    "focal-guidance",
-                    "--fg-set",
-                    "weak_layers=[3,4]",
-                    "--out",
-                    str(tmp_path / f"{condition}-fg.zarr"),
-                ]
-            )
-            == 0
-        )
-        assert (
-            main(
-                [
-                    "report",
-                    str(tmp_path / f"{condition}.zarr"),
-                    "--compare",
-                    str(tmp_path / f"{condition}-fg.zarr"),
-                    "--out",
-                    str(tmp_path / f"{condition}.html"),
-                ]
-            )
-            == 0
-        )
-        page = (tmp_path / f"{condition}.html").read_text()
-        assert "single_transformer_blocks.3" in page
-        # the role table names the guided layers 3-4 as touched, layers 0-2 upstream, 5 downstream
-        text = re.sub(r"<[^>]+>", " ", page)
-        assert re.search(r"touched by the intervention\s+3,\s*4\b", text), text[:0]
-        assert re.search(r"upstream \(before the first touched layer\)\s+0,\s*1,\s*2\b", text)
+    model = tmp_path / condition
+    build = ["testbed", "build-tiny", "--family", "hunyuan-video-i2v", "--condition-type", condition]
+    assert main([*build, "--out", str(model)]) == 0
+    mode = ["--guidance", "6"] if guidance == "embedded" else ["--true-cfg", "3", "--branch", "both"]
+    size = ["--height", "64", "--width", "64", "--frames", "9", "--steps", "2", "--quiet"]
+    common = ["--model", str(model), "--prompt", PROMPT, "--keywords", "red,circle", *size, *mode]
+    base, guided = tmp_path / "base.zarr", tmp_path / "fg.zarr"
+    assert main(["record", *common, "--out", str(base)]) == 0
+    ds = layerscope.open_run(base)
+    calls = 2 if guidance == "true-cfg" else 1
+    assert ds.attrs["hook_calls"] == ds.attrs["hook_calls_expected"] == 6 * 2 * calls
+    assert ("similarity_uncond" in ds) == (guidance == "true-cfg")
+    ranking = tmp_path / "ranking.json"
+    rank = ["rank", str(base), "--stream", "single", "--permutations", "99", "--bootstrap", "100"]
+    assert main([*rank, "--out", str(ranking)]) == 0
+    data = json.loads(ranking.read_text())
+    assert [row["block"] for row in data["layers"]] == [f"single_transformer_blocks.{i}" for i in range(4)]
+    assert data["params"]["stream"] == "single"
+    fg = ["--intervene", "focal-guidance", "--fg-set", "weak_layers=[3,4]"]
+    assert main(["record", *common, *fg, "--out", str(guided)]) == 0
+    assert main(["report", str(base), "--compare", str(guided), "--out", str(tmp_path / "compare.html")]) == 0
+    page = (tmp_path / "compare.html").read_text()
+    assert "single_transformer_blocks.3" in page
+    # the role table names the guided layers 3-4 as touched and layers 0-2 as upstream
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert re.search(r"touched by the intervention\s+3,\s*4\b", text)
+    assert re.search(r"upstream \(before the first touched layer\)\s+0,\s*1,\s*2\b", text)
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "record",
-                *common,
-                "--intervene",
-                "focal-guidance",
-                "--fg-set",
-                "weak_layers=[1]",
-                "--out",
-                str(tmp_path / "bad.zarr"),
-            ]
-        )
-        == 2
-    )
+    bad = ["--intervene", "focal-guidance", "--fg-set", "weak_layers=[1]"]
+    assert main(["record", *common, *bad, "--out", str(tmp_path / "bad.zarr")]) == 2
     assert "not a single-stream block" in capsys.readouterr().err
     assert not (tmp_path / "bad.zarr").exists()
 
