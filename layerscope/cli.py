@@ -339,8 +339,8 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other options)",
     )
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
-    p.add_argument("--steps", type=_non_negative_int, default=60, help="plant: fine-tune steps (batch 4)")
-    p.add_argument("--clips", type=_positive_int, default=32, help="plant: training clips for the fine-tune")
+    p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
+    p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
     p.set_defaults(func=_cmd_testbed)
 
 
