@@ -168,6 +168,22 @@ def _testbed_sized(model: str) -> bool:
     return finetune is not None and (Path(finetune["base_dir"]) / MODEL_INFO_FILE).is_file()
 
 
+def _declared_defaults(model: str) -> tuple[int, int, int, int] | None:
+    """(steps, frames, height, width) a model folder declares in ``layerscope_model.json``
+    (``record_defaults``; the tiny build-tiny pipelines do, so a bare ``record`` stays small)."""
+    import json
+
+    from layerscope.loading import MODEL_INFO_FILE
+
+    try:
+        info = json.loads((Path(model).expanduser() / MODEL_INFO_FILE).read_text(encoding="utf-8"))
+        declared = info["record_defaults"]
+        values = tuple(int(declared[key]) for key in ("steps", "frames", "height", "width"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return values if all(v > 0 for v in values) else None
+
+
 def _record_config(args: argparse.Namespace, prompt: str, keywords: list[str], seed: int, overwrite: bool):
     """The :class:`RecordConfig` of one run from the shared options (defaults depend on the model)."""
     from layerscope import testbed
@@ -175,7 +191,7 @@ def _record_config(args: argparse.Namespace, prompt: str, keywords: list[str], s
 
     defaults = (testbed.EXAMPLE_STEPS, testbed.EXAMPLE_FRAMES, testbed.EXAMPLE_HEIGHT, testbed.EXAMPLE_WIDTH)
     if not _testbed_sized(args.model):
-        defaults = (50, 81, 480, 832)
+        defaults = _declared_defaults(args.model) or (50, 81, 480, 832)
     config = RecordConfig(
         prompt=prompt,
         keywords=keywords,
@@ -782,7 +798,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         description="PROMPTS is JSONL, one prompt a line: image (relative to the file), prompt, dimension, questions "
         "(yes/no, expected yes), optional keywords, id, scene; `layerscope testbed export-bench` writes the shapes "
         "world's set. Generation resumes (saved videos are kept). A prompt-seed counts only if every question "
-        "passes; 95%% intervals bootstrap over prompts. Also: --compare A B (paired test of two runs) and "
+        "passes; 95% intervals bootstrap over prompts. Also: --compare A B (paired test of two runs) and "
         "--judge-validity (a judge against the shapes world's programmatic oracle).",
     )
     p.add_argument("prompts", nargs="?", help="JSONL prompt file, e.g. runs/shapes-bench/prompts.jsonl")

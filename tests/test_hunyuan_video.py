@@ -437,3 +437,16 @@ def test_hunyuan_fg_with_a_transformers_clip(hunyuan, tmp_path):
     assert fg.guidance.keyword_sims.shape == (1, 49)
     assert fg.guidance.image_row_weights.shape == (1, fg.guidance.image_row_weights.shape[1])
     torch.testing.assert_close(fg.guidance.image_row_weights.sum(-1), torch.ones(1))
+
+
+def test_hunyuan_tiny_model_declares_small_record_defaults(tmp_path):
+    """A bare `record --model DIR` on the tiny pipeline uses its declared CPU-sized defaults."""
+    import layerscope
+    from layerscope.cli import main
+
+    model = tmp_path / "tiny"
+    assert main(["testbed", "build-tiny", "--family", "hunyuan-video-i2v", "--out", str(model)]) == 0
+    assert main(["record", "--model", str(model), "--out", str(tmp_path / "run.zarr"), "--quiet"]) == 0
+    attrs = layerscope.open_run(tmp_path / "run.zarr").attrs
+    assert (attrs["num_inference_steps"], attrs["num_frames"], attrs["height"], attrs["width"]) == (4, 9, 64, 64)
+    assert attrs["weights"] == "random" and attrs["pipeline_class"] == "HunyuanVideoImageToVideoPipeline"

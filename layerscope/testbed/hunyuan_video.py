@@ -247,6 +247,8 @@ def save_tiny_pipeline(out: str | os.PathLike, condition_type: str = "token_repl
             "seed": seed,
             "weights": "random",
             "note": RANDOM_NOTE,
+            # what `layerscope record --model DIR` uses when no size is given (CPU-sized)
+            "record_defaults": {"steps": 4, "frames": 9, "height": 64, "width": 64},
         }
         (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
         if target.exists():
