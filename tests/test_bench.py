@@ -432,3 +432,33 @@ def test_bench_report_renders_in_headless_chromium(four_prompts, tmp_path):
     assert [li["data-margin"] for li in p0["1"].select("li")] == ["1.0", "-1.0"]
     rates = [td["data-rate"] for td in soup.select("#summary td[data-rate]")]
     assert rates == ["0.75", "0.25", "0.5"]
+
+
+@pytest.mark.slow  # ~4 min here: a recorded ranking and four 256x256 generations
+def test_focal_guidance_with_zero_strength_equals_the_baseline_and_compares_as_no_difference(
+    base_ranking, tmp_path, capsys
+):
+    from layerscope.testbed.shapes.bench import export_bench
+
+    prompts = export_bench(tmp_path / "set", 2)
+    common = ["bench", str(prompts), "--judge", "shapes", "--model", "random", "--quiet", "--no-consistency"]
+    common += ["--steps", "1", "--frames", "5"]  # 256x256: the ranking's token grid
+    assert main([*common, "--out", str(tmp_path / "base")]) == 0
+    fg = ["--intervene", "focal-guidance", "--ranking", str(base_ranking), "--fg-set", "weak_layers=[2]"]
+    for setting in ("tau_sel=-1", "lambda_txt=0", "lambda_lat=0", "lambda_cache=0"):
+        fg += ["--fg-set", setting]
+    # a ranking made at another resolution is refused in one line before any video is made
+    capsys.readouterr()
+    assert main([*common, "--height", "64", "--width", "64", "--out", str(tmp_path / "bad"), *fg]) == 2
+    err = capsys.readouterr().err
+    assert "token grid" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "videos").exists()
+    assert main([*common, "--out", str(tmp_path / "fg"), *fg]) == 0
+    settings = json.loads((tmp_path / "fg" / "results.json").read_text())["settings"]
+    assert settings["intervention"]["weak_layers"] == [2] and settings["intervention"]["lambda_lat"] == 0
+    for name in ("heldout-000-seed0", "heldout-001-seed0"):  # FG at strength 0 is the baseline, bit for bit
+        base = read_video(tmp_path / "base" / "videos" / f"{name}.mp4")
+        assert np.array_equal(base, read_video(tmp_path / "fg" / "videos" / f"{name}.mp4"))
+    capsys.readouterr()
+    assert main(["bench", "--compare", str(tmp_path / "base"), str(tmp_path / "fg")]) == 0
+    assert "+0.000, p=1" in capsys.readouterr().out

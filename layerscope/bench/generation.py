@@ -254,6 +254,10 @@ def generate_all(
     report.load_seconds = time.perf_counter() - loading
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    if intervention is not None:  # a ranking of another model or grid: one usage error now, not one per video
+        first = pending[0]
+        _apply(intervention, pipe, first.prompt.prompt, _resized(images[first.prompt.image], settings.width,
+               settings.height), settings)()  # fmt: skip
     for job in tqdm(pending, desc="bench: generate", unit="video", disable=not progress):
         image = _resized(images[job.prompt.image], settings.width, settings.height)
         started = time.perf_counter()
