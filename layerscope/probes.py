@@ -202,21 +202,28 @@ def attention_mass_maps(
     heads: int,
     grid: tuple[int, int, int],
     key_mask: torch.Tensor | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
-    """Softmax mass of each visual query (N, D) on each keyword's text keys (M, D), heads averaged.
+    """Softmax mass of each visual query (N, D) on each keyword's keys (rows of (M, D)), heads averaged.
 
-    ``key_mask`` (M,) bool leaves padding keys out of the softmax, as the model's own mask does.
+    ``key_mask`` (M,) bool leaves padding keys out of the softmax, as the model's own mask
+    does.  ``chunk`` bounds the (H, chunk, M) probabilities held at once (MMDiT joint
+    attention has M = visual + text keys).
     """
     n, dim = queries.shape
     head_dim = dim // heads
-    q = queries.float().reshape(n, heads, head_dim).transpose(0, 1)  # H, N, d
     k = keys.float().reshape(keys.shape[0], heads, head_dim).transpose(0, 1)  # H, M, d
-    logits = q @ k.transpose(1, 2) / head_dim**0.5
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask.to(logits.device), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # H, N, M
-    maps = [probs[:, :, list(tokens)].sum(-1).mean(0) for tokens in keyword_tokens]
-    return torch.stack(maps).reshape(len(keyword_tokens), *grid)
+    columns = [torch.tensor(list(tokens), device=keys.device) for tokens in keyword_tokens]
+    step = chunk or n
+    parts = []
+    for start in range(0, n, step):
+        q = queries[start : start + step].float().reshape(-1, heads, head_dim).transpose(0, 1)  # H, c, d
+        logits = q @ k.transpose(1, 2) / head_dim**0.5
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask.to(logits.device), float("-inf"))
+        probs = torch.softmax(logits, dim=-1)  # H, c, M
+        parts.append(torch.stack([probs.index_select(2, c).sum(-1).mean(0) for c in columns]))
+    return torch.cat(parts, dim=1).reshape(len(keyword_tokens), *grid)
 
 
 class _SiteProbe:
@@ -248,6 +255,9 @@ class _SiteProbe:
         if kind == "attention":
             self.handles.append(site.query_norm.register_forward_hook(self._keep("query"), prepend=first))
             self.handles.append(site.key_norm.register_forward_hook(self._keep("key"), prepend=first))
+            if site.visual_key_norm is not None and site.visual_key_norm is not site.key_norm:
+                hook = self._keep("visual_key")
+                self.handles.append(site.visual_key_norm.register_forward_hook(hook, prepend=first))
 
     def _active(self) -> bool:
         return self.is_recorded(self.state.step, self.state.branch)
@@ -261,6 +271,8 @@ class _SiteProbe:
     def _on_attention_input(self, module, args, kwargs):
         if self._active():
             self._scratch["visual"] = self.site.visual_input(args, kwargs)[0]
+            if self.site.joint_attention:
+                self._scratch["rotary"] = kwargs.get("image_rotary_emb")
             mask = kwargs.get("attention_mask")
             if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
                 self._scratch["mask"] = mask.reshape(mask.shape[0], -1)[0]  # over [visual; text] keys
@@ -316,6 +328,8 @@ class _SiteProbe:
                 maps = cosine_maps(scratch["visual"], scratch["keyword_values"], grid)
             elif self.config.kind == "output":
                 maps = cosine_maps(scratch["attention_output"], scratch["keyword_values"], grid)
+            elif self.site.joint_attention:
+                maps = self._joint_attention_maps(scratch, grid)
             else:
                 n_visual = scratch["visual"].shape[0]
                 query = scratch["query"].reshape(scratch["query"].shape[0], -1)  # (S, H, d) -> (S, D)
@@ -334,6 +348,30 @@ class _SiteProbe:
         self.seconds += time.perf_counter() - started
         self.sink(self.state.step, self.site.layer, self.state.branch, maps)
         return None
+
+    def _joint_attention_maps(self, scratch: dict[str, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
+        """MMDiT: the mass each visual query puts on the keyword rows, softmax over all keys."""
+        n = scratch["visual"].shape[0]
+        query, key = scratch["query"], scratch["key"]  # (S, H, d) from the norms
+        if self.site.text_follows_visual:  # single stream: one norm over [visual; text]
+            query, visual_key, text_key = query[:n], key[:n], key[n:]
+        else:  # double stream: visual keys from norm_k, text keys from norm_added_k
+            visual_key, text_key = scratch["visual_key"], key
+        rotary = scratch.get("rotary")
+        if rotary is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            query = apply_rotary_emb(query[None], rotary, sequence_dim=1)[0]
+            visual_key = apply_rotary_emb(visual_key[None], rotary, sequence_dim=1)[0]
+        keys = torch.cat([visual_key, text_key[self.site.text_value_tokens]], dim=0)
+        mask = scratch.get("mask")
+        if mask is not None and mask.shape[0] != keys.shape[0]:
+            mask = None
+        shifted = [[n + index for index in tokens] for tokens in self.config.keyword_tokens]
+        heads = query.shape[1]
+        return attention_mass_maps(
+            query.reshape(n, -1), keys.reshape(keys.shape[0], -1), shifted, heads, grid, key_mask=mask, chunk=2048
+        )
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -450,3 +450,84 @@ def test_hunyuan_tiny_model_declares_small_record_defaults(tmp_path):
     attrs = layerscope.open_run(tmp_path / "run.zarr").attrs
     assert (attrs["num_inference_steps"], attrs["num_frames"], attrs["height"], attrs["width"]) == (4, 9, 64, 64)
     assert attrs["weights"] == "random" and attrs["pipeline_class"] == "HunyuanVideoImageToVideoPipeline"
+
+
+def test_hunyuan_attention_probe_is_the_models_joint_softmax(hunyuan, tmp_path):
+    """The attention map equals SDPA over [visual (RoPE); text] keys with a keyword-indicator value."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    import layerscope
+    from layerscope.recording import record
+
+    _, pipe = hunyuan
+    transformer = pipe.transformer
+    blocks = {
+        "transformer_blocks.0": transformer.transformer_blocks[0],
+        "single_transformer_blocks.1": transformer.single_transformer_blocks[1],
+    }
+    seen: dict[str, dict] = {name: {} for name in blocks}
+    handles = []
+    for name, block in blocks.items():
+        attn, store = block.attn, seen[name]
+
+        def pre(module, args, kwargs, store=store):
+            if "q" not in store:  # first call = step 0, cond
+                store.update(
+                    n=kwargs["hidden_states"].shape[1],
+                    rope=kwargs["image_rotary_emb"],
+                    mask=kwargs["attention_mask"].reshape(-1),
+                )
+
+        def keep(key, store=store):
+            return lambda module, args, output: store.setdefault(key, output.detach().clone())
+
+        handles += [
+            attn.register_forward_pre_hook(pre, with_kwargs=True),
+            attn.norm_q.register_forward_hook(keep("q")),
+            attn.norm_k.register_forward_hook(keep("k")),
+        ]
+        if attn.norm_added_k is not None:
+            handles.append(attn.norm_added_k.register_forward_hook(keep("text_k")))
+    try:
+        record(
+            pipe,
+            tmp_path / "att.zarr",
+            image=_image(),
+            prompt=PROMPT,
+            keywords=["red", "circle"],
+            probe="attention",
+            dtype="float32",
+            progress=False,
+            **SIZE,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    ds = layerscope.open_run(tmp_path / "att.zarr")
+    rows = [k["token_indices"] for k in ds.attrs["keywords"]]
+    grid = tuple(ds.attrs["grid"])
+    for name, store in seen.items():
+        n = store["n"]
+        q, k = store["q"], store["k"]  # (1, S, H, d)
+        if "text_k" in store:
+            visual_q, visual_k, text_k = q, k, store["text_k"]
+        else:
+            visual_q, visual_k, text_k = q[:, :n], k[:, :n], k[:, n:]
+        visual_q = apply_rotary_emb(visual_q, store["rope"], sequence_dim=1)
+        visual_k = apply_rotary_emb(visual_k, store["rope"], sequence_dim=1)
+        keys = torch.cat([visual_k, text_k], dim=1)
+        indicator = torch.zeros(1, keys.shape[1], 1, len(rows))
+        for column, tokens in enumerate(rows):
+            indicator[0, [n + t for t in tokens], 0, column] = 1.0
+        heads = q.shape[2]
+        mass = F.scaled_dot_product_attention(
+            visual_q.transpose(1, 2),
+            keys.transpose(1, 2),
+            indicator.expand(1, keys.shape[1], heads, -1).transpose(1, 2),
+            attn_mask=store["mask"][None, None, None, :],
+        )  # (1, H, N, K)
+        expected = mass[0].mean(0).T.reshape(len(rows), *grid)
+        layer = [str(b) for b in ds["block"].values].index(name)
+        got = torch.from_numpy(ds["similarity"].isel(step=0, layer=layer).values)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert float(got.sum()) > 0

@@ -53,6 +53,11 @@ class ProbeSite:
         attention_output_reader: ``(input of attention_output, n_visual, width) -> (N, D)``
             when that input holds more than the visual attention output (HunyuanVideo's
             single blocks feed ``[attention; MLP]`` through ``proj_out``).
+        joint_attention: MMDiT: the ``attention`` probe takes each visual query's softmax
+            over *all* keys ``[visual; text]`` (masked), with the rotary embedding the
+            model applies to visual queries and keys (``image_rotary_emb`` of the call).
+        visual_key_norm: the module whose output holds the visual keys, when it is not
+            ``key_norm`` (double-stream blocks: ``norm_k`` beside ``norm_added_k``).
     """
 
     name: str
@@ -69,6 +74,8 @@ class ProbeSite:
     stream: str = ""
     text_follows_visual: bool = False
     attention_output_reader: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+    joint_attention: bool = False
+    visual_key_norm: torch.nn.Module | None = None
 
 
 class ModelAdapter(ABC):

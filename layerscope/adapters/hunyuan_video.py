@@ -24,10 +24,11 @@ Facts used (diffusers 0.42 ``transformer_hunyuan_video.py`` and
   silently.  :meth:`HunyuanVideoAdapter.prompt_template` computes both from the
   checkpoint's own tokenizer and refuses a template they do not fit.
 
-The ``attention`` probe is a documented approximation here: each visual query's softmax
-is taken over the *text* keys only (padding rows masked), and queries are used before
-the rotary embedding (text keys carry none).  The model's own softmax also runs over the
-visual keys with RoPE; use the ``hidden`` probe (the paper's Eq. 10) for the ranking.
+The ``attention`` probe is the model's own joint attention: each visual query (with the
+rotary embedding of the call) takes its softmax over all keys, visual (rotated) and text
+(padding masked), in chunks of queries; the map is the mass on the keyword's text rows,
+heads averaged.  It costs as much as the block's attention; the ``hidden`` probe (the
+paper's Eq. 10) is what the ranking uses.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class HunyuanVideoAdapter(ModelAdapter):
                     heads=attn.heads,
                     block=f"transformer_blocks.{index}",
                     stream="double",
+                    joint_attention=True,
+                    visual_key_norm=attn.norm_k,
                 )
             )
         offset = len(denoiser.transformer_blocks)
@@ -113,6 +116,7 @@ class HunyuanVideoAdapter(ModelAdapter):
                     stream="single",
                     text_follows_visual=True,
                     attention_output_reader=_single_stream_attention,
+                    joint_attention=True,
                 )
             )
         return sites
@@ -284,6 +288,6 @@ class HunyuanVideoAdapter(ModelAdapter):
             "guidance_embeds": bool(config.guidance_embeds),
             "image_rows": self.image_rows(),
             "image_embed_interleave": self.image_embed_interleave(),
-            "attention_probe": "text keys only, queries before RoPE (approximation)",
+            "attention_probe": "joint softmax over visual (RoPE) and text keys, as the model",
             "experts": 1,
         }
