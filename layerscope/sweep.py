@@ -232,6 +232,7 @@ MATCHED_OPTIONS = (
     "num_inference_steps",
     "seed",
     "guidance_scale",
+    "true_cfg_scale",
     "negative_prompt",
     "probe",
     "layers",
@@ -240,6 +241,9 @@ MATCHED_OPTIONS = (
     "dtype",
 )
 
+
+#: Record options newer than some stores, with the value those stores were made with.
+OPTION_DEFAULTS = {"true_cfg_scale": 1.0}
 
 #: Store attributes (beyond the record config) that must match too: the model, its dtype,
 #: the intervention as configured when the sweep started (``sweep_intervention``; the
@@ -256,7 +260,8 @@ def mismatched_options(
     def same(a: Any, b: Any) -> bool:
         return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
-    stored_config = stored_attrs.get("record_config") or {}
+    # options added later: stores made before them used the value that is now the default
+    stored_config = {**OPTION_DEFAULTS, **(stored_attrs.get("record_config") or {})}
     wrong = [key for key in MATCHED_OPTIONS if not same(stored_config.get(key), wanted_config.get(key))]
     return wrong + [key for key in MATCHED_ATTRS if not same(stored_attrs.get(key), wanted_attrs.get(key))]
 

@@ -281,3 +281,16 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path, prompts):
     launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "layerscope"]  # fmt: skip
     _launched([*launcher, "sweep", str(prompts), "--out-dir", str(out), *FAST], out)
+
+
+def test_resume_matches_true_cfg_and_reads_older_stores_as_default():
+    """A store made with --true-cfg 3 is not resumed by a sweep without it; stores older than the
+    option (no key in record_config) were made with its default and still match."""
+    from layerscope.sweep import mismatched_options
+
+    wanted = {"prompt": "p", "true_cfg_scale": 1.0}
+    older = {"record_config": {"prompt": "p"}}
+    assert mismatched_options(older, wanted, {}) == []
+    assert mismatched_options({"record_config": {"prompt": "p", "true_cfg_scale": 3.0}}, wanted, {}) == [
+        "true_cfg_scale"
+    ]
