@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-count", type=int, default=30, help="held-out eval prompts")
     parser.add_argument("--eval-steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0, help="plant seed and the random band's draw")
+    parser.add_argument(
+        "--skip-default", action="store_true", help="do not sweep the unplanted default model (its row says so)"
+    )
     args = parser.parse_args(argv)
 
     from layerscope.cli import main as layerscope
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     rankings = {}
     for name, target in (("planted", str(model)), ("default", "default")):
         path = out / f"ranking-{name}.json"
+        if name == "default" and args.skip_default and not path.is_file():
+            rankings[name] = None
+            continue
         if not path.is_file():
             sweep = str(out / f"sweep-{name}")
             run(["sweep", str(out / "prompts" / "prompts.jsonl"), "--out-dir", sweep, "--seeds", seeds,
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_path = out / "eval.json"
     if eval_path.is_file():
         evals = json.loads(eval_path.read_text())
+        evals["table"] = table(evals["results"])
     else:
         evals = evaluate(model, planted_layers, control, count=count, steps=eval_steps, seeds=seeds)
         eval_path.write_text(json.dumps(evals, indent=2))
@@ -142,17 +149,23 @@ def evaluate(model: Path, planted: list[int], control: list[int], *, count: int,
         results[name] = evaluate_pipeline(pipe, intervention_factory=factory, **common)
     comparisons = {name: paired_comparison(results["no guidance"], results[name]) for name in factories}
     comparisons["FG planted - FG random"] = paired_comparison(results["FG random band"], results["FG planted band"])
-    table = {
+    return {"count": count, "steps": steps, "seeds": seeds, "table": table(results), "comparisons": comparisons,
+            "results": results}  # fmt: skip
+
+
+def table(results: dict) -> dict:
+    """Per variant: all-correct [95% bootstrap over prompts] per dimension and overall, the share
+    of single questions passed, first-frame consistency."""
+    return {
         name: {
             "overall": [r["overall"]["all_correct"], *r["overall"]["ci"]],
             **{d: [v["all_correct"], *v["ci"]] for d, v in r["per_dimension"].items()},
+            "questions": r["overall"]["questions"],
             "first_frame_consistency": r["overall"].get("first_frame_consistency"),
             "seconds": r["seconds"],
         }
         for name, r in results.items()
     }
-    return {"count": count, "steps": steps, "seeds": seeds, "table": table, "comparisons": comparisons,
-            "results": results}  # fmt: skip
 
 
 def report(result: dict, evals: dict) -> str:
@@ -161,6 +174,9 @@ def report(result: dict, evals: dict) -> str:
     lines = [f"# Planted truth: layers {result['planted_layers']} text-blind", ""]
     lines += ["| model | verdict | p | band | Jaccard with planted | n_runs |", "| --- | --- | --- | --- | --- | --- |"]
     for name, r in result["rankings"].items():
+        if r is None:
+            lines.append(f"| {name} | not swept in this run (--skip-default) | | | | |")
+            continue
         lines.append(
             f"| {name} | {r['verdict']} | {r['p_value']:.3g} | {r['band']} | {r['jaccard_with_planted']:.2f} "
             f"| {r['n_runs']} |"
@@ -168,17 +184,20 @@ def report(result: dict, evals: dict) -> str:
     lines += ["", "Moran's I per layer, mean [95% CI over runs]:", ""]
     lines += ["| layer | default | planted |", "| --- | --- | --- |"]
     for layer in result["rankings"]["planted"]["moran_i"]:
-        cells = [result["rankings"][m]["moran_i"][layer] for m in ("default", "planted")]
-        lines.append(f"| {layer} | " + " | ".join(f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in cells) + " |")
+        cells = [(result["rankings"][m] or {}).get("moran_i", {}).get(layer) for m in ("default", "planted")]
+        text = ["-" if c is None else f"{c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}]" for c in cells]
+        lines.append(f"| {layer} | " + " | ".join(text) + " |")
     lines += ["", f"Eval of the planted model: {evals['count']} held-out prompts x seeds {evals['seeds']}, "
               f"{evals['steps']} steps; random band {result['random_band']}; all-correct [95% bootstrap over prompts]:",
               ""]  # fmt: skip
-    dims = [k for k in next(iter(evals["table"].values())) if k not in ("first_frame_consistency", "seconds")]
-    lines += ["| variant | " + " | ".join(dims) + " | first-frame consistency |", "| --- " * (len(dims) + 2) + "|"]
+    skip = ("questions", "first_frame_consistency", "seconds")
+    dims = [k for k in next(iter(evals["table"].values())) if k not in skip]
+    header = "| variant | " + " | ".join(dims) + " | questions passed | first-frame consistency |"
+    lines += [header, "| --- " * (len(dims) + 3) + "|"]
     for name, row in evals["table"].items():
         cells = " | ".join(f"{row[d][0]:.3f} [{row[d][1]:.2f}, {row[d][2]:.2f}]" for d in dims)
         ffc = row["first_frame_consistency"]
-        lines.append(f"| {name} | {cells} | {'' if ffc is None else f'{ffc:.3f}'} |")
+        lines.append(f"| {name} | {cells} | {row['questions']:.2f} | {'' if ffc is None else f'{ffc:.3f}'} |")
     lines += ["", "Paired over prompt x seed (sign-flip test over prompts):", ""]
     lines.append(format_comparisons(evals["comparisons"]))
     return "\n".join(lines) + "\n"
