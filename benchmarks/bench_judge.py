@@ -120,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", default="6,24", help="video counts for the throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=3, help="prompts for the overhead run (1 seed each)")
+    parser.add_argument("--prompts", type=int, default=3, help="prompts for the overhead run (1 seed each; 0: skip)")
     parser.add_argument("--json", default="benchmarks/results/bench_judge.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,6 +164,9 @@ def main() -> None:
         small = max(e["peak_rss_bytes"] for e in results["throughput"] if e["judge"] == "vlm")
         results["vlm_peak_wan_size_over_256px"] = results["streaming"][1]["peak_rss_bytes"] / small
         print(f"vlm judge peak RSS, that video / the 256x256 clips: {results['vlm_peak_wan_size_over_256px']:.3f}")
+        if args.prompts == 0:  # --prompts 0: judges only
+            write_json(results, args.json)
+            return
         timing = bench_overhead(tmp, args.prompts)
         results["overhead"] = timing
         ratio = timing["overhead_ratio"]
