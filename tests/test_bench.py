@@ -199,6 +199,9 @@ def test_saved_videos_are_reused_and_cached_answers_follow_the_judge(four_prompt
     assert bench(four_prompts, out, changed, pipe=second) == 0
     assert second.calls == [] and len(changed.seen) == 8  # another judge: same videos, new answers
     assert json.loads((out / "results.json").read_text())["summary"]["overall"]["all_correct"] == 1.0
+    third, again = FakePipe(), TableJudge(ALL_PASS)
+    assert bench(four_prompts, out, again, pipe=third, resume=False) == 0
+    assert len(third.calls) == 8 and len(again.seen) == 8  # --no-resume: made again, so judged again
 
 
 def test_other_settings_on_resume_are_refused_not_mixed(four_prompts, tmp_path):

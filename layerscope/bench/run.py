@@ -90,7 +90,9 @@ def _score_one(job: VideoJob, out_dir: Path, judge: Judge, clip: Any, video_key:
     from layerscope.outputs import write_text_atomic
 
     path = out_dir / SCORE_DIR / f"{job.name}.json"
-    wanted = {"video": video_key, "judge": judge.describe(), "features": clip.describe() if clip else None}
+    stat = job.paths(out_dir)["mp4"].stat()  # a video made again (--no-resume) is judged again
+    video = {**video_key, "mp4_bytes": stat.st_size, "mp4_mtime_ns": stat.st_mtime_ns}
+    wanted = {"video": video, "judge": judge.describe(), "features": clip.describe() if clip else None}
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
