@@ -811,6 +811,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the testbed models, else 480)")
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the testbed models, else 832)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--true-cfg", type=float, default=1.0, help="HunyuanVideo-I2V: true CFG scale (> 1: cond + uncond)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--fps", type=_positive_int, default=16, help="frame rate of the saved mp4 (Wan2.1: 16)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="generator dtype")
@@ -885,6 +886,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         width=args.width or width,
         guidance=args.guidance,
         negative_prompt=args.negative_prompt,
+        true_cfg=args.true_cfg,
         dtype=args.dtype,
         fps=args.fps,
         record=args.record,

@@ -40,6 +40,8 @@ class GenerationSettings:
     width: int
     guidance: float = 5.0
     negative_prompt: str | None = None
+    #: HunyuanVideo-I2V's true CFG (``--true-cfg``); ``guidance`` is then its embedded guidance
+    true_cfg: float = 1.0
     dtype: str = "float32"
     fps: int = 16
     intervention: Any = "none"
@@ -147,6 +149,26 @@ def _apply(intervention: Any, pipe: Any, prompt: str, image: Any, settings: Gene
     return intervention.apply(inputs).remove
 
 
+def _guidance_kwargs(pipe: Any, settings: GenerationSettings) -> dict[str, Any]:
+    """The family's own guidance arguments (HunyuanVideo: its templated prompt, embedded vs true CFG).
+
+    Generating needs no probes, so a pipeline no adapter knows still runs, with diffusers'
+    common ``guidance_scale``/``negative_prompt``.
+    """
+    from types import SimpleNamespace
+
+    from layerscope.adapters.base import AdapterError
+    from layerscope.adapters.registry import resolve_adapter
+
+    wanted = SimpleNamespace(
+        guidance_scale=settings.guidance, negative_prompt=settings.negative_prompt, true_cfg_scale=settings.true_cfg
+    )
+    try:
+        return resolve_adapter(pipe).call_kwargs(wanted)
+    except AdapterError:
+        return {"guidance_scale": settings.guidance, "negative_prompt": settings.negative_prompt}
+
+
 def generate_video(pipe: Any, job: VideoJob, image: Any, settings: GenerationSettings, intervention: Any) -> np.ndarray:
     """(T, H, W, 3) uint8 video of one job (noise drawn on the CPU: same video on every device)."""
     import torch
@@ -158,14 +180,13 @@ def generate_video(pipe: Any, job: VideoJob, image: Any, settings: GenerationSet
         output = pipe(
             image=image,
             prompt=job.prompt.prompt,
-            negative_prompt=settings.negative_prompt,
             height=settings.height,
             width=settings.width,
             num_frames=settings.frames,
             num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
             generator=torch.Generator(device="cpu").manual_seed(job.seed),
             output_type="np",
+            **_guidance_kwargs(pipe, settings),
         )
     finally:
         remove()
@@ -189,6 +210,7 @@ def record_video(
         seed=job.seed,
         guidance_scale=settings.guidance,
         negative_prompt=settings.negative_prompt,
+        true_cfg_scale=settings.true_cfg,
         overwrite=True,
     )
     summary = record(pipe, store, config, image=image, progress=False, intervention=intervention,
