@@ -8,6 +8,10 @@ a context manager for people who call the pipeline themselves (DAAM-style)::
         out = pipe(image=img, prompt=p, height=480, width=832, num_frames=81,
                    num_inference_steps=50, output_type="np")
         rec.save_outputs(reference=img, video=out.frames[0])
+
+For a HunyuanVideo-I2V pipeline pass the adapter's pipeline arguments too
+(``**resolve_adapter(pipe).call_kwargs(config)``): they carry the prompt template whose
+``crop_start`` the keyword rows were computed with.
 """
 
 from __future__ import annotations
