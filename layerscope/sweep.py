@@ -94,6 +94,31 @@ def _entry_id(line: int, image: str, prompt: str, keywords: list[str]) -> str:
     return f"p{line:04d}-{digest}"
 
 
+def prompt_image(base: Path, value: str, where: str, error: type[LayerScopeError]) -> tuple[Path, str]:
+    """A prompt line's image (relative to the prompt file) and its sha1, or one line of ``error``.
+
+    Shared by the sweep's and the bench's prompt files (one format, two sets of required keys).
+    """
+    try:
+        image = (base / value).resolve()
+        digest = hashlib.sha1(image.read_bytes()).hexdigest() if image.is_file() else None
+    except (OSError, ValueError) as problem:  # NUL bytes, permissions, too-long names
+        raise error(f"{where}: image {value!r} cannot be read ({problem})") from None
+    if digest is None:
+        raise error(f"{where}: image {value} not found (paths are relative to {base or '.'}); fix the path")
+    return image, digest
+
+
+def check_prompt_id(entry_id: Any, where: str, number: int, seen: dict[str, int], error: type[LayerScopeError]) -> str:
+    """A prompt line's id: safe as a file name and unique in the file (``seen`` is updated)."""
+    if not isinstance(entry_id, str) or not _ID_PATTERN.match(entry_id):
+        raise error(f"{where}: id {entry_id!r} must be letters, digits, '.', '_' or '-' (it names files)")
+    if entry_id in seen:
+        raise error(f"{where}: id {entry_id!r} is also on line {seen[entry_id]}; ids must be unique")
+    seen[entry_id] = number
+    return entry_id
+
+
 def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     """Read and check a JSONL prompt file: the one reader of the format.
 
@@ -122,13 +147,7 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
             check_keywords_in_prompt(data["prompt"], keywords)
         except LayerScopeError as error:
             raise SweepError(f"{where}: {error}") from None
-        try:
-            image = (base / data["image"]).resolve()
-            digest = hashlib.sha1(image.read_bytes()).hexdigest() if image.is_file() else None
-        except (OSError, ValueError) as error:  # NUL bytes, permissions, too-long names
-            raise SweepError(f"{where}: image {data['image']!r} cannot be read ({error})") from None
-        if digest is None:
-            raise SweepError(f"{where}: image {data['image']} not found (paths are relative to {base or '.'})")
+        image, digest = prompt_image(base, data["image"], where, SweepError)
         dimension = data.get("dimension")
         if dimension is not None and not isinstance(dimension, str):
             raise SweepError(f"{where}: 'dimension' must be a string")
@@ -138,11 +157,7 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
         entry_id = data.get("id")
         if entry_id is None:
             entry_id = _entry_id(number, data["image"], data["prompt"], keywords)
-        elif not isinstance(entry_id, str) or not _ID_PATTERN.match(entry_id):
-            raise SweepError(f"{where}: id {entry_id!r} must be letters, digits, '.', '_' or '-' (it names the store)")
-        if entry_id in seen:
-            raise SweepError(f"{where}: id {entry_id!r} is also on line {seen[entry_id]}; ids must be unique")
-        seen[entry_id] = number
+        check_prompt_id(entry_id, where, number, seen, SweepError)
         entries.append(
             PromptEntry(
                 id=entry_id,

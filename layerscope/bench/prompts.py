@@ -13,9 +13,7 @@ before any model loads or any file is written.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ from typing import Any
 from layerscope.errors import LayerScopeError
 
 _KNOWN_KEYS = {"image", "prompt", "dimension", "questions", "keywords", "id", "scene"}
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FIX = "write one JSON object per line with image, prompt, dimension and questions"
 
 
@@ -66,6 +63,7 @@ def _strings(value: Any) -> bool:
 def read_bench_prompts(path: str | os.PathLike) -> list[BenchPrompt]:
     """Read and check a benchmark prompt file (see the module docstring for the format)."""
     from layerscope.outputs import read_jsonl_objects
+    from layerscope.sweep import check_prompt_id, prompt_image
 
     base = Path(path).parent
     entries: list[BenchPrompt] = []
@@ -84,21 +82,8 @@ def read_bench_prompts(path: str | os.PathLike) -> list[BenchPrompt]:
         scene = data.get("scene")
         if scene is not None and not isinstance(scene, dict):
             raise BenchInputError(f"{where}: 'scene' must be a JSON object (judge-specific data)")
-        try:
-            image = (base / data["image"]).resolve()
-            digest = hashlib.sha1(image.read_bytes()).hexdigest() if image.is_file() else None
-        except (OSError, ValueError) as error:
-            raise BenchInputError(f"{where}: image {data['image']!r} cannot be read ({error})") from None
-        if digest is None:
-            raise BenchInputError(
-                f"{where}: image {data['image']} not found (paths are relative to {base}); fix the path"
-            )
-        entry_id = data.get("id", f"p{number:04d}")
-        if not isinstance(entry_id, str) or not _ID_PATTERN.match(entry_id):
-            raise BenchInputError(f"{where}: id {entry_id!r} must be letters, digits, '.', '_' or '-' (it names files)")
-        if entry_id in seen:
-            raise BenchInputError(f"{where}: id {entry_id!r} is also on line {seen[entry_id]}; ids must be unique")
-        seen[entry_id] = number
+        image, digest = prompt_image(base, data["image"], where, BenchInputError)
+        entry_id = check_prompt_id(data.get("id", f"p{number:04d}"), where, number, seen, BenchInputError)
         entries.append(
             BenchPrompt(
                 id=entry_id,
