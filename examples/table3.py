@@ -4,6 +4,10 @@ paired p-values against the baseline.
 
     python examples/table3.py --ranking runs/sweep-ranking.json --out-dir runs/table3          # full: 30 x 5
     python examples/table3.py --ranking runs/sweep-ranking.json --out-dir runs/t3 --quick      # minutes
+    python examples/table3.py --layers 4-7 --model runs/planted --out-dir runs/t3-planted      # named layers
+
+`--layers` guides and trains the named layers instead of a ranking's band (a ranking
+with no significant band has none; the table then says which layers it used and why).
 
 Steps (each a `layerscope` command, so every piece is reproducible on its own):
   1. finetune the ranking's weak layers' cross-attention twice: with FG on (paper) and with --no-fg;
@@ -24,7 +28,9 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranking", required=True, help="ranking JSON whose weak band is guided and trained")
+    parser.add_argument("--ranking", help="ranking JSON whose weak band is guided and trained")
+    parser.add_argument("--layers", help="guide and train these layers instead, e.g. 4-7")
+    parser.add_argument("--model", default="default", help="the model of every row (default: the shipped one)")
     parser.add_argument("--out-dir", default="runs/table3")
     parser.add_argument("--quick", action="store_true", help="6 prompts, 2 seeds, 4 steps, 8 clips x 5 steps")
     parser.add_argument("--seeds", default="0-4")
@@ -33,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
+    if bool(args.ranking) == bool(args.layers):
+        parser.error("name the layers: --ranking R.json (its weak band) or --layers L-M, not both")
 
     from layerscope.cli import main as layerscope
     from layerscope.testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison
@@ -42,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = "0-1" if args.quick else args.seeds
     clips, train_steps = (8, 5) if args.quick else (args.clips, args.train_steps)
     size = ["--count", "6", "--steps", "4"] if args.quick else []
-    fg = ["--intervene", "focal-guidance", "--ranking", args.ranking]
+    if args.ranking:
+        fg, chosen = ["--intervene", "focal-guidance", "--ranking", args.ranking], ["--ranking", args.ranking]
+    else:
+        from layerscope.testbed.shapes.plant import parse_layers
+
+        layers = list(parse_layers(args.layers))
+        fg = ["--intervene", "focal-guidance", "--fg-set", f"weak_layers={layers}"]
+        chosen = ["--layers", args.layers]
 
     def run(argv: list[str]) -> None:
         print("$ layerscope " + " ".join(argv), flush=True)
@@ -51,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, extra in (("ft-fg", []), ("ft-nofg", ["--no-fg"])):
         if not (out / name / "layerscope_finetune.json").is_file():
-            data = ["--data", f"shapes:{clips}", "--ranking", args.ranking, "--steps", str(train_steps)]
+            data = ["--data", f"shapes:{clips}", *chosen, "--steps", str(train_steps)]
             again = ["--resume"] if (out / name).is_dir() else []  # an interrupted run continues (cache, checkpoints)
             target = ["--lr", str(args.lr), "--out", str(out / name), "--quiet"]
-            run(["finetune", "--model", "default", *data, *target, *extra, *again])
+            run(["finetune", "--model", args.model, *data, *target, *extra, *again])
     evals = {
         "zero-shot": Path(args.baseline_eval) if args.baseline_eval else out / "eval-default.json",
         "ft-nofg": out / "eval-ft-nofg.json",
@@ -65,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not evals["ft-fg"].is_file():
         run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *fg])
     if not evals["zero-shot"].is_file():
-        run(["eval", "--model", "default", "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
+        run(["eval", "--model", args.model, "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
     loaded = {name: json.loads(path.read_text())["results"] for name, path in evals.items()}
     rows = {
         "baseline": loaded["zero-shot"]["baseline"],
@@ -80,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = {name: paired_comparison(rows["baseline"], row) for name, row in rows.items() if name != "baseline"}
     table = (
         f"Table 3 on the shapes testbed ({len(rows['baseline']['outcomes'])} held-out prompts x seeds {seeds}; "
+        f"model {args.model}, layers {'of ' + args.ranking if args.ranking else args.layers}; "
         "95% intervals: bootstrap over prompts)\n\n"
         f"{format_table(rows)}\n\npaired against the baseline (sign-flip test over prompts):\n\n"
         f"{format_comparisons(comparisons)}\n"
     )
     print(table)
     (out / "table3.md").write_text(table)
-    (out / "table3.json").write_text(json.dumps({"rows": rows, "comparisons": comparisons}, indent=2, default=float))
+    layers_used = {"ranking": args.ranking, "layers": args.layers, "model": args.model}
+    (out / "table3.json").write_text(
+        json.dumps({"rows": rows, "comparisons": comparisons, "layers": layers_used}, indent=2, default=float)
+    )
     print(f"wrote {out / 'table3.json'} and {out / 'table3.md'}")
     return 0
 

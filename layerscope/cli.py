@@ -47,6 +47,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0 (loss weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1) (decays)."""
+    value = _non_negative_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
 def _add_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "record",
@@ -352,8 +371,25 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replay",
         metavar="MODEL_JSON",
-        help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other options)",
+        help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other "
+        "options but --init, which a continued run needs again)",
     )
+    p.add_argument(
+        "--init",
+        metavar="MODEL_DIR",
+        help="train: continue this trained shapes-world model (its VAE, CLIP and encoders kept, its DiT trained on)",
+    )
+    p.add_argument(
+        "--focus-weight",
+        type=_non_negative_float,
+        default=8.0,
+        help="train: extra DiT loss weight where the clip changes or shows a shape (0: plain MSE; default 8)",
+    )
+    p.add_argument(
+        "--ema", type=_unit_interval, default=0.999, help="train: EMA decay of the saved DiT (0: last weights)"
+    )
+    p.add_argument("--lr-dit", type=_positive_float, default=1e-3, help="train: peak DiT learning rate")
+    p.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
     p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
     p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
@@ -421,15 +457,32 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {args.out} exists and is not an empty directory; choose a new directory")
+    from layerscope.loading import MODEL_INFO_FILE
+    from layerscope.outputs import check_output_path
+
+    if args.init and not _is_shapes_model(Path(args.init).expanduser() / MODEL_INFO_FILE):
+        raise UsageError(f"--init {args.init}: not a trained shapes-world model directory (no {MODEL_INFO_FILE})")
+    if args.cache:
+        check_output_path(args.cache, "--cache", directory=True)
     if args.replay:
         try:
-            config = replay_config(args.replay, args.out)
+            config = replay_config(args.replay, args.out, init=args.init)
         except (OSError, ValueError) as error:
             raise UsageError(f"--replay: {error}") from None
     else:
         if args.scenes is not None and args.scenes < 8:
             raise UsageError(f"testbed train needs --scenes >= 8 (the VAE check uses 8 clips), got {args.scenes}")
-        config = TrainConfig(out=args.out, seed=args.seed, minutes=args.minutes, train_scenes=args.scenes or 480)
+        config = TrainConfig(
+            out=args.out,
+            seed=args.seed,
+            minutes=args.minutes,
+            train_scenes=args.scenes or 480,
+            dit_focus_weight=args.focus_weight,
+            ema_decay=args.ema,
+            lr_dit=args.lr_dit,
+            init=args.init,
+        )
+    config.cache = args.cache
     try:
         print(train(config))
     except TrainingError as error:

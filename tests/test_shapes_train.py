@@ -131,6 +131,9 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
         (["--replay", "missing.json"], "--replay"),
         (["--out", "."], "not an empty directory"),
         (["--out", "something"], "not an empty directory"),
+        (["--init", "something"], "--init something: not a trained shapes-world model"),
+        (["--init", "."], "--init .: not a trained shapes-world model"),
+        (["--cache", "something/below"], "--cache"),
     ],
 )
 def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monkeypatch, capsys):
@@ -147,7 +150,18 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    "argv", [["--minutes", "0"], ["--minutes", "-5"], ["--seed", "-1"], ["--scenes", "0"], ["--scenes", "7"]]
+    "argv",
+    [
+        ["--minutes", "0"],
+        ["--minutes", "-5"],
+        ["--seed", "-1"],
+        ["--scenes", "0"],
+        ["--scenes", "7"],
+        ["--focus-weight", "-1"],
+        ["--ema", "1"],
+        ["--ema", "x"],
+        ["--lr-dit", "0"],
+    ],
 )
 def test_train_rejects_impossible_numbers(argv, tmp_path):
     from layerscope.cli import main
@@ -171,3 +185,103 @@ def test_replay_refuses_a_json_without_steps(tmp_path):
 
     with pytest.raises(ValueError, match="cannot be replayed exactly"):
         replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"))
+
+
+def test_focus_mask_marks_changed_and_shape_positions_per_latent_frame():
+    """Latent frame 0 <- pixel frame 0, latent frame k <- pixel frames 4(k-1)+1 .. 4k (Wan's causal VAE)."""
+    from layerscope.testbed.shapes.train import focus_mask
+
+    video = np.full((1, 9, 16, 24, 3), 128, dtype=np.uint8)
+    video[0, :, 1, 1] = (220, 40, 40)  # a shape pixel in every frame: block (0, 0), all latent frames
+    video[0, 3, 9, 20] = (130, 130, 130)  # a grey change in frame 3 only: block (1, 2), latent frame 1
+    video[0, 8, 15, 9] = (40, 80, 225)  # a shape appears in frame 8: block (1, 1), latent frame 2
+    mask = focus_mask(video, latent_frames=3)
+    expected = np.zeros((1, 1, 3, 2, 3), dtype=np.float32)
+    expected[0, 0, :, 0, 0] = 1
+    expected[0, 0, 1, 1, 2] = 1
+    expected[0, 0, 2, 1, 1] = 1
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_weighted_mse_against_hand_values():
+    import torch
+
+    from layerscope.testbed.shapes.train import weighted_mse
+
+    prediction = torch.zeros(1, 2, 1, 1, 2)
+    target = torch.tensor([[[[[1.0, 2.0]]], [[[3.0, 0.0]]]]])  # squared errors: c0 (1, 4), c1 (9, 0)
+    assert float(weighted_mse(prediction, target)) == pytest.approx(14 / 4)
+    weight = torch.tensor([[[[[1.0, 9.0]]]]])  # position 1 weighs 9x
+    assert float(weighted_mse(prediction, target, weight)) == pytest.approx((1 + 9 + 9 * (4 + 0)) / (10 * 2))
+    assert float(weighted_mse(prediction, target, torch.full_like(weight, 3.0))) == pytest.approx(14 / 4)
+
+
+def test_ema_weights_are_the_moving_average_of_the_trained_ones():
+    """One step with decay d saves d * start + (1 - d) * (weights after the step)."""
+    import torch
+
+    from layerscope.testbed.shapes.train import TrainConfig, train_dit
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.proj = torch.nn.Conv3d(4, 2, 1)
+
+        def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image, return_dict):
+            return (self.proj(hidden_states),)
+
+    generator = torch.Generator().manual_seed(1)
+    data = {
+        "x0": torch.randn(3, 2, 2, 2, 2, generator=generator),
+        "condition": torch.randn(3, 2, 2, 2, 2, generator=generator),
+        "prompt": torch.randn(3, 4, 3, generator=generator),
+        "image": torch.randn(3, 5, 3, generator=generator),
+        "negative": torch.zeros(4, 3),
+    }
+    logs = []
+
+    def run(decay):
+        model = Tiny()
+        config = TrainConfig(out="", dit_batch=2, ema_decay=decay, steps={"dit": 1}, dit_warmup=0)
+        train_dit(model, data, config, 1.0, lambda *a, **k: logs.append(k))
+        return model.proj.weight.detach().clone()
+
+    start, stepped, averaged = Tiny().proj.weight.detach().clone(), run(0.0), run(0.75)
+    assert not torch.equal(start, stepped)
+    torch.testing.assert_close(averaged, 0.75 * start + 0.25 * stepped)
+
+
+def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
+    """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
+    recorded; a replay needs the same parent and gives the same weights byte for byte."""
+    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train, weight_hashes
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    config = TrainConfig(
+        out=str(tmp_path / "child"),
+        train_scenes=2,
+        init=str(parent),
+        steps={"dit": 2},
+        dit_focus_weight=8.0,
+        ema_decay=0.5,
+        cache=str(tmp_path / "cache"),
+    )
+    child = train(config)
+    info = json.loads((child / "layerscope_model.json").read_text())
+    assert info["init_model"]["sha256"] == weight_hashes(parent)
+    assert info["steps"] == {"dit": 2} and "init" not in info["train_config"] and "cache" not in info["train_config"]
+    kept = ["vae", "clip", "image_encoder", "text_encoder"]
+    for name in kept:
+        for path in (parent / name).glob("*.safetensors"):
+            assert path.read_bytes() == (child / name / path.name).read_bytes(), path
+    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 1
+
+    with pytest.raises(ValueError, match="--init DIR"):
+        replay_config(child / "layerscope_model.json", str(tmp_path / "r0"))
+    with pytest.raises(ValueError, match="transformer/diffusion_pytorch_model.safetensors"):
+        replay_config(child / "layerscope_model.json", str(tmp_path / "r1"), init=str(child))
+    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "r2"), init=str(parent)))
+    for path in child.rglob("*.safetensors"):
+        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path

@@ -36,7 +36,8 @@ def _loss_summary(records: list[dict[str, Any]], stage: str, **match: Any) -> st
 
 def _replay_line(info: dict[str, Any]) -> str:
     if info.get("steps"):
-        return "Replay step for step: `layerscope testbed train --replay DIR/layerscope_model.json --out NEW`."
+        again = " --init PARENT" if info.get("init_model") else ""
+        return f"Replay step for step: `layerscope testbed train --replay DIR/layerscope_model.json --out NEW{again}`."
     return (
         "This run was time-boxed by wall clock, before runs recorded their step counts, so it cannot be "
         "replayed step for step; runs made since record them and `--replay` repeats them exactly."
@@ -71,10 +72,34 @@ def render_model_card(model_dir: str | Path) -> str:
             ("dit", {}),
         ),
     )
+    parent = info.get("init_model")
+    if parent:  # a continued run trains the DiT only; the rest is the parent's, byte for byte
+        stages = stages[-1:]
+        stages = (
+            (
+                f"{stages[0][0]}, focus weight {config.get('dit_focus_weight', 0):g}, "
+                f"EMA {config.get('ema_decay', 0):g}, peak lr {config['lr_dit']:g}",
+                *stages[0][1:],
+            ),
+        )
     stage_rows = "\n".join(
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
         for label, key, (log_stage, match) in stages
     )
+    command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}"
+    lineage = ""
+    if parent:
+        command = (
+            f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
+            f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
+            f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g}"
+        )
+        lineage = (
+            f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
+            "weight files is in `layerscope_model.json`, and a replay refuses any other parent): the VAE, CLIP, "
+            "image and text encoders are the parent's, byte for byte, and the DiT trained on from the parent's "
+            "weights. The parent's own training (VAE, CLIP, the first DiT steps) is described in its card."
+        )
     return f"""# {info["name"]} (v{info["version"]})
 
 A small image-to-video model with the **Wan2.1-I2V architecture**, trained from scratch on
@@ -104,9 +129,9 @@ out of training and make up the evaluation set.
 
 ## Training
 
-Command: `layerscope testbed train --out DIR --minutes {config["minutes"]:g} --seed {config["seed"]}`;
+Command: `{command}`;
 {info.get("train_minutes", "?")} minutes wall clock on {config.get("threads", "?")} threads. \
-{_replay_line(info)}
+{_replay_line(info)}{lineage}
 
 | stage | steps | loss (mean of first 5 logs -> last 10 logs) |
 | --- | --- | --- |

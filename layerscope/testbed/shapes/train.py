@@ -22,6 +22,19 @@ The text encoder (UMT5, word-level SentencePiece-style tokenizer over the shapes
 vocabulary) stays at its seeded random initialisation: a fixed random embedding of each
 word is enough for the DiT to learn to read it, and it saves the budget for the DiT.
 
+Continuing a finished model (``--init DIR``): the VAE, CLIP and encoders of ``DIR`` are
+kept as they are (stages 1-2 are skipped) and the DiT starts from ``DIR``'s weights, so
+the whole budget goes to the DiT.  The parent's weight files are hashed into the recipe
+and a replay refuses a parent whose hashes differ.  Two DiT options exist for such runs
+(both off by default, so older recipes replay unchanged):
+
+* ``dit_focus_weight``: the loss on latent positions where the clip changes (or a shape
+  is) weighs ``1 + dit_focus_weight``.  Why: the condition hands the DiT frame 0, so
+  ~90% of the latent is a copy of it and dominates a plain MSE, while the instruction
+  lives in the ~10% that moves or changes colour (v2 followed 8% of *training* prompts).
+* ``ema_decay``: the saved DiT is an exponential moving average of the trained one, the
+  usual remedy for a noisy last iterate when sampling with few steps.
+
 Losses go to ``train_log.jsonl`` in the output directory, one JSON object per line.
 """
 
@@ -70,7 +83,15 @@ class TrainConfig:
     lr_dit: float = 1e-3
     dit_warmup: int = 100
     prompt_dropout: float = 0.1
+    dit_focus_weight: float = 0.0
+    ema_decay: float = 0.0
     threads: int = 2
+    #: A finished model directory to continue from (see the module docstring); its weight
+    #: hashes, not its path, go into the recipe.
+    init: str | None = None
+    #: Where encoded training clips are cached (safetensors), keyed by the VAE's hash and
+    #: the scene set; not part of the recipe, as it changes nothing in the result.
+    cache: str | None = None
     #: Step counts per stage (keys of :data:`STAGES`).  Unset stages are calibrated from
     #: the time budget; a replay (``--replay``) sets all of them, and then the run is
     #: the same computation step for step, whatever the machine's speed.
@@ -384,12 +405,44 @@ def sample_sigmas(batch: int, generator: Any) -> Any:
     return SHIFT * s / (1 + (SHIFT - 1) * s)
 
 
+def focus_mask(videos: np.ndarray, latent_frames: int, scale: int = 8, temporal: int = 4) -> np.ndarray:
+    """Which latent positions (N, 1, latent_frames, H/scale, W/scale) carry the instruction.
+
+    A position is in focus when any pixel of its footprint differs from frame 0 in any of
+    the frames the latent frame encodes (Wan's causal VAE: latent frame 0 is pixel frame
+    0, latent frame ``k`` pixel frames ``temporal (k-1) + 1 .. temporal k``), or shows a
+    shape then.  Computed from the rendered clip, so it is exact, not a latent-space guess.
+    """
+    n, frames, height, width, _ = videos.shape
+    changed = np.any(videos != videos[:, :1], axis=-1) | shape_mask(videos)  # (N, T, H, W)
+    blocks = changed.reshape(n, frames, height // scale, scale, width // scale, scale).any(axis=(3, 5))
+    spans = [[0]] + [
+        list(range(temporal * (k - 1) + 1, min(frames, temporal * k + 1))) for k in range(1, latent_frames)
+    ]
+    mask = np.stack([blocks[:, span].any(axis=1) for span in spans], axis=1)
+    return mask[:, None].astype(np.float32)
+
+
+def weighted_mse(prediction: Any, target: Any, weight: Any = None) -> Any:
+    """Mean squared error over (B, C, T, H, W); ``weight`` (B, 1, T, H, W) weighs positions,
+    normalised so that a constant weight gives the plain mean."""
+    squared = (prediction - target).pow(2)
+    if weight is None:
+        return squared.mean()
+    return (squared * weight).sum() / (weight.sum() * squared.shape[1])
+
+
 def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
-    """Rectified-flow training on the encoded clips, as the Wan pipeline samples (module docstring)."""
+    """Rectified-flow training on the encoded clips, as the Wan pipeline samples (module docstring).
+
+    With ``config.ema_decay`` the transformer ends holding the moving average of its weights.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(config.seed + 30)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr_dit, weight_decay=0.01)
+    ema = [p.detach().clone() for p in transformer.parameters()] if config.ema_decay else None
+    focus = data.get("focus") if config.dit_focus_weight else None
     transformer.train()
     n = data["x0"].shape[0]
     clock, step = _stage(config, "dit", seconds), 0
@@ -410,16 +463,24 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
             encoder_hidden_states_image=data["image"][index],
             return_dict=False,
         )[0]
-        loss = (prediction - (noise - x0)).pow(2).mean()
+        weight = None if focus is None else 1.0 + config.dit_focus_weight * focus[index]
+        loss = weighted_mse(prediction, noise - x0, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         _set_lr(optimizer, config.lr_dit * clock.lr_factor(step, warmup=config.dit_warmup))
         optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in transformer.parameters()], 1.0 - config.ema_decay)
         if step % 10 == 0:
             log("dit", step=step, loss=round(float(loss.detach()), 5))
         step += 1
     log("stage", name="dit", steps=step)
+    if ema is not None:
+        with torch.no_grad():
+            for parameter, average in zip(transformer.parameters(), ema):
+                parameter.copy_(average)
     transformer.eval()
     return {"dit": step}
 
@@ -428,42 +489,91 @@ class TrainingError(RuntimeError):
     """Training ran but produced a model that must not be saved."""
 
 
-def replay_config(model_json: str | Path, out: str) -> TrainConfig:
-    """The configuration of a finished run, with its step counts: the same computation again."""
+def replay_config(model_json: str | Path, out: str, init: str | None = None) -> TrainConfig:
+    """The configuration of a finished run, with its step counts: the same computation again.
+
+    A run that continued another model (``init_model`` in its recipe) needs that parent
+    again: ``init`` must be a directory whose weight files hash as recorded.
+    """
     info = json.loads(Path(model_json).read_text())
     if "steps_logged" in info and "steps" not in info:
         raise ValueError(f"{model_json}: this run predates recorded step counts and cannot be replayed exactly")
     if "train_config" not in info or "steps" not in info:
         raise ValueError(f"{model_json}: not a trained model's layerscope_model.json (no train_config/steps)")
     fields = {k: v for k, v in info["train_config"].items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{**fields, "out": out, "steps": dict(info["steps"])})
+    parent = info.get("init_model")
+    if parent:
+        if not init:
+            raise ValueError(
+                f"{model_json}: this run continued {parent['name']} v{parent['version']}; "
+                "pass that model's directory with --init DIR"
+            )
+        found = weight_hashes(init)
+        if found != parent["sha256"]:
+            differ = sorted(k for k in set(found) | set(parent["sha256"]) if found.get(k) != parent["sha256"].get(k))
+            raise ValueError(f"--init {init}: its weights differ from the recorded parent's ({', '.join(differ)})")
+    elif init:
+        raise ValueError(f"{model_json}: this run started from scratch; drop --init")
+    return TrainConfig(**{**fields, "out": out, "init": init, "steps": dict(info["steps"])})
 
 
 def recipe(config: TrainConfig) -> dict[str, Any]:
-    """The configuration as recorded with the model: everything but the output path,
-    which is machine-specific and would leak into a committed model directory."""
-    return {k: v for k, v in asdict(config).items() if k != "out"}
+    """The configuration as recorded with the model: everything but the paths (output,
+    parent, cache), which are machine-specific and would leak into a committed model
+    directory; a parent is recorded by its weight hashes instead."""
+    return {k: v for k, v in asdict(config).items() if k not in ("out", "init", "cache")}
 
 
-def train(config: TrainConfig) -> Path:
-    """Run all stages and write a loadable pipeline directory (safetensors) to ``config.out``."""
+def weight_hashes(model_dir: str | Path) -> dict[str, str]:
+    """sha256 of every safetensors file of a model directory, by relative path: its identity."""
+    import hashlib
+
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.rglob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_dir}: no safetensors weights here; pass a trained model directory")
+    return {path.relative_to(model_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
+def _encoded_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, config: TrainConfig, log: _Log) -> dict:
+    """:func:`encode_training_set`, cached in ``config.cache`` when set (keyed by VAE and scenes)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    if not config.cache:
+        return encode_training_set(pipe, scenes, videos, log)
+    vae_hash = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in pipe.vae.parameters())).hexdigest()
+    prompts = json.dumps([s.prompt for s in scenes]).encode()
+    key = hashlib.sha256(vae_hash.encode() + prompts + videos[:, 0].tobytes()).hexdigest()[:16]
+    path = Path(config.cache) / f"encoded-{key}.safetensors"
+    if path.exists():
+        log("encode", cached=path.name)
+        return load_file(path)
+    data = encode_training_set(pipe, scenes, videos, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in data.items()}, path)
+    return data
+
+
+def _load_parent(init: str) -> tuple[Any, Any]:
+    """The pipeline and open_clip model of a finished shapes-world model, in float32 on the CPU."""
+    from layerscope import testbed
+    from layerscope.clip import load_open_clip
+    from layerscope.loading import load_pipeline
+
+    pipe, path = load_pipeline(init, dtype="float32", device="cpu")
+    return pipe, load_open_clip(path / testbed.CLIP_SUBFOLDER)
+
+
+def _train_from_scratch(config: TrainConfig, scenes: list[Any], videos: np.ndarray, budget: float, log: _Log):
+    """Stages 1-2 and a fresh DiT: the pipeline, its CLIP, the step counts and the VAE check."""
     import torch
     from diffusers import WanTransformer3DModel
 
     from layerscope import testbed
-    from layerscope.clip import save_open_clip, vision_tower_to_transformers
-    from layerscope.testbed.shapes.world import VOCABULARY, sample_scenes
-
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
-    out = Path(config.out)
-    log = _Log(out / "train_log.jsonl")
-    budget = config.minutes * 60.0
-    log("config", **recipe(config))
-
-    scenes = sample_scenes(config.train_scenes, split="train", seed=config.seed)
-    videos = _videos(scenes)
-    log("data", scenes=len(scenes), videos=list(videos.shape))
+    from layerscope.clip import vision_tower_to_transformers
+    from layerscope.testbed.shapes.world import VOCABULARY
 
     clip = testbed.build_default_clip(config.seed)
     pipe = testbed.build_default_pipeline(config.seed, clip=clip, vocabulary=VOCABULARY)
@@ -500,7 +610,56 @@ def train(config: TrainConfig) -> Path:
         rope_max_seq_len=256,
     )
     pipe.register_modules(transformer=pipe.transformer)
-    data = encode_training_set(pipe, scenes, videos, log)
+    return pipe, clip, steps, check
+
+
+def _continue_from(init: str, videos: np.ndarray, log: _Log):
+    """A finished model's pipeline and CLIP as they are, its identity (name, version, weight
+    hashes) and the same VAE check a scratch run records."""
+    from layerscope.loading import MODEL_INFO_FILE
+
+    info = json.loads((Path(init) / MODEL_INFO_FILE).read_text())
+    parent = {"name": info["name"], "version": info["version"], "sha256": weight_hashes(init)}
+    log("init", name=parent["name"], version=parent["version"])
+    pipe, clip = _load_parent(init)
+    check = reconstruction_check(pipe.vae, videos[-8:])
+    log("vae_check", **{k: round(v, 3) if isinstance(v, float) else v for k, v in check.items()})
+    return pipe, clip, parent, check
+
+
+def train(config: TrainConfig) -> Path:
+    """Run all stages and write a loadable pipeline directory (safetensors) to ``config.out``.
+
+    With ``config.init`` only the DiT trains, on from the parent's (module docstring); the
+    model is then one version past its parent.
+    """
+    import torch
+
+    from layerscope import testbed
+    from layerscope.clip import save_open_clip
+    from layerscope.testbed.shapes.world import sample_scenes
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
+    out = Path(config.out)
+    log = _Log(out / "train_log.jsonl")
+    budget = config.minutes * 60.0
+    log("config", **recipe(config))
+
+    scenes = sample_scenes(config.train_scenes, split="train", seed=config.seed)
+    videos = _videos(scenes)
+    log("data", scenes=len(scenes), videos=list(videos.shape))
+
+    parent = None
+    if config.init:
+        pipe, clip, parent, check = _continue_from(config.init, videos, log)
+        steps: dict[str, int] = {}
+    else:
+        pipe, clip, steps, check = _train_from_scratch(config, scenes, videos, budget, log)
+    data = _encoded_training_set(pipe, scenes, videos, config, log)
+    if config.dit_focus_weight:
+        data["focus"] = torch.from_numpy(focus_mask(videos, latent_frames=data["x0"].shape[2]))
+        log("focus", share=round(float(data["focus"].mean()), 4))
     # The DiT gets whatever the budget has left, less a minute for saving.
     dit_seconds = max(60.0, budget - (time.perf_counter() - log.started) - 60.0)
     steps |= train_dit(pipe.transformer, data, config, dit_seconds, log)
@@ -511,12 +670,13 @@ def train(config: TrainConfig) -> Path:
         json.dumps(
             {
                 "name": testbed.TRAINED_MODEL_NAME,
-                "version": testbed.DEFAULT_MODEL_VERSION,
+                "version": parent["version"] + 1 if parent else testbed.DEFAULT_MODEL_VERSION,
                 "seed": config.seed,
                 "weights": "trained",
                 "note": "trained on the procedural shapes world (see MODEL_CARD.md)",
                 "train_config": recipe(config),
-                # replay: layerscope testbed train --replay layerscope_model.json --out DIR
+                **({"init_model": parent} if parent else {}),
+                # replay: layerscope testbed train --replay layerscope_model.json --out DIR [--init PARENT]
                 "steps": steps,
                 "vae_check": check,
                 "train_minutes": round((time.perf_counter() - log.started) / 60, 1),
