@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 import layerscope
+from layerscope import testbed
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_ID = testbed.model_info(testbed.shipped_model_dir())["model_id"]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,7 @@ def test_table3_quick_writes_four_rows_with_intervals_and_paired_tests(tmp_path,
     from layerscope.testbed.synthetic import write_synthetic_run
 
     # any ranking of the shipped model's 12 layers with a band; here one planted in synthetic stores
-    stores = [
-        write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=12, model_id="layerscope-shapes-wan-i2v-v2")
-        for i in range(6)
-    ]
+    stores = [write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=12, model_id=SHIPPED_ID) for i in range(6)]
     from layerscope.ranking import rank_stores
 
     ranking = rank_stores(stores)

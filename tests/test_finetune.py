@@ -122,7 +122,9 @@ def test_finetuned_model_records_with_focal_guidance(tmp_path):
 
     ds = layerscope.open_run(store)
     assert ds.attrs["status"] == "complete" and ds.attrs["weights"] == "finetuned"
-    assert ds.attrs["model_id"].startswith("layerscope-shapes-wan-i2v-v2+")
+    from layerscope import testbed
+
+    assert ds.attrs["model_id"].startswith(testbed.model_info(testbed.shipped_model_dir())["model_id"] + "+")
 
 
 def _clip_folder(path: Path, frames: int) -> None:

@@ -180,11 +180,29 @@ def test_replay_refuses_a_json_without_steps(tmp_path):
     path.write_text(json.dumps({"name": "x", "train_config": {"seed": 0}}))
     with pytest.raises(ValueError, match="no train_config/steps"):
         replay_config(path, str(tmp_path / "out"))
-    # the shipped model's run was time-boxed before step counts were recorded
-    from layerscope.testbed import SHIPPED_MODEL_DIR
-
+    # a run time-boxed before step counts were recorded (the v2 model's) cannot be replayed
+    path.write_text(json.dumps({"name": "x", "train_config": {"seed": 0}, "steps_logged": {"dit": 2550}}))
     with pytest.raises(ValueError, match="cannot be replayed exactly"):
+        replay_config(path, str(tmp_path / "out"))
+
+
+def test_the_shipped_model_replays_only_from_its_recorded_parent(tmp_path):
+    """v3 continued v2: its recipe names v2 by weight hashes, and a replay asks for that parent."""
+    from layerscope.testbed import SHIPPED_MODEL_DIR
+    from layerscope.testbed.shapes.train import replay_config
+
+    info = json.loads((SHIPPED_MODEL_DIR / "layerscope_model.json").read_text())
+    assert info["version"] == 3 and info["init_model"]["version"] == 2 and info["steps"]["dit"] > 0
+    # the parent's VAE, CLIP and encoders are the shipped ones, byte for byte
+    import hashlib
+
+    for relative in ("vae/diffusion_pytorch_model.safetensors", "clip/open_clip_model.safetensors"):
+        digest = hashlib.sha256((SHIPPED_MODEL_DIR / relative).read_bytes()).hexdigest()
+        assert info["init_model"]["sha256"][relative] == digest
+    with pytest.raises(ValueError, match="continued layerscope-shapes-wan-i2v v2"):
         replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="transformer/diffusion_pytorch_model.safetensors"):
+        replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"), init=str(SHIPPED_MODEL_DIR))
 
 
 def test_focus_mask_marks_changed_and_shape_positions_per_latent_frame():

@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
+#: Labels of the shipped model's videos (its ``model`` key names the model they were made on).
 LABEL_FILE = Path(__file__).resolve().parent / "model_video_labels.json"
+#: Labels of earlier shipped models, kept as data: their agreement is still reported, but
+#: their videos can only be regenerated with those weights (in the repository's history).
+ARCHIVED_LABEL_FILES = (Path(__file__).resolve().parent / "model_video_labels_v2.json",)
 #: (eval prompt index, generation seed): the 30 eval prompts under generation seed 0, i.e. the
 #: videos ``layerscope eval`` (and ``--seeds 0-4``'s first seed) scores.
 JOBS = [(i, 0) for i in range(30)]
@@ -52,8 +56,11 @@ def contact_sheet(scene: Any, video: np.ndarray, title: str) -> Any:
     return sheet
 
 
-def render(out_dir: str | Path, pipe: Any = None) -> Path:
-    """Generate every job's video, write ``video-NN.png`` sheets and ``scorer.json`` (the scorer's answers)."""
+def render(out_dir: str | Path, pipe: Any = None, model: str | Path | None = None) -> Path:
+    """Generate every job's video, write ``video-NN.png`` sheets and ``scorer.json`` (the scorer's answers).
+
+    The videos come from ``pipe``, else from ``model`` (a model directory), else from the shipped model.
+    """
     from layerscope.loading import load_pipeline
     from layerscope.testbed import shipped_model_dir
     from layerscope.testbed.shapes.scorer import score_video
@@ -61,7 +68,7 @@ def render(out_dir: str | Path, pipe: Any = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if pipe is None:
-        pipe, _ = load_pipeline(shipped_model_dir())
+        pipe, _ = load_pipeline(model or shipped_model_dir())
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for n, (index, seed) in enumerate(JOBS):
@@ -78,6 +85,11 @@ def render(out_dir: str | Path, pipe: Any = None) -> Path:
 
 def load_labels(path: str | Path = LABEL_FILE) -> list[dict[str, Any]]:
     return json.loads(Path(path).read_text())["videos"]
+
+
+def labelled_model(path: str | Path = LABEL_FILE) -> str:
+    """The model id (``name-vN``) whose videos a label file describes."""
+    return json.loads(Path(path).read_text())["model"]
 
 
 def agreement(videos: list[dict[str, Any]]) -> dict[str, Any]:
@@ -104,7 +116,7 @@ def agreement(videos: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # python -m layerscope.testbed.shapes.labels render OUT_DIR
-    if len(sys.argv) != 3 or sys.argv[1] != "render":
-        sys.exit("usage: python -m layerscope.testbed.shapes.labels render OUT_DIR")
-    print(render(sys.argv[2]))
+if __name__ == "__main__":  # python -m layerscope.testbed.shapes.labels render OUT_DIR [MODEL_DIR]
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "render":
+        sys.exit("usage: python -m layerscope.testbed.shapes.labels render OUT_DIR [MODEL_DIR]")
+    print(render(sys.argv[2], model=sys.argv[3] if len(sys.argv) == 4 else None))
