@@ -7,6 +7,7 @@ loaded back with ``from_pretrained(local_dir)``, exactly as ``layerscope record`
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,18 @@ def base_ranking(recorded_run, tmp_path):
     out = tmp_path / "ranking.json"
     assert main(["rank", str(copy), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def example_script():
+    """Load ``examples/NAME.py`` as a module (the examples are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "planted_truth.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("planted_truth", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_jaccard_and_random_band():
-    example = _module()
+def test_jaccard_and_random_band(example_script):
+    example = example_script("planted_truth")
     assert example.jaccard([5], [4, 5, 6, 7]) == 0.25
     assert example.jaccard([4, 5, 6, 7], [4, 5, 6, 7]) == 1.0
     assert example.jaccard([3, 4], [4, 5, 6]) == 0.25
@@ -30,8 +19,8 @@ def test_jaccard_and_random_band():
 
 
 @pytest.mark.slow
-def test_quick_study_writes_its_json(tmp_path):
-    example = _module()
+def test_quick_study_writes_its_json(tmp_path, example_script):
+    example = example_script("planted_truth")
     assert example.main(["--out-dir", str(tmp_path), "--quick"]) == 0
     result = json.loads((tmp_path / "planted_truth.json").read_text())
     assert result["planted_layers"] == [4, 5, 6, 7]
