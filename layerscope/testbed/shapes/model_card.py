@@ -74,14 +74,12 @@ def render_model_card(model_dir: str | Path) -> str:
     )
     parent = info.get("init_model")
     if parent:  # a continued run trains the DiT only; the rest is the parent's, byte for byte
-        stages = stages[-1:]
-        stages = (
-            (
-                f"{stages[0][0]}, focus weight {config.get('dit_focus_weight', 0):g}, "
-                f"EMA {config.get('ema_decay', 0):g}, peak lr {config['lr_dit']:g}",
-                *stages[0][1:],
-            ),
+        label, key, log_match = stages[-1]
+        options = (
+            f"focus weight {config.get('dit_focus_weight', 0):g}, EMA {config.get('ema_decay', 0):g}, "
+            f"peak lr {config['lr_dit']:g}"
         )
+        stages = ((f"{label}, {options}", key, log_match),)
     stage_rows = "\n".join(
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
         for label, key, (log_stage, match) in stages

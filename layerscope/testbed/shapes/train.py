@@ -618,14 +618,15 @@ def _train_from_scratch(config: TrainConfig, scenes: list[Any], videos: np.ndarr
 
 def _continue_from(init: str, videos: np.ndarray, log: _Log):
     """A finished model's pipeline and CLIP as they are, its identity (name, version, weight
-    hashes) and the same VAE check a scratch run records."""
+    hashes) and its VAE check: the VAE is the parent's byte for byte, so the parent's
+    recorded check stands (measured again only if the parent has none)."""
     from layerscope.loading import MODEL_INFO_FILE
 
     info = json.loads((Path(init) / MODEL_INFO_FILE).read_text())
     parent = {"name": info["name"], "version": info["version"], "sha256": weight_hashes(init)}
     log("init", name=parent["name"], version=parent["version"])
     pipe, clip = _load_parent(init)
-    check = reconstruction_check(pipe.vae, videos[-8:])
+    check = info.get("vae_check") or reconstruction_check(pipe.vae, videos[-8:])
     log("vae_check", **{k: round(v, 3) if isinstance(v, float) else v for k, v in check.items()})
     return pipe, clip, parent, check
 
