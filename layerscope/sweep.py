@@ -459,7 +459,8 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
     where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
     print(
         f"sweep{where}: {len(runs)} runs ({len(entries)} prompts x {len(seeds)} seeds); this process: "
-        f"{len(pending)} to record, {len(jobs) - len(pending)} complete and skipped (resume is the default)"
+        f"{len(pending)} to record, {len(jobs) - len(pending)} complete and skipped (resume is the default)",
+        flush=True,  # one whole-line write now: under torchrun the processes share one stdout
     )
     failures = 0
     if pending:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -249,8 +250,9 @@ def _launched(command: list[str], out: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     # each process recorded its own share; every store exactly once, by exactly one process
-    shares = [line for line in result.stdout.splitlines() if "this process:" in line]
-    assert len(shares) == 2 and sum(int(line.split("this process: ")[1].split()[0]) for line in shares) == 3
+    # (searched in the whole output: the processes share one stdout, so lines may interleave)
+    shares = [int(n) for n in re.findall(r"this process: (\d+) to record", result.stdout)]
+    assert len(shares) == 2 and sum(shares) == 3
     import layerscope
 
     writers = {}
