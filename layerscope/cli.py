@@ -778,6 +778,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, help="scene seed: which prompts (default 0)")
     p.add_argument("--seeds", default="0", help="generation seeds per prompt, e.g. 0-4 (the paper's five; default 0)")
     p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps: a smoke test")
+    p.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="paired test of two eval JSONs (B - A), no generation"
+    )
+    p.add_argument("--variant", default="baseline", help="--compare: which variant of both files (default baseline)")
     p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
     p.add_argument("--ranking", help="ranking JSON for the intervention")
     p.add_argument("--intervene-config", help="TOML settings for the intervention")
@@ -801,6 +805,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         write_results,
     )
 
+    if args.compare:
+        return _eval_compare(args)
     seeds = parse_seeds(args.seeds)
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
@@ -841,6 +847,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    """``layerscope eval --compare A B``: paired differences of two finished evals, nothing generated."""
+    import json
+
+    from layerscope.outputs import check_output_path, write_text_atomic
+    from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
+
+    generating = [f"--{name}" for name in ("intervene", "quick", "count", "steps") if getattr(args, name)]
+    if generating:
+        raise UsageError(f"--compare A B reads two finished evals; drop {', '.join(generating)}")
+    target = check_output_path(args.out) if args.out else None
+    a, b = (read_results(path) for path in args.compare)
+    result = compare_results(a, b, args.variant)
+    result["files"] = list(args.compare)
+    protocol = ", ".join(f"{k} {v}" for k, v in result["protocol"].items())
+    table = (
+        f"B - A, paired over prompt x seed (sign-flip test over prompts); A = {result['a']} ({args.compare[0]}), "
+        f"B = {result['b']} ({args.compare[1]}), variant {args.variant}; {protocol}\n\n"
+        + format_comparisons({f"{result['b']} - {result['a']}": result["comparison"]})
+        + "\n"
+    )
+    print(table)
+    if target is not None:
+        write_text_atomic(target, json.dumps(result, indent=2))
+        write_text_atomic(target.with_suffix(".md"), table)
+        print(f"wrote {target} and {target.with_suffix('.md')}")
     return 0
 
 

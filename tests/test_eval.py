@@ -93,3 +93,58 @@ def test_eval_with_five_seeds_reports_intervals_and_a_paired_test(model_dir, tmp
     comparison = data["comparisons"]["focal-guidance"]["overall"]
     assert comparison["prompts"] == 3 and 0.0 <= comparison["p_value"] <= 1.0
     assert "paired over prompt x seed" in capsys.readouterr().out
+
+
+def _eval_file(path, outcomes, *, model="m", steps=12, prompts=("p0", "p1", "p2", "p3")):
+    """A minimal `layerscope eval --out` file: what --compare reads (outcomes, prompts, protocol)."""
+    dimensions = ["motion", "motion", "dynamic_attribute", "dynamic_attribute"]
+    seeds = list(range(len(outcomes[0])))
+    scores = [{"prompt": prompts[i], "seed": s} for s in seeds for i in range(len(outcomes))]
+    run = {"split": "heldout", "count": len(outcomes), "seed": 0, "seeds": seeds, "steps": steps, "guidance": 5.0,
+           "outcomes": outcomes, "dimensions": dimensions, "scores": scores}  # fmt: skip
+    path.write_text(json.dumps({"model": {"model_id": model}, "results": {"baseline": run}}))
+    return str(path)
+
+
+def test_eval_compare_two_files_against_hand_values(tmp_path, capsys):
+    """B passes 7 of 8 prompt x seeds where A passes 1: +0.75; every prompt moves the same way,
+    so the exact sign-flip p over 4 prompts is 2/16; over the 2 motion prompts 2/4."""
+    a = _eval_file(tmp_path / "a.json", [[0, 0], [0, 0], [0, 1], [0, 0]], model="old")
+    b = _eval_file(tmp_path / "b.json", [[1, 1], [1, 1], [1, 1], [1, 0]], model="new")
+    out = tmp_path / "cmp" / "cmp.json"
+    assert main(["eval", "--compare", a, b, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["a"], data["b"]) == ("old", "new")
+    overall, motion = data["comparison"]["overall"], data["comparison"]["motion"]
+    assert overall["difference"] == pytest.approx(0.75) and overall["p_value"] == pytest.approx(2 / 16)
+    assert motion["difference"] == pytest.approx(1.0) and motion["p_value"] == pytest.approx(2 / 4)
+    assert data["comparison"]["dynamic_attribute"]["difference"] == pytest.approx(0.5)
+    assert "new - old | +0.750 (p=0.125)" in capsys.readouterr().out
+    assert out.with_suffix(".md").read_text().startswith("B - A")
+
+
+@pytest.mark.parametrize(
+    "b_options, extra, message",
+    [
+        ({"steps": 4}, [], "differ in steps (12 vs 4)"),
+        ({"prompts": ("p0", "p1", "p2", "other")}, [], "different prompts"),
+        ({}, ["--variant", "focal-guidance"], "no variant 'focal-guidance'"),
+        ({}, ["--quick"], "drop --quick"),
+    ],
+)
+def test_eval_compare_refuses_unpaired_files_before_writing(tmp_path, capsys, b_options, extra, message):
+    a = _eval_file(tmp_path / "a.json", [[0, 0], [0, 0], [0, 1], [0, 0]])
+    b = _eval_file(tmp_path / "b.json", [[1, 1], [1, 1], [1, 1], [1, 0]], **b_options)
+    out = tmp_path / "cmp.json"
+    assert main(["eval", "--compare", a, b, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_eval_compare_names_a_file_that_is_not_an_eval(tmp_path, capsys):
+    a = _eval_file(tmp_path / "a.json", [[0, 0], [0, 0], [0, 1], [0, 0]])
+    (tmp_path / "notes.json").write_text('{"results": {}}')
+    for bad, message in ((tmp_path / "missing.json", "no such eval file"), (tmp_path / "notes.json", "no results")):
+        assert main(["eval", "--compare", a, str(bad)]) == 2
+        assert message in capsys.readouterr().err

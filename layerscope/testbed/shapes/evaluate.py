@@ -228,6 +228,60 @@ def write_results(results: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+#: What must match for two evals' outcomes to be paired prompt x seed by prompt x seed.
+PROTOCOL_KEYS = ("split", "count", "seed", "seeds", "steps", "guidance")
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """An eval JSON written by :func:`write_results`, or one clear error naming the problem."""
+    from layerscope.errors import LayerScopeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LayerScopeError(f"{path}: no such eval file; pass JSON files written by `layerscope eval --out`")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerScopeError(f"{path}: not JSON ({error}); pass a file written by `layerscope eval --out`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or "baseline" not in data["results"]:
+        raise LayerScopeError(f"{path}: not a `layerscope eval --out` file (no results.baseline)")
+    return data
+
+
+def compare_results(a: dict[str, Any], b: dict[str, Any], variant: str = "baseline") -> dict[str, Any]:
+    """B minus A for two eval files' ``variant`` (e.g. two models' baselines): the paired test of
+    :func:`paired_comparison`, refused unless both ran the same prompts under the same seeds.
+
+    Why a separate entry point: comparing two *models* (a model and its continued version) is
+    the question every retraining asks, and their evals necessarily run in two calls.
+    """
+    from layerscope.errors import LayerScopeError
+
+    runs = []
+    for name, data in (("A", a), ("B", b)):
+        if variant not in data["results"]:
+            raise LayerScopeError(
+                f"{name} has no variant {variant!r} (it has {', '.join(data['results'])}); pick one with --variant"
+            )
+        runs.append(data["results"][variant])
+    for key in PROTOCOL_KEYS:
+        if runs[0].get(key) != runs[1].get(key):
+            raise LayerScopeError(
+                f"the two evals differ in {key} ({runs[0].get(key)!r} vs {runs[1].get(key)!r}): a paired test needs "
+                "the same prompts, seeds, steps and guidance; run both with the same options"
+            )
+    prompts = [[row["prompt"] for row in run["scores"]] for run in runs]
+    if prompts[0] != prompts[1]:
+        raise LayerScopeError("the two evals scored different prompts; run both with the same --seed and --count")
+    return {
+        "a": a.get("model", {}).get("model_id"),
+        "b": b.get("model", {}).get("model_id"),
+        "variant": variant,
+        "protocol": {key: runs[0].get(key) for key in PROTOCOL_KEYS},
+        "comparison": paired_comparison(runs[0], runs[1]),
+    }
+
+
 def write_prompt_file(out_dir: str | Path, count: int, split: str = "heldout", seed: int = 0) -> Path:
     """Write ``prompts.jsonl`` and one reference PNG per scene: a ``layerscope sweep`` input.
 
