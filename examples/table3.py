@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name the layers: --ranking R.json (its weak band) or --layers L-M, not both")
 
     from layerscope.cli import main as layerscope
-    from layerscope.testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison
+    from layerscope.testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison, read_results
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *fg])
     if not evals["zero-shot"].is_file():
         run(["eval", "--model", args.model, "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
-    loaded = {name: json.loads(path.read_text())["results"] for name, path in evals.items()}
+    loaded = {name: read_results(path)["results"] for name, path in evals.items()}
     rows = {
         "baseline": loaded["zero-shot"]["baseline"],
         "FG zero-shot": loaded["zero-shot"]["focal-guidance"],
