@@ -807,6 +807,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.compare:
         return _eval_compare(args)
+    if args.variant != "baseline":
+        raise UsageError("--variant picks the variant of two files under --compare A B; drop it or add --compare")
     seeds = parse_seeds(args.seeds)
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
@@ -857,9 +859,13 @@ def _eval_compare(args: argparse.Namespace) -> int:
     from layerscope.outputs import check_output_path, write_text_atomic
     from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
 
-    generating = [f"--{name}" for name in ("intervene", "quick", "count", "steps") if getattr(args, name)]
+    defaults = {"model": "default", "split": "heldout", "guidance": 5.0, "seed": 0, "seeds": "0"}
+    options = ("intervene", "quick", "count", "steps", "ranking", "intervene_config", "fg_mode", "clip", "fg_set")
+    generating = [name for name in options if getattr(args, name)]
+    generating += [name for name, value in defaults.items() if getattr(args, name) != value]
     if generating:
-        raise UsageError(f"--compare A B reads two finished evals; drop {', '.join(generating)}")
+        flags = ", ".join("--" + name.replace("_", "-") for name in generating)
+        raise UsageError(f"--compare A B reads two finished evals and generates nothing; drop {flags}")
     target = check_output_path(args.out) if args.out else None
     a, b = (read_results(path) for path in args.compare)
     result = compare_results(a, b, args.variant)

@@ -130,6 +130,8 @@ def test_eval_compare_two_files_against_hand_values(tmp_path, capsys):
         ({"prompts": ("p0", "p1", "p2", "other")}, [], "different prompts"),
         ({}, ["--variant", "focal-guidance"], "no variant 'focal-guidance'"),
         ({}, ["--quick"], "drop --quick"),
+        ({}, ["--seeds", "0-4", "--model", "random"], "drop --model, --seeds"),
+        ({}, ["--fg-mode", "fsg"], "drop --fg-mode"),
     ],
 )
 def test_eval_compare_refuses_unpaired_files_before_writing(tmp_path, capsys, b_options, extra, message):
@@ -140,6 +142,11 @@ def test_eval_compare_refuses_unpaired_files_before_writing(tmp_path, capsys, b_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_eval_variant_needs_compare(capsys):
+    assert main(["eval", "--quick", "--model", "random", "--variant", "focal-guidance"]) == 2
+    assert "--variant picks the variant" in capsys.readouterr().err
 
 
 def test_eval_compare_names_a_file_that_is_not_an_eval(tmp_path, capsys):
