@@ -58,6 +58,16 @@ def test_same_seed_gives_bit_identical_weights(planted, tmp_path):
     assert first["blocks.3.attn2.to_v.weight"].abs().sum() > 0
 
 
+def test_saved_configs_name_no_source_directory(planted):
+    """diffusers writes the loaded-from directory as ``_name_or_path``; the plant must drop it."""
+    import json
+
+    configs = [planted / "model_index.json", *planted.glob("*/config.json")]
+    assert planted / "transformer" / "config.json" in configs
+    for path in configs:
+        assert "_name_or_path" not in json.loads(path.read_text()), path
+
+
 def _attn2_output(pipe, layer, hidden, context):
     with torch.no_grad():
         return pipe.transformer.blocks[layer].attn2(hidden, encoder_hidden_states=context)

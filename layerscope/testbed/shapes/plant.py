@@ -256,7 +256,14 @@ def plant(config: PlantConfig) -> Path:
 
     from layerscope.loading import load_pipeline
     from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.train import TrainConfig, _Log, _videos, encode_training_set, train_dit
+    from layerscope.testbed.shapes.train import (
+        TrainConfig,
+        _Log,
+        _videos,
+        drop_source_paths,
+        encode_training_set,
+        train_dit,
+    )
     from layerscope.testbed.shapes.world import sample_scenes
 
     torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
@@ -291,6 +298,7 @@ def plant(config: PlantConfig) -> Path:
     log("readout", **readout)
 
     transformer.save_pretrained(staging / "transformer", safe_serialization=True)
+    drop_source_paths(staging)  # the base model's directory on this machine must not travel
     losses = [json.loads(line) for line in (staging / "plant_log.jsonl").read_text().splitlines()]
     dit_losses = [r["loss"] for r in losses if r.get("stage") == "dit"]
     info = json.loads((base / "layerscope_model.json").read_text())

@@ -631,11 +631,12 @@ def _continue_from(init: str, videos: np.ndarray, log: _Log):
     return pipe, clip, parent, check
 
 
-def _drop_source_paths(out: Path) -> None:
+def drop_source_paths(out: Path) -> None:
     """Remove ``_name_or_path`` from the saved configs.
 
     Why: diffusers records where a loaded component came from; for a continued run that
-    is the parent's directory on this machine, which must not travel with the model.
+    is the parent's directory on this machine, which must not travel with the model (the
+    planted model's builder uses this too).
     """
     for path in [out / "model_index.json", *out.glob("*/config.json")]:
         config = json.loads(path.read_text())
@@ -681,7 +682,7 @@ def train(config: TrainConfig) -> Path:
     steps |= train_dit(pipe.transformer, data, config, dit_seconds, log)
 
     pipe.save_pretrained(out, safe_serialization=True)
-    _drop_source_paths(out)
+    drop_source_paths(out)
     save_open_clip(clip, testbed.CLIP_CONFIG, out / testbed.CLIP_SUBFOLDER)
     (out / "layerscope_model.json").write_text(
         json.dumps(
