@@ -277,7 +277,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "interrupted ones recorded again. Under `accelerate launch -m layerscope sweep ...` or "
         "`torchrun --nproc-per-node N -m layerscope sweep ...` each process records its share.",
     )
-    p.add_argument("prompts", help="JSONL prompt file, e.g. examples/prompts/shapes.jsonl")
+    p.add_argument(
+        "prompts", help="JSONL prompt file, e.g. the prompts.jsonl that `layerscope testbed prompts --out DIR` writes"
+    )
     p.add_argument("--out-dir", required=True, help="directory for the stores, sweep.json and index.json")
     p.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0-4 or 0,3,7 (default 0)")
     p.add_argument(

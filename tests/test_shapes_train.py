@@ -122,6 +122,7 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     assert card.startswith("# layerscope-shapes-wan-i2v")
     assert "| DiT, rectified flow, batch 4, 10% prompt dropout | 2 |" in card
     assert "2 blocks, width 96" in card
+    assert "trained from scratch on" in card and "--init" not in card
 
 
 @pytest.mark.parametrize(
@@ -295,6 +296,9 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
         for path in (parent / name).glob("*.safetensors"):
             assert path.read_bytes() == (child / name / path.name).read_bytes(), path
     assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 1
+    card = (child / "MODEL_CARD.md").read_text()
+    assert "its DiT trained on from v2's (the rest is v2's)" in card and "from scratch" not in card
+    assert "--init PARENT --out DIR --minutes" in card and "--ema 0.5 [--cache DIR]" in card
     # the parent's location on this machine is not recorded in the saved configs
     for path in [child / "model_index.json", *child.glob("*/config.json")]:
         assert "_name_or_path" not in json.loads(path.read_text()), path

@@ -85,12 +85,14 @@ def render_model_card(model_dir: str | Path) -> str:
         for label, key, (log_stage, match) in stages
     )
     command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}"
-    lineage = ""
+    lineage, origin = "", "trained from scratch on"
     if parent:
+        origin = f"its DiT trained on from v{parent['version']}'s (the rest is v{parent['version']}'s) on"
         command = (
             f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
             f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
-            f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g}"
+            f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g} "
+            "[--cache DIR]"
         )
         lineage = (
             f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
@@ -100,7 +102,7 @@ def render_model_card(model_dir: str | Path) -> str:
         )
     return f"""# {info["name"]} (v{info["version"]})
 
-A small image-to-video model with the **Wan2.1-I2V architecture**, trained from scratch on
+A small image-to-video model with the **Wan2.1-I2V architecture**, {origin}
 2 CPU cores on LayerScope's procedural shapes world (`layerscope.testbed.shapes`). It exists so that
 LayerScope and Focal Guidance can be run and measured where no model hub and no GPU are
 available. It is not a general video model.
