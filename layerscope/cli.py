@@ -391,6 +391,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         "--ema", type=_unit_interval, default=0.999, help="train: EMA decay of the saved DiT (0: last weights)"
     )
     p.add_argument("--lr-dit", type=_positive_float, default=1e-3, help="train: peak DiT learning rate")
+    p.add_argument(
+        "--push-scenes",
+        type=_non_negative_int,
+        default=0,
+        help="train: extra interaction-only training scenes, on top of --scenes (default 0)",
+    )
     p.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
     p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
@@ -482,6 +488,7 @@ def _train(args: argparse.Namespace) -> int:
             dit_focus_weight=args.focus_weight,
             ema_decay=args.ema,
             lr_dit=args.lr_dit,
+            push_scenes=args.push_scenes,
             init=args.init,
         )
     config.cache = args.cache

@@ -162,6 +162,8 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
         ["--ema", "1"],
         ["--ema", "x"],
         ["--lr-dit", "0"],
+        ["--push-scenes", "-1"],
+        ["--push-scenes", "many"],
     ],
 )
 def test_train_rejects_impossible_numbers(argv, tmp_path):
@@ -285,6 +287,7 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
         steps={"dit": 2},
         dit_focus_weight=8.0,
         ema_decay=0.5,
+        push_scenes=2,
         cache=str(tmp_path / "cache"),
     )
     child = train(config)
@@ -295,10 +298,15 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     for name in kept:
         for path in (parent / name).glob("*.safetensors"):
             assert path.read_bytes() == (child / name / path.name).read_bytes(), path
-    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 1
+    # the base scenes and the push scenes are encoded and cached separately; the DiT saw both
+    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 2
+    data_log = next(json.loads(line) for line in (child / "train_log.jsonl").open() if '"data"' in line)
+    assert data_log["sets"] == [2, 2] and data_log["videos"][0] == 4
+    assert info["train_config"]["push_scenes"] == 2
     card = (child / "MODEL_CARD.md").read_text()
     assert "its DiT trained on from v2's (the rest is v2's)" in card and "from scratch" not in card
-    assert "--init PARENT --out DIR --minutes" in card and "--ema 0.5 [--cache DIR]" in card
+    assert "--init PARENT --out DIR --minutes" in card and "--ema 0.5 --push-scenes 2 [--cache DIR]" in card
+    assert "4 training scenes sampled with seed 0 (2 balanced over the three events, plus 2 interaction-only" in card
     # the parent's location on this machine is not recorded in the saved configs
     for path in [child / "model_index.json", *child.glob("*/config.json")]:
         assert "_name_or_path" not in json.loads(path.read_text()), path

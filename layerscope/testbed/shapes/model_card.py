@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from layerscope.testbed.shapes.train import PUSH_SEED_OFFSET
+
 _COMPONENTS = (
     ("transformer", "WanTransformer3DModel", "rectified flow"),
     ("vae", "AutoencoderKLWan", "reconstruction"),
@@ -92,13 +94,20 @@ def render_model_card(model_dir: str | Path) -> str:
             f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
             f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
             f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g} "
-            "[--cache DIR]"
+            + (f"--push-scenes {config['push_scenes']} " if config.get("push_scenes") else "")
+            + "[--cache DIR]"
         )
         lineage = (
             f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
             "weight files is in `layerscope_model.json`, and a replay refuses any other parent): the VAE, CLIP, "
             "image and text encoders are the parent's, byte for byte, and the DiT trained on from the parent's "
             "weights. The parent's own training (VAE, CLIP, the first DiT steps) is described in its card."
+        )
+    push = ""
+    if config.get("push_scenes"):
+        push = (
+            f" ({config['train_scenes']} balanced over the three events, plus {config['push_scenes']} "
+            f"interaction-only scenes drawn with seed {config['seed'] + PUSH_SEED_OFFSET})"
         )
     return f"""# {info["name"]} (v{info["version"]})
 
@@ -121,7 +130,7 @@ latents 3 x 32 x 32, so 3 x 16 x 16 tokens per clip.
 
 ## Data
 
-{data.get("scenes", config["train_scenes"])} training scenes sampled with seed {config["seed"]}: \
+{data.get("scenes", config["train_scenes"])} training scenes sampled with seed {config["seed"]}{push}: \
 1-3 shapes (circle, square, triangle; red, green, blue, yellow, purple) on a plain or
 textured grey background, one event each along the paper's three dimensions (colour
 change, motion, push). 9 of the 45 (subject kind, colour, event) combinations are held

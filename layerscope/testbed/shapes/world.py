@@ -381,18 +381,28 @@ def allowed_subjects(split: str) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def sample_scenes(count: int, split: str = "train", seed: int = 0, describe_others: float = 0.5) -> list[Scene]:
+def sample_scenes(
+    count: int,
+    split: str = "train",
+    seed: int = 0,
+    describe_others: float = 0.5,
+    dimensions: tuple[str, ...] = DIMENSIONS,
+) -> list[Scene]:
     """``count`` scenes of ``split`` ("train" or "heldout"), deterministic from ``seed``.
 
-    Dimensions take turns (balanced); the subject (kind, colour) is drawn uniformly from
+    ``dimensions`` take turns (balanced; all three by default, and then the draws are
+    those of every earlier version); the subject (kind, colour) is drawn uniformly from
     the split's allowed pairs for that dimension.  ``describe_others`` is the probability
     that the prompt also names the other shapes ("... beside a blue circle.").
     """
+    unknown = [d for d in dimensions if d not in DIMENSIONS]
+    if not dimensions or unknown:
+        raise ValueError(f"dimensions must be a non-empty subset of {DIMENSIONS}, got {dimensions!r}")
     allowed = allowed_subjects(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     scenes: list[Scene] = []
     while len(scenes) < count:
-        dimension = DIMENSIONS[len(scenes) % len(DIMENSIONS)]
+        dimension = dimensions[len(scenes) % len(dimensions)]
         kind, colour = allowed[dimension][int(rng.integers(0, len(allowed[dimension])))]
         scene = _sample_one(rng, dimension, kind, colour, describe_others)
         if scene is not None:
