@@ -797,7 +797,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
     p.add_argument("--clip", help="open_clip directory for FSG keyword selection (default: the model's clip/)")
     _add_fg_set(p)
-    p.set_defaults(func=_cmd_eval)
+    # --compare refuses generation options that differ from these (read from the parser, not copied)
+    generation = ("model", "split", "guidance", "seed", "seeds")
+    p.set_defaults(func=_cmd_eval, generation_defaults={name: p.get_default(name) for name in generation})
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -868,10 +870,9 @@ def _eval_compare(args: argparse.Namespace) -> int:
     from layerscope.outputs import check_output_path, write_text_atomic
     from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
 
-    defaults = {"model": "default", "split": "heldout", "guidance": 5.0, "seed": 0, "seeds": "0"}
     options = ("intervene", "quick", "count", "steps", "ranking", "intervene_config", "fg_mode", "clip", "fg_set")
     generating = [name for name in options if getattr(args, name)]
-    generating += [name for name, value in defaults.items() if getattr(args, name) != value]
+    generating += [name for name, value in args.generation_defaults.items() if getattr(args, name) != value]
     if generating:
         flags = ", ".join("--" + name.replace("_", "-") for name in generating)
         raise UsageError(f"--compare A B reads two finished evals and generates nothing; drop {flags}")

@@ -131,6 +131,7 @@ def test_eval_compare_two_files_against_hand_values(tmp_path, capsys):
         ({}, ["--variant", "focal-guidance"], "no variant 'focal-guidance'"),
         ({}, ["--quick"], "drop --quick"),
         ({}, ["--seeds", "0-4", "--model", "random"], "drop --model, --seeds"),
+        ({}, ["--guidance", "4", "--split", "train", "--seed", "3"], "drop --split, --guidance, --seed"),
         ({}, ["--fg-mode", "fsg"], "drop --fg-mode"),
     ],
 )
