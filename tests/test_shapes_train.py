@@ -125,6 +125,25 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     assert "trained from scratch on" in card and "--init" not in card
 
 
+def test_push_scenes_from_scratch_keep_the_vae_check_on_the_base_clips(tmp_path, monkeypatch):
+    """Push scenes follow the base set: the VAE check still sees the base set's last clips
+    (all three events), and the card's command reproduces the run."""
+    from layerscope.testbed.shapes import train as train_module
+
+    seen = []
+    real_check = train_module.reconstruction_check
+    monkeypatch.setattr(train_module, "reconstruction_check", lambda vae, v: seen.append(v) or real_check(vae, v))
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    config = train_module.TrainConfig(out=str(tmp_path / "m"), train_scenes=3, push_scenes=2, dit_layers=2, steps=steps)
+    out = train_module.train(config)
+    base, push = train_module.training_scene_sets(config)
+    assert [s.dimension for s in push] == ["interaction", "interaction"]
+    assert len(seen) == 1 and np.array_equal(seen[0], train_module._videos(base))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--minutes 60 --seed 0 --push-scenes 2`" in card
+    assert "5 training scenes sampled with seed 0 (3 balanced" in card
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -86,16 +86,16 @@ def render_model_card(model_dir: str | Path) -> str:
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
         for label, key, (log_stage, match) in stages
     )
-    command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}"
+    push_option = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
+    command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{push_option}"
     lineage, origin = "", "trained from scratch on"
     if parent:
         origin = f"its DiT trained on from v{parent['version']}'s (the rest is v{parent['version']}'s) on"
         command = (
             f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
             f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
-            f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g} "
-            + (f"--push-scenes {config['push_scenes']} " if config.get("push_scenes") else "")
-            + "[--cache DIR]"
+            f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g}"
+            f"{push_option} [--cache DIR]"
         )
         lineage = (
             f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
