@@ -222,7 +222,13 @@ class StoreWriter:
                     raise StoreError(f"store {self.path} already exists; pass --overwrite or choose another --out")
                 _remove_store(self.path)
             dataset, encoding = _skeleton(layout)
-            dataset.to_zarr(self.path, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
+            # Written under a hidden name and renamed into place: xarray writes zarr.json
+            # before the attributes that mark a LayerScope store, and a process killed in
+            # between must not leave a directory that no later run may touch (sweep resume).
+            creating = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+            shutil.rmtree(creating, ignore_errors=True)
+            dataset.to_zarr(creating, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
+            creating.rename(self.path)
             self._group = zarr.open_group(self.path, mode="r+")
         except BaseException:
             self._lock.unlink(missing_ok=True)

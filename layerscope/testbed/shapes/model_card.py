@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layerscope.testbed.shapes.train import PUSH_SEED_OFFSET
+from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET
 
 _COMPONENTS = (
     ("transformer", "WanTransformer3DModel", "rectified flow"),

@@ -37,7 +37,7 @@ and a replay refuses a parent whose hashes differ.  Two DiT options exist for su
   usual remedy for a noisy last iterate when sampling with few steps.
 
 ``push_scenes`` (off by default) adds that many interaction-only scenes to the training
-set, drawn from a seed stream of their own (:data:`PUSH_SEED_OFFSET`), so the base 480
+set, drawn from a seed stream of their own (``world.PUSH_SEED_OFFSET``), so the base 480
 are the same scenes as before and keep their cached encoding.  Why: the held-out push
 rate was 0.00 (v3) and 0.06 (v4, v5) while motion rose from 0.06 to 0.46; the pushed object
 moving on after contact is the rarest event in the data (a third of the scenes, and only
@@ -65,9 +65,6 @@ VAE_COLLAPSE_RATIO = 0.6
 CALIBRATION_STEPS = 20
 #: The stages whose step counts a run records and a replay reuses.
 STAGES = ("vae_frames", "vae_clips", "clip", "dit")
-#: ``push_scenes`` are drawn with ``seed + PUSH_SEED_OFFSET``: a stream that no other scene set
-#: of the same ``--seed`` uses (evaluation and planting use other offsets).
-PUSH_SEED_OFFSET = 7000
 
 
 @dataclass
@@ -663,7 +660,7 @@ def training_scene_sets(config: TrainConfig) -> list[list[Any]]:
     Two sets, not one list, so that each is encoded and cached on its own: adding push
     scenes leaves the base set's cache entry valid.
     """
-    from layerscope.testbed.shapes.world import sample_scenes
+    from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET, sample_scenes
 
     sets = [sample_scenes(config.train_scenes, split="train", seed=config.seed)]
     if config.push_scenes:

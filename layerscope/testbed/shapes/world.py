@@ -82,6 +82,10 @@ HELD_OUT: frozenset[tuple[str, str, str]] = frozenset(
     }
 )
 
+#: ``testbed train --push-scenes`` draws its extra interaction scenes with ``seed + PUSH_SEED_OFFSET``:
+#: a stream that no other scene set of the same seed uses (evaluation and planting use other offsets).
+PUSH_SEED_OFFSET = 7000
+
 _GRAMMAR_WORDS = ("the", "a", "and", "beside", "turns", "moves", "to", "pushes", *DIRECTIONS)
 #: Every word a prompt can contain (prompts are these words, spaces and a final ".").
 VOCABULARY: list[str] = sorted(set(_GRAMMAR_WORDS) | set(COLOURS) | set(KINDS))
