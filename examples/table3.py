@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         "post-training only": loaded["ft-nofg"]["baseline"],
         "post-training + FG": loaded["ft-fg"]["focal-guidance"],
     }
-    if any(
-        row["outcomes"] != [] and len(row["outcomes"]) != len(rows["baseline"]["outcomes"]) for row in rows.values()
-    ):
-        raise SystemExit("the evals scored different prompt sets; rerun them with the same --seeds and count")
+    if len({protocol(row) for row in rows.values()}) > 1:
+        raise SystemExit(
+            "the evals scored different prompt sets or settings: "
+            + "; ".join(f"{name} ({protocol(row)})" for name, row in rows.items())
+            + "; rerun them with the same --seeds, --count and --steps"
+        )
     comparisons = {name: paired_comparison(rows["baseline"], row) for name, row in rows.items() if name != "baseline"}
     table = (
         f"Table 3 on the shapes testbed ({len(rows['baseline']['outcomes'])} held-out prompts x seeds {seeds}; "
@@ -108,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {out / 'table3.json'} and {out / 'table3.md'}")
     return 0
+
+
+def protocol(row: dict) -> str:
+    """What must match for two eval rows to be paired prompt x seed by prompt x seed (PROTOCOL_KEYS)."""
+    from layerscope.testbed.shapes.evaluate import PROTOCOL_KEYS
+
+    return ", ".join(f"{key}={row.get(key)}" for key in PROTOCOL_KEYS)
 
 
 if __name__ == "__main__":
