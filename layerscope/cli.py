@@ -791,6 +791,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--compare", nargs=2, metavar=("A", "B"), help="paired test of two eval JSONs (B - A), no generation"
     )
     p.add_argument("--variant", default="baseline", help="--compare: which variant of both files (default baseline)")
+    p.add_argument(
+        "--across-settings",
+        action="store_true",
+        help="--compare: A and B are one model under other --steps/--guidance (a sampler comparison)",
+    )
     p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
     p.add_argument("--ranking", help="ranking JSON for the intervention")
     p.add_argument("--intervene-config", help="TOML settings for the intervention")
@@ -818,8 +823,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.compare:
         return _eval_compare(args)
-    if args.variant != "baseline":
-        raise UsageError("--variant picks the variant of two files under --compare A B; drop it or add --compare")
+    if args.variant != "baseline" or args.across_settings:
+        flag = "--across-settings" if args.across_settings else "--variant"
+        raise UsageError(f"{flag} qualifies two files under --compare A B; drop it or add --compare")
     seeds = parse_seeds(args.seeds)
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
@@ -878,13 +884,16 @@ def _eval_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--compare A B reads two finished evals and generates nothing; drop {flags}")
     target = check_output_path(args.out) if args.out else None
     a, b = (read_results(path) for path in args.compare)
-    result = compare_results(a, b, args.variant)
+    result = compare_results(a, b, args.variant, across_settings=args.across_settings)
     result["files"] = list(args.compare)
-    protocol = ", ".join(f"{k} {v}" for k, v in result["protocol"].items())
+    protocol = ", ".join(
+        [f"{k} {v}" for k, v in result["protocol"].items()]
+        + [f"{k} {va} (A) vs {vb} (B)" for k, (va, vb) in result["settings_compared"].items()]
+    )
     table = (
         f"B - A, paired over prompt x seed (sign-flip test over prompts); A = {result['a']} ({args.compare[0]}), "
         f"B = {result['b']} ({args.compare[1]}), variant {args.variant}; {protocol}\n\n"
-        + format_comparisons({f"{result['b']} - {result['a']}": result["comparison"]})
+        + format_comparisons({_compare_label(result): result["comparison"]})
         + "\n"
     )
     print(table)
@@ -893,6 +902,14 @@ def _eval_compare(args: argparse.Namespace) -> int:
         write_text_atomic(target.with_suffix(".md"), table)
         print(f"wrote {target} and {target.with_suffix('.md')}")
     return 0
+
+
+def _compare_label(result: dict) -> str:
+    """The row name of an eval comparison: the models, or the settings when they are what differs."""
+    if not result["settings_compared"]:
+        return f"{result['b']} - {result['a']}"
+    side = [" ".join(f"{key} {values[i]:g}" for key, values in result["settings_compared"].items()) for i in (1, 0)]
+    return f"{side[0]} - {side[1]}"
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -147,7 +148,7 @@ def test_eval_compare_refuses_unpaired_files_before_writing(tmp_path, capsys, b_
 
 def test_eval_variant_needs_compare(capsys):
     assert main(["eval", "--quick", "--model", "random", "--variant", "focal-guidance"]) == 2
-    assert "--variant picks the variant" in capsys.readouterr().err
+    assert "--variant qualifies two files under --compare" in capsys.readouterr().err
 
 
 def test_eval_compare_names_a_file_that_is_not_an_eval(tmp_path, capsys):
@@ -156,3 +157,29 @@ def test_eval_compare_names_a_file_that_is_not_an_eval(tmp_path, capsys):
     for bad, message in ((tmp_path / "missing.json", "no such eval file"), (tmp_path / "notes.json", "no results")):
         assert main(["eval", "--compare", a, str(bad)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_eval_compare_across_settings_pairs_one_model_under_two_guidances(tmp_path, capsys):
+    """A sampler comparison: same model, prompts and seeds, guidance 5 vs 8; B passes 3 more of 8 cells."""
+    a = _eval_file(tmp_path / "a.json", [[0, 0], [0, 1], [1, 1], [0, 0]], model="m")
+    b = _eval_file(tmp_path / "b.json", [[1, 0], [1, 1], [1, 1], [1, 0]], model="m")
+    data = json.loads(Path(b).read_text())
+    data["results"]["baseline"]["guidance"] = 8.0
+    Path(b).write_text(json.dumps(data))
+    assert main(["eval", "--compare", a, b]) == 2  # a model comparison refuses other settings...
+    assert "pass --across-settings" in capsys.readouterr().err
+    out = tmp_path / "cmp.json"
+    assert main(["eval", "--compare", a, b, "--across-settings", "--out", str(out)]) == 0  # ...a sampler one pairs them
+    result = json.loads(out.read_text())
+    assert result["settings_compared"] == {"guidance": [5.0, 8.0]} and "guidance" not in result["protocol"]
+    assert result["comparison"]["overall"]["difference"] == pytest.approx(3 / 8)
+    assert "| guidance 8 - guidance 5 | +0.375" in capsys.readouterr().out
+
+
+def test_eval_compare_across_settings_refuses_two_models(tmp_path, capsys):
+    a = _eval_file(tmp_path / "a.json", [[0, 0], [0, 1], [1, 1], [0, 0]], model="old")
+    b = _eval_file(tmp_path / "b.json", [[1, 0], [1, 1], [1, 1], [1, 0]], model="new", steps=4)
+    assert main(["eval", "--compare", a, b, "--across-settings"]) == 2
+    assert "compares sampler settings on one model, but A is old and B new" in capsys.readouterr().err
+    assert main(["eval", "--quick", "--model", "random", "--across-settings"]) == 2
+    assert "--across-settings qualifies two files" in capsys.readouterr().err

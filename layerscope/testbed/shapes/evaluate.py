@@ -228,8 +228,12 @@ def write_results(results: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+#: What makes two evals' outcomes cells of the same table: the prompts and the generation seeds.
+PAIRING_KEYS = ("split", "count", "seed", "seeds")
+#: The sampler settings: equal for a comparison of models, the treatment in a comparison of settings.
+SETTING_KEYS = ("steps", "guidance")
 #: What must match for two evals' outcomes to be paired prompt x seed by prompt x seed.
-PROTOCOL_KEYS = ("split", "count", "seed", "seeds", "steps", "guidance")
+PROTOCOL_KEYS = PAIRING_KEYS + SETTING_KEYS
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -248,12 +252,17 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def compare_results(a: dict[str, Any], b: dict[str, Any], variant: str = "baseline") -> dict[str, Any]:
+def compare_results(
+    a: dict[str, Any], b: dict[str, Any], variant: str = "baseline", across_settings: bool = False
+) -> dict[str, Any]:
     """B minus A for two eval files' ``variant`` (e.g. two models' baselines): the paired test of
     :func:`paired_comparison`, refused unless both ran the same prompts under the same seeds.
 
     Why a separate entry point: comparing two *models* (a model and its continued version) is
-    the question every retraining asks, and their evals necessarily run in two calls.
+    the question every retraining asks, and their evals necessarily run in two calls.  With
+    ``across_settings`` the sampler settings (:data:`SETTING_KEYS`) may differ instead, the
+    question of which guidance or step count to use; then the model must be the same, so
+    that exactly one thing differs between A and B.
     """
     from layerscope.errors import LayerScopeError
 
@@ -264,20 +273,29 @@ def compare_results(a: dict[str, Any], b: dict[str, Any], variant: str = "baseli
                 f"{name} has no variant {variant!r} (it has {', '.join(data['results'])}); pick one with --variant"
             )
         runs.append(data["results"][variant])
-    for key in PROTOCOL_KEYS:
+    models = [data.get("model", {}).get("model_id") for data in (a, b)]
+    for key in PAIRING_KEYS if across_settings else PROTOCOL_KEYS:
         if runs[0].get(key) != runs[1].get(key):
+            hint = "" if key in PAIRING_KEYS else ", or pass --across-settings to compare the settings on one model"
             raise LayerScopeError(
                 f"the two evals differ in {key} ({runs[0].get(key)!r} vs {runs[1].get(key)!r}): a paired test needs "
-                "the same prompts, seeds, steps and guidance; run both with the same options"
+                f"the same prompts, seeds, steps and guidance; run both with the same options{hint}"
             )
+    if across_settings and models[0] != models[1]:
+        raise LayerScopeError(
+            f"--across-settings compares sampler settings on one model, but A is {models[0]} and B {models[1]}; "
+            "compare models under the same settings instead (drop --across-settings)"
+        )
     prompts = [[row["prompt"] for row in run["scores"]] for run in runs]
     if prompts[0] != prompts[1]:
         raise LayerScopeError("the two evals scored different prompts; run both with the same --seed and --count")
+    settings = {key: [run.get(key) for run in runs] for key in SETTING_KEYS if runs[0].get(key) != runs[1].get(key)}
     return {
-        "a": a.get("model", {}).get("model_id"),
-        "b": b.get("model", {}).get("model_id"),
+        "a": models[0],
+        "b": models[1],
         "variant": variant,
-        "protocol": {key: runs[0].get(key) for key in PROTOCOL_KEYS},
+        "protocol": {key: runs[0].get(key) for key in PROTOCOL_KEYS if key not in settings},
+        "settings_compared": settings,
         "comparison": paired_comparison(runs[0], runs[1]),
     }
 
