@@ -815,6 +815,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_intervention,
         evaluate_pipeline,
         format_comparisons,
+        format_question_rates,
         format_table,
         paired_comparison,
         reference_points,
@@ -852,6 +853,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"model {info['model_id']} (weights: {info['weights']}), {count} {args.split} prompts, {steps} steps, "
         f"guidance {args.guidance:g}, generation seeds {args.seeds} (95% intervals: bootstrap over prompts)"
         f"\n\n{format_table(results)}\n\n"
+        f"questions passed, by kind (which step of an instruction fails):\n\n{format_question_rates(results)}\n\n"
         + (
             f"paired over prompt x seed (sign-flip test over prompts):\n\n{format_comparisons(comparisons)}\n\n"
             if comparisons

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from layerscope.cli import main
@@ -29,6 +30,12 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     assert references["ground truth"]["overall"]["count"] == 6
     printed = capsys.readouterr().out
     assert "| baseline |" in printed and "| ground truth | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
+    # which step fails, per kind of question: the share matches the scores it summarises
+    pushes = [s for s in baseline["scores"] if s["dimension"] == "interaction"]
+    touched = np.mean([s["answers"][s["kinds"].index("contact")] for s in pushes])
+    assert baseline["by_question"]["interaction"]["contact"] == pytest.approx(touched)
+    assert set(baseline["by_question"]["motion"]) == {"present", "moved"}
+    assert "| variant | dynamic_attribute: colour_at_end |" in printed
     # the table is written next to the JSON
     table = out.with_suffix(".md").read_text()
     assert "| baseline |" in table and "weights: random" in table

@@ -257,3 +257,24 @@ def test_shuffled_pairs_and_chance_level(scenes, videos):
     assert chance["shuffled"]["overall"]["all_correct"] <= 0.08  # only coincidences pass
     assert "shuffled" not in chance_level(scenes["train"][:1], videos["train"][:1])  # nobody to swap with
     assert set(chance["shuffled"]["per_dimension"]) == set(DIMENSIONS)
+
+
+def test_question_rates_locate_the_failing_step_of_a_push():
+    """The glide of the test above passes 'approached' only, ground truth all three steps: over the
+    two videos, approached 1.0, contact 0.5, pushed 0.5."""
+    from layerscope.testbed.shapes.scorer import summarise
+
+    scene = next(s for s in sample_scenes(9, "train", seed=5) if s.dimension == "interaction")
+    ux, uy = DIRECTIONS[scene.event.direction]
+    frames = []
+    for f in np.linspace(0, 1, 9):
+        glide = _copy(scene)
+        for shape in glide.shapes[:2]:
+            shape.x, shape.y = shape.x + ux * 0.12 * f, shape.y + uy * 0.12 * f
+        frames.append(reference_image(glide, SIZE, SIZE))
+    scores = [score_video(scene, np.stack(frames)), score_video(scene, render_video(scene, 9, SIZE, SIZE))]
+    assert scores[0]["kinds"] == ["approached", "contact", "pushed"]
+    rates = summarise(scores)["by_question"]
+    assert rates == {"interaction": {"approached": 1.0, "contact": 0.5, "pushed": 0.5}}
+    # evals written before kinds were recorded contribute nothing rather than guessing
+    assert summarise([{k: v for k, v in s.items() if k != "kinds"} for s in scores])["by_question"] == {}

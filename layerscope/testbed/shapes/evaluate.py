@@ -209,6 +209,19 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_question_rates(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: per variant, the share of videos passing each kind of question, by dimension."""
+    columns = sorted({(d, k) for r in results.values() for d, kinds in r.get("by_question", {}).items() for k in kinds})
+    if not columns:
+        return ""
+    lines = ["| variant | " + " | ".join(f"{d}: {k}" for d, k in columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for name, result in results.items():
+        rates = result.get("by_question", {})
+        cells = [f"{rates[d][k]:.2f}" if k in rates.get(d, {}) else "-" for d, k in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_comparisons(comparisons: dict[str, dict[str, Any]]) -> str:
     """Markdown table of paired differences (variant - baseline) with sign-flip p-values."""
     if not comparisons:

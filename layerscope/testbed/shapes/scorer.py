@@ -325,6 +325,7 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
         "dimension": scene.dimension,
         "questions": {q.text: a for q, a in zip(asked, answers)},
         "answers": answers,
+        "kinds": [q.kind for q in asked],
         "all_correct": all(answers),
         "first_frame_consistency": first_frame_consistency(video[0], np.asarray(reference, dtype=np.uint8)),
     }
@@ -344,7 +345,26 @@ def summarise(scores: list[dict[str, Any]]) -> dict[str, Any]:
         }
 
     per_dimension = {d: rates([s for s in scores if s["dimension"] == d]) for d in DIMENSIONS}
-    return {"per_dimension": {d: r for d, r in per_dimension.items() if r["count"]}, "overall": rates(scores)}
+    return {
+        "per_dimension": {d: r for d, r in per_dimension.items() if r["count"]},
+        "overall": rates(scores),
+        "by_question": question_rates(scores),
+    }
+
+
+def question_rates(scores: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per dimension, the share of videos passing each kind of question (e.g. interaction:
+    approached / contact / pushed).
+
+    Why: all-correct says *that* a dimension fails, this says at which step of the
+    instruction; it is how the push failure was located (the subject seldom approaches).
+    Scores without ``kinds`` (evals written before it was recorded) are left out.
+    """
+    answers: dict[str, dict[str, list[bool]]] = {}
+    for score in scores:
+        for kind, passed in zip(score.get("kinds", ()), score["answers"]):
+            answers.setdefault(score["dimension"], {}).setdefault(kind, []).append(bool(passed))
+    return {d: {kind: float(np.mean(values)) for kind, values in kinds.items()} for d, kinds in answers.items()}
 
 
 def evaluate(
