@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 prompts, 2 seeds, 4 steps, 8 clips x 5 steps")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--baseline-eval", help="reuse this eval JSON for the baseline and FG zero-shot rows")
-    parser.add_argument("--train-steps", type=int, default=50)
+    # 1000, not 50: on the planted v6 model 50 steps (8 s) left all 150 outcomes unchanged
+    parser.add_argument("--train-steps", type=int, default=1000, help="fine-tune steps of both post-trainings")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(code)
 
     for name, extra in (("ft-fg", []), ("ft-nofg", ["--no-fg"])):
-        if not (out / name / "layerscope_finetune.json").is_file():
+        if (out / name / "layerscope_finetune.json").is_file():
+            check_finished_finetune(out / name, steps=train_steps, lr=args.lr, clips=clips)
+        else:
             data = ["--data", f"shapes:{clips}", *chosen, "--steps", str(train_steps)]
             again = ["--resume"] if (out / name).is_dir() else []  # an interrupted run continues (cache, checkpoints)
             target = ["--lr", str(args.lr), "--out", str(out / name), "--quiet"]
@@ -110,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {out / 'table3.json'} and {out / 'table3.md'}")
     return 0
+
+
+def check_finished_finetune(directory: Path, **wanted: float) -> None:
+    """Refuse to reuse a fine-tune made with other settings: a rerun with new --train-steps would
+    otherwise report the old post-training under the new settings."""
+    info = json.loads((directory / "layerscope_finetune.json").read_text())
+    found = {"steps": info["config"]["steps"], "lr": info["config"]["lr"], "clips": info["clips"]}
+    if any(found[key] != value for key, value in wanted.items()):
+        have = ", ".join(f"{key} {value:g}" for key, value in found.items())
+        asked = ", ".join(f"{key} {value:g}" for key, value in wanted.items())
+        raise SystemExit(
+            f"{directory} was fine-tuned with {have}, this run asks for {asked}: "
+            "pass another --out-dir, or remove that directory and its eval-*.json to train again"
+        )
 
 
 def protocol(row: dict) -> str:

@@ -83,10 +83,11 @@ def test_table3_runs_its_own_rows_when_they_would_differ(tmp_path, example_scrip
     assert not (tmp_path / "t3").exists()
 
 
-def _finished_table3_dir(out: Path, zero_shot_steps: int) -> None:
+def _finished_table3_dir(out: Path, zero_shot_steps: int, train_steps: int = 1000) -> None:
     for name in ("ft-fg", "ft-nofg"):
         (out / name).mkdir(parents=True)
-        (out / name / "layerscope_finetune.json").write_text("{}")
+        info = {"clips": 64, "config": {"steps": train_steps, "lr": 1e-4}}  # table3.py's defaults but the steps
+        (out / name / "layerscope_finetune.json").write_text(json.dumps(info))
     zero_shot = {"baseline": _row([[0, 1], [0, 0]], zero_shot_steps), "focal-guidance": _row([[1, 1], [0, 0]])}
     (out / "eval-default.json").write_text(json.dumps({"results": zero_shot}))
     (out / "eval-ft-nofg.json").write_text(json.dumps({"results": {"baseline": _row([[1, 1], [1, 0]])}}))
@@ -107,3 +108,12 @@ def test_table3_refuses_rows_run_with_other_steps(tmp_path, example_script):
     _finished_table3_dir(tmp_path, zero_shot_steps=4)
     with pytest.raises(SystemExit, match=r"different prompt sets or settings: baseline \(.*steps=4"):
         example_script("table3").main(["--layers", "4-7", "--out-dir", str(tmp_path)])
+
+
+def test_table3_refuses_a_finished_finetune_of_other_settings(tmp_path, example_script):
+    """A rerun with a new --train-steps must not report the old post-training under the new settings."""
+    _finished_table3_dir(tmp_path, zero_shot_steps=12, train_steps=50)
+    table3 = example_script("table3")
+    with pytest.raises(SystemExit, match="ft-fg was fine-tuned with steps 50, lr 0.0001, clips 64, this run asks"):
+        table3.main(["--layers", "4-7", "--out-dir", str(tmp_path)])  # default 1000 steps
+    assert table3.main(["--layers", "4-7", "--out-dir", str(tmp_path), "--train-steps", "50"]) == 0
