@@ -398,6 +398,14 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         help="train: extra interaction-only training scenes, on top of --scenes (default 0)",
     )
     p.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="train: where to encode and train, e.g. cuda (recorded; a replay uses its run's device)",
+    )
+    p.add_argument(
+        "--dit-batch", type=_positive_int, default=4, help="train: DiT batch size (default 4; raise it on a GPU)"
+    )
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
     p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
     p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
@@ -465,7 +473,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {args.out} exists and is not an empty directory; choose a new directory")
-    from layerscope.loading import MODEL_INFO_FILE
+    from layerscope.loading import MODEL_INFO_FILE, check_device
     from layerscope.outputs import check_output_path
 
     if args.init and not _is_shapes_model(Path(args.init).expanduser() / MODEL_INFO_FILE):
@@ -473,6 +481,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache:
         check_output_path(args.cache, "--cache", directory=True)
     if args.replay:
+        if args.device != "cpu" or args.dit_batch != 4:
+            raise UsageError("--replay repeats its run's recorded --device and --dit-batch; drop them")
         try:
             config = replay_config(args.replay, args.out, init=args.init)
         except (OSError, ValueError) as error:
@@ -490,7 +500,10 @@ def _train(args: argparse.Namespace) -> int:
             lr_dit=args.lr_dit,
             push_scenes=args.push_scenes,
             init=args.init,
+            device=args.device,
+            dit_batch=args.dit_batch,
         )
+    check_device(config.device)  # a GPU recipe on a machine without one fails here, before --out exists
     config.cache = args.cache
     try:
         print(train(config))
@@ -750,7 +763,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         description="One file, no external requests: figures and video are embedded.",
     )
     p.add_argument(
-        "store", help="the run (the 'before' run with --compare), or a sweep directory (verdict over its runs)"
+        "store",
+        help="the run (the 'before' run with --compare), a sweep directory (verdict over its runs), "
+        "or a `layerscope eval` JSON (its HTML section)",
     )
     p.add_argument("--compare", help="the 'after' run, e.g. recorded with --intervene focal-guidance")
     p.add_argument("--out", required=True, help="HTML file to write, e.g. runs/report.html")
@@ -765,7 +780,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from layerscope.report import write
 
     started = time.perf_counter()
-    out = write(args.store, args.out, args.compare, force=args.force, steps_shown=args.steps_shown)
+    if Path(args.store).suffix == ".json":  # an eval file: its HTML section, not a run's
+        if args.compare:
+            raise UsageError("--compare pairs two recorded runs; pair two evals with `layerscope eval --compare A B`")
+        from layerscope.outputs import check_output_path
+
+        out = _write_eval_page(Path(args.store), check_output_path(args.out))
+    else:
+        out = write(args.store, args.out, args.compare, force=args.force, steps_shown=args.steps_shown)
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({size:.2f} MB in {time.perf_counter() - started:.1f} s); open it in a browser")
     return 0
@@ -867,8 +889,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             {"model": info, "results": results, "comparisons": comparisons, "reference_points": references}, args.out
         )
         out.with_suffix(".md").write_text(table)
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+        page = _write_eval_page(out, out.with_suffix(".html"))
+        print(f"wrote {out}, {out.with_suffix('.md')} and {page} (open it in a browser)")
     return 0
+
+
+def _write_eval_page(eval_json: Path, page: Path) -> Path:
+    """The eval's HTML section, rendered from the JSON as written (so an old file renders the same way)."""
+    from layerscope.outputs import write_text_atomic
+    from layerscope.testbed.shapes.eval_report import render_eval_html
+    from layerscope.testbed.shapes.evaluate import read_results
+
+    return write_text_atomic(page, render_eval_html(read_results(eval_json)))
 
 
 def _eval_compare(args: argparse.Namespace) -> int:

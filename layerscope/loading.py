@@ -156,6 +156,19 @@ def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
 OFFLOAD_MODES = ("model", "sequential")
 
 
+def check_device(device: str) -> Any:
+    """``device`` as a ``torch.device``, or one clear error (not a device name; CUDA absent here)."""
+    import torch
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise LoadError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return torch_device
+
+
 def load_pipeline(
     model: str | os.PathLike,
     *,
@@ -182,12 +195,7 @@ def load_pipeline(
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError:
-        raise LoadError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise LoadError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    torch_device = check_device(device)
     # Loading bars say nothing useful for local files; the denoising bar stays.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

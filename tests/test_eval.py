@@ -39,6 +39,15 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     # the table is written next to the JSON
     table = out.with_suffix(".md").read_text()
     assert "| baseline |" in table and "weights: random" in table
+    # ...and the HTML section: every prompt x seed outcome of the JSON, the random-weights warning
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(out.with_suffix(".html").read_text(), "html.parser")
+    grid = soup.select_one('table.outcomes[data-variant="baseline"]')
+    cells = [[int(td["data-all-correct"]) for td in tr.select("td.outcome")] for tr in grid.select("tbody tr")]
+    assert cells == baseline["outcomes"]
+    assert [tr.select("td")[2].text for tr in grid.select("tbody tr")] == [s["prompt"] for s in baseline["scores"]]
+    assert "random weights" in soup.select_one(".warning").text
 
 
 def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):

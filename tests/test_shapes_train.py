@@ -338,3 +338,72 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "r2"), init=str(parent)))
     for path in child.rglob("*.safetensors"):
         assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+
+
+# ---------------------------------------------------------------- --device and --dit-batch
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="checks the refusal on a machine without CUDA")
+def test_training_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_path, capsys):
+    from layerscope.cli import main
+
+    out = tmp_path / "m"
+    assert main(["testbed", "train", "--out", str(out), "--device", "cuda", "--minutes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0] and "--device cpu" in err[0]
+    assert not out.exists()
+
+
+def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
+    from layerscope.cli import main
+    from layerscope.testbed.shapes.train import replay_config
+
+    recipe = tmp_path / "layerscope_model.json"
+    # a recipe from before --device existed: it trained on the CPU, and its replay does too
+    recipe.write_text(json.dumps({"train_config": {"seed": 0, "dit_batch": 4}, "steps": {"dit": 3}}))
+    assert replay_config(recipe, str(tmp_path / "r")).device == "cpu"
+    argv = ["testbed", "train", "--replay", str(recipe), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--dit-batch", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "recorded --device and --dit-batch" in err[0]
+
+
+def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeypatch):
+    from layerscope.cli import main
+    from layerscope.testbed.shapes import train as train_module
+
+    seen = {}
+
+    def fake_train(config):  # the CLI's part: options into the recipe (training itself is tested above)
+        seen["config"] = config
+        return tmp_path / "m"
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    assert main(["testbed", "train", "--out", str(tmp_path / "m"), "--dit-batch", "16", "--device", "cpu"]) == 0
+    assert seen["config"].dit_batch == 16 and seen["config"].device == "cpu"
+    recipe = train_module.recipe(seen["config"])
+    assert recipe["device"] == "cpu" and recipe["dit_batch"] == 16
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (the device machine)")
+def test_training_on_cuda_draws_the_same_batches_as_on_the_cpu(tmp_path):
+    """Same recipe on both devices: the first DiT loss (same clips, noise and levels) agrees to
+    float tolerance, the weights come back to the CPU, and the recipe and card name the device."""
+    from layerscope.testbed.shapes.train import TrainConfig, train
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 3}
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = train(TrainConfig(out=str(tmp_path / device), train_scenes=2, dit_layers=2, steps=steps, device=device))
+        lines = [json.loads(line) for line in (out / "train_log.jsonl").open()]
+        runs[device] = (out, [r["loss"] for r in lines if r.get("stage") == "dit" and "loss" in r])
+    assert runs["cuda"][1][0] == pytest.approx(runs["cpu"][1][0], rel=2e-2)
+    info = json.loads((runs["cuda"][0] / "layerscope_model.json").read_text())
+    assert info["train_config"]["device"] == "cuda"
+    assert "--device cuda" in (runs["cuda"][0] / "MODEL_CARD.md").read_text()

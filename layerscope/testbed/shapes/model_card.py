@@ -87,6 +87,13 @@ def render_model_card(model_dir: str | Path) -> str:
         for label, key, (log_stage, match) in stages
     )
     push_option = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
+    device = config.get("device", "cpu")  # recipes from before --device trained on the CPU
+    if device != "cpu":
+        push_option += f" --device {device}"
+    if config.get("dit_batch", 4) != 4:
+        push_option += f" --dit-batch {config['dit_batch']}"
+    hardware = f"{config.get('threads', '?')} CPU threads" if device == "cpu" else f"the GPU ({device})"
+    where = "2 CPU cores" if device == "cpu" else "a GPU"
     command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{push_option}"
     lineage, origin = "", "trained from scratch on"
     if parent:
@@ -112,7 +119,7 @@ def render_model_card(model_dir: str | Path) -> str:
     return f"""# {info["name"]} (v{info["version"]})
 
 A small image-to-video model with the **Wan2.1-I2V architecture**, {origin}
-2 CPU cores on LayerScope's procedural shapes world (`layerscope.testbed.shapes`). It exists so that
+{where} on LayerScope's procedural shapes world (`layerscope.testbed.shapes`). It exists so that
 LayerScope and Focal Guidance can be run and measured where no model hub and no GPU are
 available. It is not a general video model.
 
@@ -139,7 +146,7 @@ out of training and make up the evaluation set.
 ## Training
 
 Command: `{command}`;
-{info.get("train_minutes", "?")} minutes wall clock on {config.get("threads", "?")} threads. \
+{info.get("train_minutes", "?")} minutes wall clock on {hardware}. \
 {_replay_line(info)}{lineage}
 
 | stage | steps | loss (mean of first 5 logs -> last 10 logs) |

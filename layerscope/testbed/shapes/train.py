@@ -43,6 +43,12 @@ rate was 0.00 (v3) and 0.06 (v4, v5) while motion rose from 0.06 to 0.46; the pu
 moving on after contact is the rarest event in the data (a third of the scenes, and only
 their second half), so this is the data lever for it.
 
+``device`` (``--device``, default "cpu") is where the clips are encoded and the stages
+train; every random draw still comes from a CPU generator, so a GPU run sees the same
+batches as a CPU run of its recipe, and the CPU computation is the one it always was.
+Why: the DiT is what limits the model, 2 CPU cores give ~6,000 DiT steps an hour and a
+half, and a GPU is lent to some sessions.
+
 Losses go to ``train_log.jsonl`` in the output directory, one JSON object per line.
 """
 
@@ -96,6 +102,12 @@ class TrainConfig:
     dit_focus_weight: float = 0.0
     ema_decay: float = 0.0
     threads: int = 2
+    #: Where the DiT (and, from scratch, the VAE and CLIP) train and the clips are encoded:
+    #: "cpu", "cuda" or "cuda:N".  Part of the recipe: a run is replayed on the same kind
+    #: of device (floating-point results differ between devices).  Random draws (batches,
+    #: noise, noise levels) come from CPU generators on every device, so the data a run
+    #: sees does not depend on it.
+    device: str = "cpu"
     #: A finished model directory to continue from (see the module docstring); its weight
     #: hashes, not its path, go into the recipe.
     init: str | None = None
@@ -159,11 +171,11 @@ def _videos(scenes: list[Any]) -> np.ndarray:
     return np.stack([render_video(s, num_frames=9, height=256, width=256) for s in scenes])
 
 
-def _to_tensor(videos: np.ndarray) -> Any:
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1], as the pipeline feeds the VAE."""
+def _to_tensor(videos: np.ndarray, device: Any = "cpu") -> Any:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1] on ``device``, as the pipeline feeds the VAE."""
     import torch
 
-    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    return torch.from_numpy(videos).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
 def _set_lr(optimizer: Any, lr: float) -> None:
@@ -222,7 +234,7 @@ def _vae_batch(
         crops.append(videos[i, frames, y : y + config.crop, x : x + config.crop])
         weights.append(masks[i, frames, y : y + config.crop, x : x + config.crop])
     weight = 1.0 + (config.vae_shape_weight - 1.0) * torch.from_numpy(np.stack(weights)).float()[:, None]
-    return _to_tensor(np.stack(crops)), weight
+    return _to_tensor(np.stack(crops), config.device), weight.to(config.device)
 
 
 def train_vae(vae: Any, videos: np.ndarray, config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
@@ -287,10 +299,11 @@ def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, Any]:
     """
     import torch
 
+    device = next(vae.parameters()).device
     with torch.no_grad():
-        clips = _to_tensor(videos)
+        clips = _to_tensor(videos, device)
         out = torch.cat([vae.decode(vae.encode(clips[i : i + 1]).latent_dist.mode()).sample for i in range(len(clips))])
-    out = ((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 4, 1).numpy()
+    out = ((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 4, 1).cpu().numpy()
     pixels = videos.astype(np.float32)
     error = np.abs(out - pixels).mean(axis=-1)
     mask = shape_mask(videos)
@@ -310,9 +323,10 @@ def set_latent_statistics(vae: Any, videos: np.ndarray, log: _Log) -> None:
     """Measure per-channel latent mean/std on full clips and store them in the VAE config."""
     import torch
 
+    device = next(vae.parameters()).device
     with torch.no_grad():
         latents = torch.cat(
-            [vae.encode(_to_tensor(videos[i : i + 1])).latent_dist.mode() for i in range(min(8, len(videos)))]
+            [vae.encode(_to_tensor(videos[i : i + 1], device)).latent_dist.mode() for i in range(min(8, len(videos)))]
         )
     mean = latents.mean(dim=(0, 2, 3, 4)).tolist()
     std = latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3).tolist()
@@ -330,8 +344,8 @@ def train_clip(
     from layerscope.clip import tokenizer_for
 
     tokenizer = tokenizer_for(clip)
-    tokens = tokenizer(captions)
-    pixels = _clip_pixels(images)
+    tokens = tokenizer(captions).to(config.device)
+    pixels = _clip_pixels(images).to(config.device)
     rng = np.random.default_rng(config.seed + 20)
     optimizer = torch.optim.AdamW(clip.parameters(), lr=config.lr_clip, weight_decay=0.05)
     clip.train()
@@ -343,7 +357,7 @@ def train_clip(
         logits = clip.logit_scale.exp() * image_features @ text_features.T
         # identical captions in a batch are positives too
         same = torch.tensor([[captions[i] == captions[j] for j in index.tolist()] for i in index.tolist()])
-        target = same.float() / same.float().sum(1, keepdim=True)
+        target = (same.float() / same.float().sum(1, keepdim=True)).to(config.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,35 +389,37 @@ def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log: _
     """x0 latents, conditions, prompt and image embeddings, via the pipeline's own code paths.
 
     Every training clip is encoded (~1 s each here): the first run time-boxed this stage
-    and left the DiT with a third of the data to memorise.
+    and left the DiT with a third of the data to memorise.  Encoding runs where the VAE
+    is; the tensors come back to the CPU (the cache and the recipe are device-free).
     """
     import torch
     from PIL import Image
 
     vae = pipe.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    device = next(vae.parameters()).device
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(device)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(device)
     data: dict[str, list[Any]] = {"x0": [], "condition": [], "prompt": [], "image": []}
     negative = None
     with torch.no_grad():
         for i, (scene, video) in enumerate(zip(scenes, videos)):
-            clip_tensor = _to_tensor(video[None])
+            clip_tensor = _to_tensor(video[None], device)
             x0 = (vae.encode(clip_tensor).latent_dist.mode() - mean) / std
             image = Image.fromarray(video[0])
-            processed = pipe.video_processor.preprocess(image, height=256, width=256).float()
-            _, condition = pipe.prepare_latents(processed, 1, vae.config.z_dim, 256, 256, 9, torch.float32, "cpu")
+            processed = pipe.video_processor.preprocess(image, height=256, width=256).float().to(device)
+            _, condition = pipe.prepare_latents(processed, 1, vae.config.z_dim, 256, 256, 9, torch.float32, device)
             prompt_embeds, negative_embeds = pipe.encode_prompt(
-                scene.prompt, negative_prompt="", device="cpu", max_sequence_length=512
+                scene.prompt, negative_prompt="", device=device, max_sequence_length=512
             )
             negative = negative_embeds if negative is None else negative
-            data["x0"].append(x0[0])
-            data["condition"].append(condition[0])
-            data["prompt"].append(prompt_embeds[0])
-            data["image"].append(pipe.encode_image(image, device="cpu")[0])
+            data["x0"].append(x0[0].cpu())
+            data["condition"].append(condition[0].cpu())
+            data["prompt"].append(prompt_embeds[0].cpu())
+            data["image"].append(pipe.encode_image(image, device=device)[0].cpu())
             if i % 20 == 0:
                 log("encode", done=i + 1, of=len(scenes))
     tensors = {k: torch.stack(v) for k, v in data.items()}
-    tensors["negative"] = negative[0]
+    tensors["negative"] = negative[0].cpu()
     return tensors
 
 
@@ -449,31 +465,35 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
     """
     import torch
 
+    device = torch.device(config.device)
+    transformer.to(device)
+    # the draws come from a CPU generator on every device (the same batches as a CPU run)
     generator = torch.Generator().manual_seed(config.seed + 30)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr_dit, weight_decay=0.01)
     ema = [p.detach().clone() for p in transformer.parameters()] if config.ema_decay else None
+    data = {key: value.to(device) for key, value in data.items()}
     focus = data.get("focus") if config.dit_focus_weight else None
     transformer.train()
     n = data["x0"].shape[0]
     clock, step = _stage(config, "dit", seconds), 0
     while clock.running(step):
-        index = torch.randint(0, n, (config.dit_batch,), generator=generator)
-        x0 = data["x0"][index]
-        noise = torch.randn(x0.shape, generator=generator)
-        sigma = sample_sigmas(config.dit_batch, generator).view(-1, 1, 1, 1, 1)
+        rows = torch.randint(0, n, (config.dit_batch,), generator=generator).to(device)
+        x0 = data["x0"][rows]
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        sigma = sample_sigmas(config.dit_batch, generator).view(-1, 1, 1, 1, 1).to(device)
         noisy = (1 - sigma) * x0 + sigma * noise
-        prompt = data["prompt"][index].clone()
-        drop = torch.rand(config.dit_batch, generator=generator) < config.prompt_dropout
+        prompt = data["prompt"][rows].clone()
+        drop = (torch.rand(config.dit_batch, generator=generator) < config.prompt_dropout).to(device)
         prompt[drop] = data["negative"]
-        model_input = torch.cat([noisy, data["condition"][index]], dim=1)
+        model_input = torch.cat([noisy, data["condition"][rows]], dim=1)
         prediction = transformer(
             hidden_states=model_input,
             timestep=sigma.flatten() * 1000.0,
             encoder_hidden_states=prompt,
-            encoder_hidden_states_image=data["image"][index],
+            encoder_hidden_states_image=data["image"][rows],
             return_dict=False,
         )[0]
-        weight = None if focus is None else 1.0 + config.dit_focus_weight * focus[index]
+        weight = None if focus is None else 1.0 + config.dit_focus_weight * focus[rows]
         loss = weighted_mse(prediction, noise - x0, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -589,6 +609,8 @@ def _train_from_scratch(config: TrainConfig, scenes: list[Any], videos: np.ndarr
 
     clip = testbed.build_default_clip(config.seed)
     pipe = testbed.build_default_pipeline(config.seed, clip=clip, vocabulary=VOCABULARY)
+    pipe.to(config.device)
+    clip.to(config.device)
     steps = train_vae(pipe.vae, videos, config, budget * config.vae_share, log)
     # the base set's last 8 clips (all three events), whatever push scenes follow them
     check = reconstruction_check(pipe.vae, videos[: config.train_scenes][-8:])
@@ -708,6 +730,7 @@ def train(config: TrainConfig) -> Path:
     parent = None
     if config.init:
         pipe, clip, parent, check = _continue_from(config.init, videos[: config.train_scenes], log)
+        pipe.to(config.device)  # the encoders too: the clips are encoded where the DiT trains
         steps: dict[str, int] = {}
     else:
         pipe, clip, steps, check = _train_from_scratch(config, scenes, videos, budget, log)
@@ -724,6 +747,8 @@ def train(config: TrainConfig) -> Path:
     dit_seconds = max(60.0, budget - (time.perf_counter() - log.started) - 60.0)
     steps |= train_dit(pipe.transformer, data, config, dit_seconds, log)
 
+    pipe.to("cpu")  # weights are saved from the CPU, whatever the device
+    clip.to("cpu")
     pipe.save_pretrained(out, safe_serialization=True)
     drop_source_paths(out)
     save_open_clip(clip, testbed.CLIP_CONFIG, out / testbed.CLIP_SUBFOLDER)
