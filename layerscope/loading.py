@@ -166,6 +166,8 @@ def check_device(device: str) -> Any:
         raise LoadError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise LoadError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if torch_device.type == "mps" and not torch.backends.mps.is_available():
+        raise LoadError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
     return torch_device
 
 

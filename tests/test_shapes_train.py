@@ -350,13 +350,16 @@ def _cuda() -> bool:
 
 
 @pytest.mark.skipif(_cuda(), reason="checks the refusal on a machine without CUDA")
-def test_training_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "device, message", [("cuda", "CUDA is not available"), ("gpu", "not a torch device"), ("", "not a torch device")]
+)
+def test_training_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_path, capsys, device, message):
     from layerscope.cli import main
 
     out = tmp_path / "m"
-    assert main(["testbed", "train", "--out", str(out), "--device", "cuda", "--minutes", "1"]) == 2
+    assert main(["testbed", "train", "--out", str(out), "--device", device, "--minutes", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "CUDA is not available" in err[0] and "--device cpu" in err[0]
+    assert len(err) == 1 and message in err[0] and "cpu" in err[0]
     assert not out.exists()
 
 

@@ -565,6 +565,13 @@ def weight_hashes(model_dir: str | Path) -> dict[str, str]:
     return {path.relative_to(model_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
 
 
+def _device_type(device: str) -> str:
+    """The kind of device ("cuda" for "cuda:1"), which decides the floating-point results."""
+    import torch
+
+    return torch.device(device).type
+
+
 def _encoded_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, config: TrainConfig, log: _Log) -> dict:
     """:func:`encode_training_set`, cached in ``config.cache`` when set (keyed by VAE and scenes)."""
     import hashlib
@@ -573,9 +580,11 @@ def _encoded_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, conf
 
     if not config.cache:
         return encode_training_set(pipe, scenes, videos, log)
-    vae_hash = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in pipe.vae.parameters())).hexdigest()
+    vae_hash = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in pipe.vae.parameters())).hexdigest()
     prompts = json.dumps([s.prompt for s in scenes]).encode()
-    key = hashlib.sha256(vae_hash.encode() + prompts + videos[:, 0].tobytes()).hexdigest()[:16]
+    # encodings made on another kind of device differ in the last bits: keyed apart (CPU keys as before)
+    where = b"" if config.device == "cpu" else _device_type(config.device).encode()
+    key = hashlib.sha256(vae_hash.encode() + prompts + videos[:, 0].tobytes() + where).hexdigest()[:16]
     path = Path(config.cache) / f"encoded-{key}.safetensors"
     if path.exists():
         log("encode", cached=path.name)
