@@ -810,6 +810,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0", help="generation seeds per prompt, e.g. 0-4 (the paper's five; default 0)")
     p.add_argument("--quick", action="store_true", help="6 prompts, 4 steps: a smoke test")
     p.add_argument(
+        "--vae-ceiling",
+        action="store_true",
+        help="also score the ground truth after the model's VAE (its own ceiling; ~6 s a prompt on 2 CPU cores)",
+    )
+    p.add_argument(
         "--compare", nargs=2, metavar=("A", "B"), help="paired test of two eval JSONs (B - A), no generation"
     )
     p.add_argument("--variant", default="baseline", help="--compare: which variant of both files (default baseline)")
@@ -841,6 +846,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         format_table,
         paired_comparison,
         reference_points,
+        vae_round_trip,
         write_results,
     )
 
@@ -871,6 +877,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         comparisons[args.intervene] = paired_comparison(results["baseline"], results[args.intervene])
     info = model_info(model_dir)
     references = reference_points(count=count, split=args.split, seed=args.seed)
+    if args.vae_ceiling:
+        references["VAE round trip"] = vae_round_trip(pipe, count=count, split=args.split, seed=args.seed)
     table = (
         f"model {info['model_id']} (weights: {info['weights']}), {count} {args.split} prompts, {steps} steps, "
         f"guidance {args.guidance:g}, generation seeds {args.seeds} (95% intervals: bootstrap over prompts)"
@@ -911,6 +919,7 @@ def _eval_compare(args: argparse.Namespace) -> int:
     from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
 
     options = ("intervene", "quick", "count", "steps", "ranking", "intervene_config", "fg_mode", "clip", "fg_set")
+    options += ("vae_ceiling",)
     generating = [name for name in options if getattr(args, name)]
     generating += [name for name, value in args.generation_defaults.items() if getattr(args, name) != value]
     if generating:

@@ -199,3 +199,51 @@ def test_eval_compare_across_settings_refuses_two_models(tmp_path, capsys):
     assert "compares sampler settings on one model, but A is old and B new" in capsys.readouterr().err
     assert main(["eval", "--quick", "--model", "random", "--across-settings"]) == 2
     assert "--across-settings qualifies two files" in capsys.readouterr().err
+
+
+class _Vae(__import__("torch").nn.Module):
+    """A VAE stand-in: ``decode(encode(x))`` is ``x`` (identity) or flat grey (a collapsed VAE)."""
+
+    def __init__(self, collapsed: bool):
+        import torch
+
+        super().__init__()
+        self.collapsed = collapsed
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z * 0 if self.collapsed else z)
+
+
+@pytest.mark.parametrize("collapsed, expected", [(False, 1.0), (True, 0.0)])
+def test_vae_round_trip_scores_what_the_vae_gives_back(collapsed, expected):
+    """An identity VAE gives the ground truth back pixel for pixel (the scorer's 1.0); a collapsed
+    one gives grey, in which no shape is found (0.0)."""
+    from types import SimpleNamespace
+
+    from layerscope.testbed.shapes.evaluate import vae_round_trip
+
+    result = vae_round_trip(SimpleNamespace(vae=_Vae(collapsed)), count=6)
+    assert result["overall"]["count"] == 6 and result["overall"]["all_correct"] == expected
+    assert all(entry["all_correct"] == expected for entry in result["per_dimension"].values())
+    if not collapsed:  # frame 0 comes back exactly
+        assert result["overall"]["first_frame_consistency"] == 1.0
+
+
+def test_eval_vae_ceiling_adds_a_reference_row_everywhere(model_dir, tmp_path):
+    from bs4 import BeautifulSoup
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--quick", "--model", "random", "--vae-ceiling", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["reference_points"]["VAE round trip"]
+    assert row["overall"]["count"] == 6 and 0.0 <= row["overall"]["all_correct"] <= 1.0
+    assert "| VAE round trip |" in out.with_suffix(".md").read_text()
+    soup = BeautifulSoup(out.with_suffix(".html").read_text(), "html.parser")
+    assert soup.select_one('#reference tr[data-reference="VAE round trip"]') is not None

@@ -49,6 +49,8 @@ def test_crop_origin_without_shapes_is_random_but_valid():
 class _GreyVae:
     """A collapsed VAE: whatever goes in, mean grey comes out."""
 
+    device = "cpu"  # where a diffusers model's weights are (ModelMixin.device)
+
     class _Posterior:
         def __init__(self, x):
             self.latent_dist = self

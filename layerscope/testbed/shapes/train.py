@@ -299,7 +299,7 @@ def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, Any]:
     """
     import torch
 
-    device = next(vae.parameters()).device
+    device = vae.device  # diffusers models say where their weights are
     with torch.no_grad():
         clips = _to_tensor(videos, device)
         out = torch.cat([vae.decode(vae.encode(clips[i : i + 1]).latent_dist.mode()).sample for i in range(len(clips))])
@@ -323,7 +323,7 @@ def set_latent_statistics(vae: Any, videos: np.ndarray, log: _Log) -> None:
     """Measure per-channel latent mean/std on full clips and store them in the VAE config."""
     import torch
 
-    device = next(vae.parameters()).device
+    device = vae.device  # diffusers models say where their weights are
     with torch.no_grad():
         latents = torch.cat(
             [vae.encode(_to_tensor(videos[i : i + 1], device)).latent_dist.mode() for i in range(min(8, len(videos)))]
@@ -396,7 +396,7 @@ def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log: _
     from PIL import Image
 
     vae = pipe.vae
-    device = next(vae.parameters()).device
+    device = vae.device  # diffusers models say where their weights are
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(device)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(device)
     data: dict[str, list[Any]] = {"x0": [], "condition": [], "prompt": [], "image": []}
