@@ -86,15 +86,15 @@ def render_model_card(model_dir: str | Path) -> str:
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
         for label, key, (log_stage, match) in stages
     )
-    push_option = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
+    options = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
     device = config.get("device", "cpu")  # recipes from before --device trained on the CPU
     if device != "cpu":
-        push_option += f" --device {device}"
+        options += f" --device {device}"
     if config.get("dit_batch", 4) != 4:
-        push_option += f" --dit-batch {config['dit_batch']}"
+        options += f" --dit-batch {config['dit_batch']}"
     hardware = f"{config.get('threads', '?')} CPU threads" if device == "cpu" else f"the GPU ({device})"
     where = "2 CPU cores" if device == "cpu" else "a GPU"
-    command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{push_option}"
+    command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{options}"
     lineage, origin = "", "trained from scratch on"
     if parent:
         origin = f"its DiT trained on from v{parent['version']}'s (the rest is v{parent['version']}'s) on"
@@ -102,7 +102,7 @@ def render_model_card(model_dir: str | Path) -> str:
             f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
             f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
             f"--focus-weight {config.get('dit_focus_weight', 0):g} --ema {config.get('ema_decay', 0):g}"
-            f"{push_option} [--cache DIR]"
+            f"{options} [--cache DIR]"
         )
         lineage = (
             f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
