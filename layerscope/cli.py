@@ -919,7 +919,7 @@ def _eval_compare(args: argparse.Namespace) -> int:
     from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
 
     options = ("intervene", "quick", "count", "steps", "ranking", "intervene_config", "fg_mode", "clip", "fg_set")
-    options += ("vae_ceiling",)
+    options = (*options, "vae_ceiling")  # generation-only flags: --compare generates nothing
     generating = [name for name in options if getattr(args, name)]
     generating += [name for name, value in args.generation_defaults.items() if getattr(args, name) != value]
     if generating:
