@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if not evals["ft-nofg"].is_file():
         run(["eval", "--model", str(out / "ft-nofg"), "--seeds", seeds, *size, "--out", str(evals["ft-nofg"])])
     if not evals["ft-fg"].is_file():
-        run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *fg])
+        only_fg = [*fg, "--skip-baseline"]  # its row is the fine-tune *with* FG; a baseline would go unused
+        run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *only_fg])
     if not evals["zero-shot"].is_file():
         run(["eval", "--model", args.model, "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
     loaded = {name: read_results(path)["results"] for name, path in evals.items()}

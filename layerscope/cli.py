@@ -824,6 +824,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="--compare: A and B are one model under other --steps/--guidance (a sampler comparison)",
     )
     p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
+    p.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="with --intervene: evaluate only the intervened variant (half the time; no paired test in the file)",
+    )
     p.add_argument("--ranking", help="ranking JSON for the intervention")
     p.add_argument("--intervene-config", help="TOML settings for the intervention")
     p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
@@ -855,6 +860,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.variant != "baseline" or args.across_settings:
         flag = "--across-settings" if args.across_settings else "--variant"
         raise UsageError(f"{flag} qualifies two files under --compare A B; drop it or add --compare")
+    if args.skip_baseline and not args.intervene:
+        raise UsageError("--skip-baseline drops the un-intervened run of an --intervene eval; add --intervene")
     seeds = parse_seeds(args.seeds)
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
@@ -870,11 +877,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     common["seeds"] = seeds
     if factory is not None:
         check_intervention(pipe, factory, split=args.split, seed=args.seed)  # before the long part
-    results = {"baseline": evaluate_pipeline(pipe, **common)}
+    results = {} if args.skip_baseline else {"baseline": evaluate_pipeline(pipe, **common)}
     comparisons = {}
     if factory is not None:
         results[args.intervene] = evaluate_pipeline(pipe, intervention_factory=factory, **common)
-        comparisons[args.intervene] = paired_comparison(results["baseline"], results[args.intervene])
+        if "baseline" in results:
+            comparisons[args.intervene] = paired_comparison(results["baseline"], results[args.intervene])
     info = model_info(model_dir)
     references = reference_points(count=count, split=args.split, seed=args.seed)
     if args.vae_ceiling:
@@ -919,7 +927,7 @@ def _eval_compare(args: argparse.Namespace) -> int:
     from layerscope.testbed.shapes.evaluate import compare_results, format_comparisons, read_results
 
     options = ("intervene", "quick", "count", "steps", "ranking", "intervene_config", "fg_mode", "clip", "fg_set")
-    options = (*options, "vae_ceiling")  # generation-only flags: --compare generates nothing
+    options = (*options, "vae_ceiling", "skip_baseline")  # generation-only flags: --compare generates nothing
     generating = [name for name in options if getattr(args, name)]
     generating += [name for name, value in args.generation_defaults.items() if getattr(args, name) != value]
     if generating:

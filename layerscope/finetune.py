@@ -94,14 +94,14 @@ def trainable_names(transformer: Any, layers: list[int]) -> list[str]:
 def _clip_tensor(frames: Any, height: int, width: int) -> Any:
     """uint8 (F, H, W, 3) -> float (1, 3, F, height, width) in [-1, 1], resized with PIL."""
     import numpy as np
-    import torch
     from PIL import Image
+
+    from layerscope.recording import uint8_to_vae_input
 
     resized = np.stack(
         [np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC)) for f in frames]
     )
-    tensor = torch.from_numpy(resized).float().div(127.5).sub(1.0)
-    return tensor.permute(3, 0, 1, 2)[None]
+    return uint8_to_vae_input(resized[None])
 
 
 def encode_clips(pipe: Any, clips: list[Any], config: FinetuneConfig, cache: Path, device: Any) -> dict[str, Any]:

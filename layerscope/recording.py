@@ -252,6 +252,21 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def uint8_to_vae_input(frames: np.ndarray, device: Any = "cpu", dtype: Any = None) -> Any:
+    """uint8 frames (..., T, H, W, 3) -> float tensor (..., 3, T, H, W) in [-1, 1] on ``device``.
+
+    Why one function: the VAE sees pixels the way diffusers' video processor hands them over
+    (channels first, scaled to [-1, 1]); training, fine-tuning and the VAE ceiling all encode
+    clips, and a scaling that drifts between them would compare latents from different inputs.
+    The scaling runs in float32 and only then casts to ``dtype`` (a bf16 VAE), so the
+    [-1, 1] grid is the same for every dtype.
+    """
+    import torch
+
+    scaled = torch.from_numpy(np.ascontiguousarray(frames)).to(device).movedim(-1, -4).float() / 127.5 - 1.0
+    return scaled if dtype is None else scaled.to(dtype)
+
+
 @contextlib.contextmanager
 def trace(
     pipe: Any,

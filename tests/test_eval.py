@@ -70,6 +70,19 @@ def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     assert main([*argv0, "--intervene", "focal-guidance", "--ranking", str(base_ranking), *zero, *forced]) == 0
     results0 = json.loads(out0.read_text())["results"]
     assert results0["focal-guidance"]["scores"] == results0["baseline"]["scores"] == baseline["scores"]
+    # --skip-baseline: the same guided row alone (what Table 3 needs of the FG fine-tune), and a page for it
+    out1 = tmp_path / "eval-fg-only.json"
+    argv1 = ["eval", "--quick", "--model", "random", "--out", str(out1), "--intervene-config", str(config)]
+    only_fg = ["--intervene", "focal-guidance", "--skip-baseline"]
+    assert main([*argv1, *only_fg, "--ranking", str(base_ranking), *forced]) == 0
+    only = json.loads(out1.read_text())
+    assert set(only["results"]) == {"focal-guidance"} and only["comparisons"] == {}
+    assert only["results"]["focal-guidance"]["scores"] == guided["scores"]
+    from bs4 import BeautifulSoup
+
+    page = BeautifulSoup(out1.with_suffix(".html").read_text(), "html.parser")
+    variants = [row["data-variant"] for row in page.select("#summary tbody tr[data-variant]")]
+    assert variants == ["focal-guidance"] and page.select_one("#comparisons") is None
 
 
 def test_eval_refuses_a_ranking_of_another_model_before_generating(base_ranking, tmp_path, capsys):
@@ -88,6 +101,7 @@ def test_eval_refuses_a_ranking_of_another_model_before_generating(base_ranking,
     [
         (["--ranking", "r.json"], "need --intervene"),
         (["--quick", "--count", "3"], "--quick sets"),
+        (["--quick", "--skip-baseline"], "add --intervene"),
     ],
 )
 def test_eval_usage_errors(argv, message, capsys):

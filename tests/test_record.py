@@ -217,3 +217,20 @@ def test_incompatible_store_version_is_refused(recorded_run, tmp_path):
     zarr.open_group(copy, mode="r+").attrs["format"] = "layerscope-run/0"
     with pytest.raises(StoreError, match="store format"):
         layerscope.open_run(copy)
+
+
+def test_uint8_to_vae_input_scales_to_minus_one_one_and_puts_channels_before_time():
+    from layerscope.recording import to_uint8, uint8_to_vae_input
+
+    frames = np.zeros((2, 3, 4, 5, 3), dtype=np.uint8)  # (B, T, H, W, RGB)
+    frames[1, 2, 3, 4] = (0, 51, 255)
+    tensor = uint8_to_vae_input(frames)
+    assert tensor.shape == (2, 3, 3, 4, 5) and tensor.dtype == torch.float32
+    # 0 -> -1, 51 -> 51 / 127.5 - 1 = -0.6, 255 -> 1; channel c of pixel (b, t, h, w) lands at [b, c, t, h, w]
+    assert tensor[1, :, 2, 3, 4].tolist() == pytest.approx([-1.0, -0.6, 1.0])
+    assert float(tensor[0].max()) == -1.0
+    # one clip without a batch axis, cast after scaling; the round trip back to uint8 is exact
+    single = uint8_to_vae_input(frames[1], dtype=torch.float64)
+    assert single.shape == (3, 3, 4, 5) and single.dtype == torch.float64
+    back = to_uint8(((single + 1) / 2).movedim(0, -1).numpy())
+    np.testing.assert_array_equal(back, frames[1])

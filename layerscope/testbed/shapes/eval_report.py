@@ -55,7 +55,7 @@ def render_eval_html(data: dict[str, Any]) -> str:
     from layerscope.report.render import _environment
 
     results = {name: _complete(result) for name, result in data["results"].items()}
-    baseline = results["baseline"]
+    first = next(iter(results.values()))  # every variant ran the same protocol; "baseline" may be skipped
     present = {d for result in results.values() for d in result["per_dimension"]}
     dimensions = [d for d in DIMENSIONS if d in present]
     for result in results.values():
@@ -68,13 +68,13 @@ def render_eval_html(data: dict[str, Any]) -> str:
     comparisons = data.get("comparisons") or {}
     columns = list(next(iter(comparisons.values()))) if comparisons else []
     protocol = {
-        key: baseline.get(key, default)
-        for key, default in (("split", "heldout"), ("count", len(baseline.get("outcomes", []))), ("seed", 0))
+        key: first.get(key, default)
+        for key, default in (("split", "heldout"), ("count", len(first.get("outcomes", []))), ("seed", 0))
     }
     protocol.update(
-        steps=baseline.get("steps", "?"),
-        guidance=baseline.get("guidance", "?"),
-        seeds=baseline.get("seeds", [0]),
+        steps=first.get("steps", "?"),
+        guidance=first.get("guidance", "?"),
+        seeds=first.get("seeds", [0]),
     )
     model = {"model_id": "unknown model", "weights": "unknown", **(data.get("model") or {})}
     template = _environment().get_template("eval.html.j2")

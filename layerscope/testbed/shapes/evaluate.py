@@ -196,7 +196,7 @@ def vae_round_trip(pipe: Any, *, count: int = 30, split: str = "heldout", seed: 
     """
     import torch
 
-    from layerscope.recording import to_uint8
+    from layerscope.recording import to_uint8, uint8_to_vae_input
     from layerscope.testbed.shapes.render import render_video
     from layerscope.testbed.shapes.scorer import evaluate
 
@@ -207,7 +207,7 @@ def vae_round_trip(pipe: Any, *, count: int = 30, split: str = "heldout", seed: 
     decoded = []
     with torch.no_grad():
         for video in truth:
-            clip = torch.from_numpy(video).permute(3, 0, 1, 2)[None].to(parameter.device, parameter.dtype) / 127.5 - 1
+            clip = uint8_to_vae_input(video[None], parameter.device, parameter.dtype)
             frames = vae.decode(vae.encode(clip).latent_dist.mode()).sample[0]  # (3, T, H, W) in [-1, 1]
             decoded.append(to_uint8(((frames.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu().numpy()))
     result = evaluate(scenes, decoded, [video[0] for video in truth])
@@ -289,8 +289,9 @@ def read_results(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LayerScopeError(f"{path}: not JSON ({error}); pass a file written by `layerscope eval --out`") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or "baseline" not in data["results"]:
-        raise LayerScopeError(f"{path}: not a `layerscope eval --out` file (no results.baseline)")
+    # "baseline" is absent from an `--intervene X --skip-baseline` eval: any variant will do
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or not data["results"]:
+        raise LayerScopeError(f"{path}: not a `layerscope eval --out` file (no results)")
     return data
 
 

@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from layerscope.recording import uint8_to_vae_input
+
 SHIFT = 3.0  # FlowMatchEulerDiscreteScheduler(shift=3.0), as in the default pipeline
 #: The VAE has lost the shapes when its error on shape pixels exceeds this share of what a
 #: flat grey reconstruction of the same clips would score (see :func:`reconstruction_check`).
@@ -171,13 +173,6 @@ def _videos(scenes: list[Any]) -> np.ndarray:
     return np.stack([render_video(s, num_frames=9, height=256, width=256) for s in scenes])
 
 
-def _to_tensor(videos: np.ndarray, device: Any = "cpu") -> Any:
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1] on ``device``, as the pipeline feeds the VAE."""
-    import torch
-
-    return torch.from_numpy(videos).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-
-
 def _set_lr(optimizer: Any, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -234,7 +229,7 @@ def _vae_batch(
         crops.append(videos[i, frames, y : y + config.crop, x : x + config.crop])
         weights.append(masks[i, frames, y : y + config.crop, x : x + config.crop])
     weight = 1.0 + (config.vae_shape_weight - 1.0) * torch.from_numpy(np.stack(weights)).float()[:, None]
-    return _to_tensor(np.stack(crops), config.device), weight.to(config.device)
+    return uint8_to_vae_input(np.stack(crops), config.device), weight.to(config.device)
 
 
 def train_vae(vae: Any, videos: np.ndarray, config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
@@ -301,7 +296,7 @@ def reconstruction_check(vae: Any, videos: np.ndarray) -> dict[str, Any]:
 
     device = vae.device  # diffusers models say where their weights are
     with torch.no_grad():
-        clips = _to_tensor(videos, device)
+        clips = uint8_to_vae_input(videos, device)
         out = torch.cat([vae.decode(vae.encode(clips[i : i + 1]).latent_dist.mode()).sample for i in range(len(clips))])
     out = ((out.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 4, 1).cpu().numpy()
     pixels = videos.astype(np.float32)
@@ -326,7 +321,10 @@ def set_latent_statistics(vae: Any, videos: np.ndarray, log: _Log) -> None:
     device = vae.device  # diffusers models say where their weights are
     with torch.no_grad():
         latents = torch.cat(
-            [vae.encode(_to_tensor(videos[i : i + 1], device)).latent_dist.mode() for i in range(min(8, len(videos)))]
+            [
+                vae.encode(uint8_to_vae_input(videos[i : i + 1], device)).latent_dist.mode()
+                for i in range(min(8, len(videos)))
+            ]
         )
     mean = latents.mean(dim=(0, 2, 3, 4)).tolist()
     std = latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3).tolist()
@@ -403,7 +401,7 @@ def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log: _
     negative = None
     with torch.no_grad():
         for i, (scene, video) in enumerate(zip(scenes, videos)):
-            clip_tensor = _to_tensor(video[None], device)
+            clip_tensor = uint8_to_vae_input(video[None], device)
             x0 = (vae.encode(clip_tensor).latent_dist.mode() - mean) / std
             image = Image.fromarray(video[0])
             processed = pipe.video_processor.preprocess(image, height=256, width=256).float().to(device)
