@@ -406,6 +406,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dit-batch", type=_positive_int, default=4, help="train: DiT batch size (default 4; raise it on a GPU)"
     )
+    p.add_argument(
+        "--grow-layers",
+        type=_non_negative_int,
+        default=0,
+        help="train, with --init: append this many DiT blocks that start as the identity (default 0)",
+    )
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
     p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
     p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
@@ -481,8 +487,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache:
         check_output_path(args.cache, "--cache", directory=True)
     if args.replay:
-        if args.device != "cpu" or args.dit_batch != 4:
-            raise UsageError("--replay repeats its run's recorded --device and --dit-batch; drop them")
+        if args.device != "cpu" or args.dit_batch != 4 or args.grow_layers:
+            raise UsageError("--replay repeats its run's recorded --device, --dit-batch and --grow-layers; drop them")
         try:
             config = replay_config(args.replay, args.out, init=args.init)
         except (OSError, ValueError) as error:
@@ -490,6 +496,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.scenes is not None and args.scenes < 8:
             raise UsageError(f"testbed train needs --scenes >= 8 (the VAE check uses 8 clips), got {args.scenes}")
+        if args.grow_layers and not args.init:
+            raise UsageError("--grow-layers deepens a trained model's DiT; give that model with --init DIR")
         config = TrainConfig(
             out=args.out,
             seed=args.seed,
@@ -502,6 +510,7 @@ def _train(args: argparse.Namespace) -> int:
             init=args.init,
             device=args.device,
             dit_batch=args.dit_batch,
+            grow_layers=args.grow_layers,
         )
     check_device(config.device)  # a GPU recipe on a machine without one fails here, before --out exists
     config.cache = args.cache

@@ -156,6 +156,8 @@ def test_push_scenes_from_scratch_keep_the_vae_check_on_the_base_clips(tmp_path,
         (["--init", "something"], "--init something: not a trained shapes-world model"),
         (["--init", "."], "--init .: not a trained shapes-world model"),
         (["--cache", "something/below"], "--cache"),
+        (["--grow-layers", "2"], "--grow-layers deepens a trained model's DiT; give that model with --init DIR"),
+        (["--replay", "missing.json", "--grow-layers", "2"], "drop them"),
     ],
 )
 def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monkeypatch, capsys):
@@ -185,6 +187,7 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
         ["--lr-dit", "0"],
         ["--push-scenes", "-1"],
         ["--push-scenes", "many"],
+        ["--grow-layers", "-1"],
     ],
 )
 def test_train_rejects_impossible_numbers(argv, tmp_path):
@@ -412,3 +415,116 @@ def test_training_on_cuda_draws_the_same_batches_as_on_the_cpu(tmp_path):
     info = json.loads((runs["cuda"][0] / "layerscope_model.json").read_text())
     assert info["train_config"]["device"] == "cuda"
     assert "--device cuda" in (runs["cuda"][0] / "MODEL_CARD.md").read_text()
+
+
+# ---------------------------------------------------------------- --grow-layers
+
+
+def _tiny_wan(num_layers: int):
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=8,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        image_dim=12,
+        added_kv_proj_dim=16,
+        rope_max_seq_len=32,
+    )
+
+
+def _tiny_inputs(batch: int = 2):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return dict(
+        hidden_states=torch.randn(batch, 8, 2, 8, 8, generator=g),
+        timestep=torch.tensor([300.0, 800.0][:batch]),
+        encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+        encoder_hidden_states_image=torch.randn(batch, 3, 12, generator=g),
+        return_dict=False,
+    )
+
+
+@pytest.mark.parametrize("depth, added, sources", [(3, 2, [1, 2]), (2, 3, [0, 1, 0])])
+def test_deepen_computes_exactly_what_the_parent_computes_and_then_learns(depth, added, sources):
+    """Step 0: the grown DiT's output equals the parent's bit for bit, the parent's blocks keep
+    their indices and weights, each new block is a copy of the named parent block with its
+    three residual outputs zeroed.  One optimizer step later those outputs are no longer zero
+    (the new blocks receive gradient) and the output differs from the parent's."""
+    import torch
+
+    from layerscope.testbed.shapes.grow import RESIDUAL_OUTPUTS, deepen
+
+    parent = _tiny_wan(depth)
+    grown = deepen(parent, added)
+    assert grown.config.num_layers == depth + added and parent.config.num_layers == depth
+    with torch.no_grad():
+        assert torch.equal(parent(**_tiny_inputs())[0], grown(**_tiny_inputs())[0])
+    old, new = parent.state_dict(), grown.state_dict()
+    for name, value in old.items():
+        assert torch.equal(new[name], value), name
+    zeroed = tuple(f"{path}.{kind}" for path in RESIDUAL_OUTPUTS for kind in ("weight", "bias"))
+    for k, source in enumerate(sources):
+        for name, value in old.items():
+            if not name.startswith(f"blocks.{source}."):
+                continue
+            suffix = name[len(f"blocks.{source}.") :]
+            copied = new[f"blocks.{depth + k}.{suffix}"]
+            if suffix in zeroed:
+                assert not copied.any(), suffix
+            else:
+                assert torch.equal(copied, value), suffix
+
+    optimizer = torch.optim.SGD(grown.parameters(), lr=0.1)
+    grown(**_tiny_inputs())[0].pow(2).mean().backward()
+    optimizer.step()
+    for block in grown.blocks[depth:]:
+        assert block.get_submodule("ffn.net.2").weight.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.equal(parent(**_tiny_inputs())[0], grown(**_tiny_inputs())[0])
+
+
+def test_deepen_refuses_nothing_to_add():
+    from layerscope.testbed.shapes.grow import deepen
+
+    with pytest.raises(ValueError, match="added must be >= 1"):
+        deepen(_tiny_wan(2), 0)
+
+
+def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path):
+    """--init P --grow-layers 1: the child has one block more, its recipe and card say so, the
+    parent's encoders are kept, and a replay from the recipe gives the same bytes."""
+    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    with pytest.raises(ValueError, match="needs init"):
+        train(TrainConfig(out=str(tmp_path / "bad"), train_scenes=2, grow_layers=1, steps=steps))
+    child = train(
+        TrainConfig(out=str(tmp_path / "child"), train_scenes=2, init=str(parent), steps={"dit": 2}, grow_layers=1)
+    )
+    config = json.loads((child / "transformer" / "config.json").read_text())
+    info = json.loads((child / "layerscope_model.json").read_text())
+    assert config["num_layers"] == 3 and info["train_config"]["grow_layers"] == 1
+    assert {"stage": "grow", "layers": 2, "to": 3} in [
+        {k: v for k, v in json.loads(line).items() if k != "t"} for line in (child / "train_log.jsonl").open()
+    ]
+    card = (child / "MODEL_CARD.md").read_text()
+    assert "grown from 2 to 3 blocks (new ones start as the identity)" in card
+    assert "--grow-layers 1 [--cache DIR]" in card
+    assert "Transformer: 3 blocks" in card
+    for path in (parent / "vae").glob("*.safetensors"):
+        assert path.read_bytes() == (child / "vae" / path.name).read_bytes()
+    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "again"), init=str(parent)))
+    for path in child.rglob("*.safetensors"):
+        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path

@@ -81,6 +81,11 @@ def render_model_card(model_dir: str | Path) -> str:
             f"focus weight {config.get('dit_focus_weight', 0):g}, EMA {config.get('ema_decay', 0):g}, "
             f"peak lr {config['lr_dit']:g}"
         )
+        if config.get("grow_layers"):
+            depth = transformer["num_layers"]
+            grown = f"grown from {depth - config['grow_layers']} to {depth} blocks"
+            options += f", {grown} (new ones start as the identity)"
+
         stages = ((f"{label}, {options}", key, log_match),)
     stage_rows = "\n".join(
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
@@ -92,6 +97,8 @@ def render_model_card(model_dir: str | Path) -> str:
         options += f" --device {device}"
     if config.get("dit_batch", 4) != 4:
         options += f" --dit-batch {config['dit_batch']}"
+    if config.get("grow_layers"):
+        options += f" --grow-layers {config['grow_layers']}"
     hardware = f"{config.get('threads', '?')} CPU threads" if device == "cpu" else f"the GPU ({device})"
     where = "2 CPU cores" if device == "cpu" else "a GPU"
     command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{options}"

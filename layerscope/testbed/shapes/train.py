@@ -25,8 +25,8 @@ word is enough for the DiT to learn to read it, and it saves the budget for the 
 Continuing a finished model (``--init DIR``): the VAE, CLIP and encoders of ``DIR`` are
 kept as they are (stages 1-2 are skipped) and the DiT starts from ``DIR``'s weights, so
 the whole budget goes to the DiT.  The parent's weight files are hashed into the recipe
-and a replay refuses a parent whose hashes differ.  Two DiT options exist for such runs
-(both off by default, so older recipes replay unchanged):
+and a replay refuses a parent whose hashes differ.  Three DiT options exist for such runs
+(all off by default, so older recipes replay unchanged):
 
 * ``dit_focus_weight``: the loss on latent positions where the clip changes (or a shape
   is) weighs ``1 + dit_focus_weight``.  Why: the condition hands the DiT frame 0, so
@@ -35,6 +35,8 @@ and a replay refuses a parent whose hashes differ.  Two DiT options exist for su
   followed 1 of 12 *training* prompts).
 * ``ema_decay``: the saved DiT is an exponential moving average of the trained one, the
   usual remedy for a noisy last iterate when sampling with few steps.
+* ``grow_layers``: that many blocks are appended to the parent's DiT, starting as the
+  identity, before it trains on (:mod:`layerscope.testbed.shapes.grow` says why).
 
 ``push_scenes`` (off by default) adds that many interaction-only scenes to the training
 set, drawn from a seed stream of their own (``world.PUSH_SEED_OFFSET``), so the base 480
@@ -103,6 +105,9 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     dit_focus_weight: float = 0.0
     ema_decay: float = 0.0
+    #: Continued runs only: blocks appended to the parent's DiT before training, starting
+    #: as the identity (see :mod:`layerscope.testbed.shapes.grow`); 0 keeps its depth.
+    grow_layers: int = 0
     threads: int = 2
     #: Where the DiT (and, from scratch, the VAE and CLIP) train and the clips are encoded:
     #: "cpu", "cuda" or "cuda:N".  Part of the recipe: a run is replayed on the same kind
@@ -737,9 +742,18 @@ def train(config: TrainConfig) -> Path:
     parent = None
     if config.init:
         pipe, clip, parent, check = _continue_from(config.init, videos[: config.train_scenes], log)
+        if config.grow_layers:
+            from layerscope.testbed.shapes.grow import deepen
+
+            depth = pipe.transformer.config.num_layers
+            pipe.transformer = deepen(pipe.transformer, config.grow_layers)
+            pipe.register_modules(transformer=pipe.transformer)
+            log("grow", layers=depth, to=depth + config.grow_layers)
         pipe.to(config.device)  # the encoders too: the clips are encoded where the DiT trains
         steps: dict[str, int] = {}
     else:
+        if config.grow_layers:
+            raise ValueError("grow_layers deepens a parent's DiT; it needs init (from scratch, set dit_layers)")
         pipe, clip, steps, check = _train_from_scratch(config, scenes, videos, budget, log)
     data = concatenate_encoded(
         [
