@@ -1,11 +1,14 @@
 """Deepen a trained Wan DiT without changing what it computes (``testbed train --grow-layers``).
 
 Why: five blocks of continued training took the shapes-world model from 0.08 to 0.37
-held-out all-correct, and the sixth (v7a, 3668 steps) gained +0.000; its loss on fresh
-scenes equals its loss on held-out ones (no compositional gap in the objective, a
-modest gap to the clips it trained on), which reads as a 12-block, 96-wide DiT at its
-capacity rather than a data problem.  Training a bigger model from scratch would throw
-away ~26,000 CPU steps, so the parent's blocks are kept and new ones appended whose
+held-out all-correct, and the sixth (v7a, 3668 steps) gained +0.000.  v6's flow loss
+(64 clips each, same noise draws, 2026-12-02) is 0.087 +- 0.013 on fresh held-out
+scenes and 0.087 +- 0.017 on fresh training-split scenes, against 0.065 +- 0.008 on
+clips it trained on: no compositional gap in the objective and a modest one to the
+training clips, which suggests a 12-block, 96-wide DiT near its capacity rather than a
+data problem (the hypothesis this option exists to test).  Training a bigger model
+from scratch would throw away ~26,000 CPU steps, so the parent's blocks are kept and
+new ones appended whose
 residual branches start at zero (the output projections of self-attention,
 cross-attention and the feed-forward): the grown model's output equals the parent's
 to the last bit at step 0, and the new blocks learn from there (function-preserving
