@@ -379,7 +379,7 @@ def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
     argv = ["testbed", "train", "--replay", str(recipe), "--out", str(tmp_path / "r")]
     assert main([*argv, "--dit-batch", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "recorded --device and --dit-batch" in err[0]
+    assert len(err) == 1 and "recorded --device, --dit-batch and --grow-layers" in err[0]
 
 
 def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeypatch):
