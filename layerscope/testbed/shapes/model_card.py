@@ -85,7 +85,6 @@ def render_model_card(model_dir: str | Path) -> str:
             depth = transformer["num_layers"]
             grown = f"grown from {depth - config['grow_layers']} to {depth} blocks"
             options += f", {grown} (new ones start as the identity)"
-
         stages = ((f"{label}, {options}", key, log_match),)
     stage_rows = "\n".join(
         f"| {label} | {steps.get(key, '?')} | {_loss_summary(records, log_stage, **match)} |"
