@@ -397,6 +397,11 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="train: extra interaction-only training scenes, on top of --scenes (default 0)",
     )
+    p.add_argument(
+        "--push-swaps",
+        action="store_true",
+        help="train: add each training push scene's role-swapped twin (same first frame, 'the B pushes the A')",
+    )
     p.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
     p.add_argument(
         "--device",
@@ -507,6 +512,7 @@ def _train(args: argparse.Namespace) -> int:
             ema_decay=args.ema,
             lr_dit=args.lr_dit,
             push_scenes=args.push_scenes,
+            push_swaps=args.push_swaps,
             init=args.init,
             device=args.device,
             dit_batch=args.dit_batch,

@@ -275,6 +275,63 @@ def test_question_rates_locate_the_failing_step_of_a_push():
     scores = [score_video(scene, np.stack(frames)), score_video(scene, render_video(scene, 9, SIZE, SIZE))]
     assert scores[0]["kinds"] == ["approached", "contact", "pushed"]
     rates = summarise(scores)["by_question"]
-    assert rates == {"interaction": {"approached": 1.0, "contact": 0.5, "pushed": 0.5}}
+    # neither video moves the object towards the subject
+    assert rates == {"interaction": {"approached": 1.0, "contact": 0.5, "pushed": 0.5, "roles_reversed": 0.0}}
     # evals written before kinds were recorded contribute nothing rather than guessing
-    assert summarise([{k: v for k, v in s.items() if k != "kinds"} for s in scores])["by_question"] == {}
+    old = [{k: v for k, v in s.items() if k not in ("kinds", "roles_reversed")} for s in scores]
+    assert summarise(old)["by_question"] == {}
+
+
+# ---------------------------------------------------------------- role swaps
+
+
+def test_swap_roles_keeps_the_first_frame_and_reverses_who_moves():
+    """The twin starts from the same pixels, the object becomes the subject and pushes the
+    other way; its own ground truth passes, and the prompt names the others iff the original's did."""
+    from layerscope.testbed.shapes.world import make_prompt, swap_roles
+
+    pushes = sample_scenes(60, "train", seed=3, dimensions=("interaction",))
+    pairs = [(scene, swap_roles(scene)) for scene in pushes]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    assert 10 <= len(pairs) < len(pushes)  # some reversed paths leave the frame or cross a shape
+    for original, twin in pairs:
+        assert np.array_equal(reference_image(original, SIZE, SIZE), reference_image(twin, SIZE, SIZE))
+        assert (twin.event.subject, twin.event.obj) == (original.event.obj, original.event.subject)
+        assert twin.event.direction == OPPOSITE[original.event.direction]
+        mover, pushed = original.shapes[original.event.obj], original.subject
+        assert twin.prompt.startswith(f"the {mover.colour} {mover.kind} pushes the {pushed.colour} {pushed.kind}")
+        assert ("beside" in twin.prompt) == ("beside" in original.prompt)
+        assert (original.prompt == make_prompt(original)) == (twin.prompt == make_prompt(twin))
+    assert all(score_video(b, render_video(b, 9, SIZE, SIZE))["all_correct"] for _, b in pairs)
+
+
+def test_swap_roles_never_makes_a_held_out_subject_and_ignores_other_events():
+    from layerscope.testbed.shapes.world import swap_roles
+
+    pushes = sample_scenes(300, "train", seed=11, dimensions=("interaction",))
+    twins = [swap_roles(scene) for scene in pushes]
+    refused = [s for s, t in zip(pushes, twins) if t is None]
+    objects = {(s.shapes[s.event.obj].kind, s.shapes[s.event.obj].colour, "interaction") for s in refused}
+    assert objects & HELD_OUT  # scenes whose object is a held-out subject exist, and are refused
+    assert not any(subject_key(t) in HELD_OUT for t in twins if t is not None)
+    others = sample_scenes(6, "train", seed=11, dimensions=("dynamic_attribute", "motion"))
+    assert [swap_roles(scene) for scene in others] == [None] * 6
+
+
+def test_a_swapped_video_is_scored_as_roles_reversed():
+    """Scored against the original prompt, the twin's ground truth (the object pushing the
+    subject) fails and is flagged roles_reversed; the original's ground truth is not."""
+    from layerscope.testbed.shapes.world import swap_roles
+
+    original, twin = next(
+        (s, t)
+        for s in sample_scenes(40, "train", seed=3, dimensions=("interaction",))
+        if (t := swap_roles(s)) is not None
+    )
+    right = score_video(original, render_video(original, 9, SIZE, SIZE))
+    backwards = score_video(original, render_video(twin, 9, SIZE, SIZE))
+    assert right["all_correct"] and right["roles_reversed"] is False
+    assert not backwards["all_correct"] and backwards["roles_reversed"] is True
+    assert backwards["answers"][0] is False  # the subject never approached
+    motion = next(s for s in sample_scenes(3, "train", seed=3) if s.dimension == "motion")
+    assert "roles_reversed" not in score_video(motion, render_video(motion, 9, SIZE, SIZE))

@@ -301,7 +301,14 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones():
 def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
     recorded; a replay needs the same parent and gives the same weights byte for byte."""
-    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train, weight_hashes
+    from layerscope.testbed.shapes.train import (
+        TrainConfig,
+        replay_config,
+        train,
+        training_scene_sets,
+        weight_hashes,
+    )
+    from layerscope.testbed.shapes.world import swap_roles
 
     steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
     parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
@@ -313,6 +320,7 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
         dit_focus_weight=8.0,
         ema_decay=0.5,
         push_scenes=2,
+        push_swaps=True,
         cache=str(tmp_path / "cache"),
     )
     child = train(config)
@@ -323,15 +331,21 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     for name in kept:
         for path in (parent / name).glob("*.safetensors"):
             assert path.read_bytes() == (child / name / path.name).read_bytes(), path
-    # the base scenes and the push scenes are encoded and cached separately; the DiT saw both
-    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 2
+    # the base scenes, the push scenes and their role-swapped twins are encoded and cached
+    # separately; the DiT saw all three (the two base scenes are no pushes: no twins)
+    assert len(list((tmp_path / "cache").glob("encoded-*.safetensors"))) == 3
     data_log = next(json.loads(line) for line in (child / "train_log.jsonl").open() if '"data"' in line)
-    assert data_log["sets"] == [2, 2] and data_log["videos"][0] == 4
-    assert info["train_config"]["push_scenes"] == 2
+    assert data_log["sets"] == [2, 2, 2] and data_log["videos"][0] == 6
+    assert info["train_config"]["push_scenes"] == 2 and info["train_config"]["push_swaps"] is True
+    _, push, twins = training_scene_sets(config)
+    assert twins == [swap_roles(s) for s in push] and len(twins) == 2
     card = (child / "MODEL_CARD.md").read_text()
     assert "its DiT trained on from v2's (the rest is v2's)" in card and "from scratch" not in card
-    assert "--init PARENT --out DIR --minutes" in card and "--ema 0.5 --push-scenes 2 [--cache DIR]" in card
-    assert "4 training scenes sampled with seed 0 (2 balanced over the three events, plus 2 interaction-only" in card
+    assert (
+        "--init PARENT --out DIR --minutes" in card and "--ema 0.5 --push-scenes 2 --push-swaps [--cache DIR]" in card
+    )
+    assert "6 training scenes sampled with seed 0 (2 balanced over the three events, plus 2 interaction-only" in card
+    assert "and the role-swapped twin of each interaction scene" in card
     # the parent's location on this machine is not recorded in the saved configs
     for path in [child / "model_index.json", *child.glob("*/config.json")]:
         assert "_name_or_path" not in json.loads(path.read_text()), path
@@ -528,3 +542,16 @@ def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path):
     again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "again"), init=str(parent)))
     for path in child.rglob("*.safetensors"):
         assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+
+
+def test_the_cli_passes_push_swaps_into_the_recipe(tmp_path, monkeypatch):
+    """--push-swaps reaches the TrainConfig (and so the recipe); without it the twins stay out."""
+    from layerscope.cli import main
+    from layerscope.testbed.shapes import train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or config.out)
+    assert main(["testbed", "train", "--out", str(tmp_path / "a"), "--push-scenes", "3", "--push-swaps"]) == 0
+    assert main(["testbed", "train", "--out", str(tmp_path / "b"), "--push-scenes", "3"]) == 0
+    assert [config.push_swaps for config in seen] == [True, False]
+    assert train_module.recipe(seen[0])["push_swaps"] is True

@@ -91,6 +91,8 @@ def render_model_card(model_dir: str | Path) -> str:
         for label, key, (log_stage, match) in stages
     )
     options = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
+    if config.get("push_swaps"):
+        options += " --push-swaps"
     device = config.get("device", "cpu")  # recipes from before --device trained on the CPU
     if device != "cpu":
         options += f" --device {device}"
@@ -122,6 +124,8 @@ def render_model_card(model_dir: str | Path) -> str:
             f" ({config['train_scenes']} balanced over the three events, plus {config['push_scenes']} "
             f"interaction-only scenes drawn with seed {config['seed'] + PUSH_SEED_OFFSET})"
         )
+    if config.get("push_swaps"):
+        push += ", and the role-swapped twin of each interaction scene that has one in the training split"
     return f"""# {info["name"]} (v{info["version"]})
 
 A small image-to-video model with the **Wan2.1-I2V architecture**, {origin}

@@ -271,6 +271,18 @@ def _pushed(tracks: Tracks, p: dict[str, Any]) -> bool:
     return contact == 0 or _displacement(track, axis, contact - 1) < total / 2
 
 
+def roles_reversed(tracks: Tracks, p: dict[str, Any]) -> bool:
+    """The *object* moved towards the subject, by at least ``min_distance`` along subject -> object.
+
+    A diagnostic, not a question (it does not enter ``all_correct``): it tells a model that
+    cannot push from one that reads the sentence backwards.  Why: on v6's held-out push
+    prompts this was the most common failure (10 of 20 videos, against 3 of 20 on fresh
+    training-split prompts), the evidence behind ``testbed train --push-swaps``.
+    """
+    axis = _push_axis(tracks, p)
+    return axis is not None and -_displacement(tracks[p["object"]], axis, len(tracks) - 1) >= p["min_distance"]
+
+
 ANSWER = {
     "present": _present,
     "colour_at_end": _colour_at_end,
@@ -320,6 +332,10 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
     tracks = Tracks(video)
     asked = questions(scene)
     answers = [answer(q, tracks) for q in asked]
+    diagnostics = {}
+    if scene.dimension == "interaction":
+        approached = next(q for q in asked if q.kind == "approached")
+        diagnostics["roles_reversed"] = roles_reversed(tracks, approached.params)
     return {
         "prompt": scene.prompt,
         "dimension": scene.dimension,
@@ -328,6 +344,7 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
         "kinds": [q.kind for q in asked],
         "all_correct": all(answers),
         "first_frame_consistency": first_frame_consistency(video[0], np.asarray(reference, dtype=np.uint8)),
+        **diagnostics,
     }
 
 
@@ -358,12 +375,16 @@ def question_rates(scores: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
     Why: all-correct says *that* a dimension fails, this says at which step of the
     instruction; it is how the push failure was located (the subject seldom approaches).
-    Scores without ``kinds`` (evals written before it was recorded) are left out.
+    Interaction also gets ``roles_reversed``, the share of videos in which the object
+    moved towards the subject (:func:`roles_reversed`; lower is better).  Scores without
+    ``kinds`` (evals written before it was recorded) are left out.
     """
     answers: dict[str, dict[str, list[bool]]] = {}
     for score in scores:
         for kind, passed in zip(score.get("kinds", ()), score["answers"]):
             answers.setdefault(score["dimension"], {}).setdefault(kind, []).append(bool(passed))
+        if "roles_reversed" in score:
+            answers.setdefault(score["dimension"], {}).setdefault("roles_reversed", []).append(score["roles_reversed"])
     return {d: {kind: float(np.mean(values)) for kind, values in kinds.items()} for d, kinds in answers.items()}
 
 

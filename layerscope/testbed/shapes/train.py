@@ -45,6 +45,13 @@ rate was 0.00 (v3) and 0.06 (v4, v5) while motion rose from 0.06 to 0.46; the pu
 moving on after contact is the rarest event in the data (a third of the scenes, and only
 their second half), so this is the data lever for it.
 
+``push_swaps`` (off by default) adds, as a third set, the role-swapped twin of every
+training interaction scene (base and push sets) that has one in the training split: the
+same first frame with "the B pushes the A".  Why: on v6's held-out push prompts the
+usual failure was the *object* moving towards the subject (the held-out subjects were
+seen in push prompts only as objects), and a first frame never says who moves; pairs
+that differ only in the sentence make the word order the only cue.
+
 ``device`` (``--device``, default "cpu") is where the clips are encoded and the stages
 train; every random draw still comes from a CPU generator, so a GPU run sees the same
 batches as a CPU run of its recipe, and the CPU computation is the one it always was.
@@ -85,6 +92,9 @@ class TrainConfig:
     train_scenes: int = 480
     #: Extra interaction-only training scenes (see the module docstring).
     push_scenes: int = 0
+    #: Add the role-swapped twin of every training interaction scene that has one in the
+    #: training split (:func:`~layerscope.testbed.shapes.world.swap_roles`); see the module docstring.
+    push_swaps: bool = False
     vae_share: float = 0.28
     clip_share: float = 0.06
     # then every clip is encoded with the trained VAE, and the DiT trains until the budget ends
@@ -689,12 +699,13 @@ def drop_source_paths(out: Path) -> None:
 
 
 def training_scene_sets(config: TrainConfig) -> list[list[Any]]:
-    """The base training scenes and, with ``config.push_scenes``, the interaction-only extra set.
+    """The base training scenes, with ``config.push_scenes`` the interaction-only extra set,
+    and with ``config.push_swaps`` the role-swapped twins of both sets' interaction scenes.
 
-    Two sets, not one list, so that each is encoded and cached on its own: adding push
-    scenes leaves the base set's cache entry valid.
+    Separate sets, not one list, so that each is encoded and cached on its own: adding push
+    scenes or swaps leaves the earlier sets' cache entries valid.
     """
-    from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET, sample_scenes
+    from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET, sample_scenes, swap_roles
 
     sets = [sample_scenes(config.train_scenes, split="train", seed=config.seed)]
     if config.push_scenes:
@@ -703,6 +714,9 @@ def training_scene_sets(config: TrainConfig) -> list[list[Any]]:
                 config.push_scenes, split="train", seed=config.seed + PUSH_SEED_OFFSET, dimensions=("interaction",)
             )
         )
+    if config.push_swaps:
+        swaps = [swap_roles(scene) for group in sets for scene in group]
+        sets.append([scene for scene in swaps if scene is not None])
     return sets
 
 

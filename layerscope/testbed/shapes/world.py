@@ -371,6 +371,50 @@ def _sample_one(
     return scene
 
 
+def swap_roles(scene: Scene) -> Scene | None:
+    """The same first frame with the roles of an interaction reversed: the object pushes the subject.
+
+    Why: in a push scene the first frame does not say which shape will move; only the
+    word order does ("the A pushes the B" and "the B pushes the A" start from the same
+    image).  Training on both halves of such a pair is the direct lesson that the
+    sentence, not the picture, picks the mover; the held-out failures were the object
+    moving towards the subject (see ``testbed train --push-swaps``).
+
+    None when the swap does not exist within the training split: the scene is not an
+    interaction, the new subject's (kind, colour) is a held-out interaction combination
+    (the held-out subjects must stay unseen), or the reversed paths leave the frame or
+    cross another shape.  Background, texture, sizes and positions are the original's,
+    so frame 0 renders identically; the prompt names the other shapes iff the original's did.
+    """
+    event = scene.event
+    if event.dimension != "interaction" or event.obj is None:
+        return None
+    mover, pushed = scene.shapes[event.obj], scene.shapes[event.subject]
+    if (mover.kind, mover.colour, "interaction") in HELD_OUT:
+        return None
+    ux, uy = DIRECTIONS[event.direction]
+    direction = next(name for name, (dx, dy) in DIRECTIONS.items() if (dx, dy) == (-ux, -uy))
+    travel = contact_distance(mover, pushed, direction) + PUSH_DISTANCE
+    boxes = [
+        _sweep_box(mover, -ux * travel, -uy * travel),
+        _sweep_box(pushed, -ux * PUSH_DISTANCE, -uy * PUSH_DISTANCE),
+    ]
+    if not all(_inside(box) for box in boxes):
+        return None
+    others = [shape for i, shape in enumerate(scene.shapes) if i not in (event.subject, event.obj)]
+    if any(_overlap(_sweep_box(other, 0.0, 0.0), box) for other in others for box in boxes):
+        return None
+    swapped = Scene(
+        [Shape(**asdict(shape)) for shape in scene.shapes],
+        Event("interaction", event.obj, direction=direction, obj=event.subject),
+        background=scene.background,
+        texture_seed=scene.texture_seed,
+    )
+    if scene.prompt != make_prompt(scene):
+        swapped.prompt = make_prompt(swapped, describe_others=True)
+    return swapped
+
+
 def allowed_subjects(split: str) -> dict[str, list[tuple[str, str]]]:
     """Per dimension, the subject (kind, colour) pairs that ``split`` may use."""
     if split not in ("train", "heldout"):
