@@ -555,3 +555,6 @@ def test_the_cli_passes_push_swaps_into_the_recipe(tmp_path, monkeypatch):
     assert main(["testbed", "train", "--out", str(tmp_path / "b"), "--push-scenes", "3"]) == 0
     assert [config.push_swaps for config in seen] == [True, False]
     assert train_module.recipe(seen[0])["push_swaps"] is True
+    # a set without any push scene gets no (empty) third set
+    no_pushes = train_module.TrainConfig(out="x", train_scenes=2, push_swaps=True)
+    assert [len(group) for group in train_module.training_scene_sets(no_pushes)] == [2]

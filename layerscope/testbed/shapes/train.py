@@ -50,7 +50,9 @@ training interaction scene (base and push sets) that has one in the training spl
 same first frame with "the B pushes the A".  Why: on v6's held-out push prompts the
 usual failure was the *object* moving towards the subject (the held-out subjects were
 seen in push prompts only as objects), and a first frame never says who moves; pairs
-that differ only in the sentence make the word order the only cue.
+that differ only in the sentence make the word order the only cue.  Measured (README,
+2026-12-03): no gain over v6 (+0.000, p=1), and the object moved towards the subject
+more often (0.42 -> 0.74, p=0.031); kept as a recorded, replayable experiment.
 
 ``device`` (``--device``, default "cpu") is where the clips are encoded and the stages
 train; every random draw still comes from a CPU generator, so a GPU run sees the same
@@ -715,8 +717,9 @@ def training_scene_sets(config: TrainConfig) -> list[list[Any]]:
             )
         )
     if config.push_swaps:
-        swaps = [swap_roles(scene) for group in sets for scene in group]
-        sets.append([scene for scene in swaps if scene is not None])
+        swaps = [twin for group in sets for scene in group if (twin := swap_roles(scene)) is not None]
+        if swaps:  # an empty set would have nothing to encode
+            sets.append(swaps)
     return sets
 
 
