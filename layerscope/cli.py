@@ -392,6 +392,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lr-dit", type=_positive_float, default=1e-3, help="train: peak DiT learning rate")
     p.add_argument(
+        "--lr-text",
+        type=_non_negative_float,
+        default=0.0,
+        help="train: peak learning rate of the text encoder, trained with the DiT (default 0: frozen)",
+    )
+    p.add_argument(
         "--push-scenes",
         type=_non_negative_int,
         default=0,
@@ -492,8 +498,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache:
         check_output_path(args.cache, "--cache", directory=True)
     if args.replay:
-        if args.device != "cpu" or args.dit_batch != 4 or args.grow_layers:
-            raise UsageError("--replay repeats its run's recorded --device, --dit-batch and --grow-layers; drop them")
+        if args.device != "cpu" or args.dit_batch != 4 or args.grow_layers or args.lr_text:
+            raise UsageError(
+                "--replay repeats its run's recorded --device, --dit-batch, --grow-layers and --lr-text; drop them"
+            )
         try:
             config = replay_config(args.replay, args.out, init=args.init)
         except (OSError, ValueError) as error:
@@ -511,6 +519,7 @@ def _train(args: argparse.Namespace) -> int:
             dit_focus_weight=args.focus_weight,
             ema_decay=args.ema,
             lr_dit=args.lr_dit,
+            lr_text=args.lr_text,
             push_scenes=args.push_scenes,
             push_swaps=args.push_swaps,
             init=args.init,

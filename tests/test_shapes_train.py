@@ -188,6 +188,7 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
         ["--push-scenes", "-1"],
         ["--push-scenes", "many"],
         ["--grow-layers", "-1"],
+        ["--lr-text", "-1"],
     ],
 )
 def test_train_rejects_impossible_numbers(argv, tmp_path):
@@ -393,7 +394,9 @@ def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
     argv = ["testbed", "train", "--replay", str(recipe), "--out", str(tmp_path / "r")]
     assert main([*argv, "--dit-batch", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "recorded --device, --dit-batch and --grow-layers" in err[0]
+    assert len(err) == 1 and "recorded --device, --dit-batch, --grow-layers and --lr-text" in err[0]
+    assert main([*argv, "--lr-text", "1e-3"]) == 2
+    assert "--lr-text; drop them" in capsys.readouterr().err
 
 
 def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeypatch):
@@ -558,3 +561,77 @@ def test_the_cli_passes_push_swaps_into_the_recipe(tmp_path, monkeypatch):
     # a set without any push scene gets no (empty) third set
     no_pushes = train_module.TrainConfig(out="x", train_scenes=2, push_swaps=True)
     assert [len(group) for group in train_module.training_scene_sets(no_pushes)] == [2]
+
+
+# ---------------------------------------------------------------- --lr-text
+
+
+def test_trainable_text_is_the_pipelines_encoding_and_passes_gradients_to_the_encoder():
+    """TrainableText gives what ``encode_prompt`` gives (a dropped row: the empty prompt, as the
+    unconditional branch), with gradients reaching exactly the prompt's word embeddings."""
+    import torch
+
+    from layerscope import testbed
+    from layerscope.testbed.shapes.train import TrainableText
+    from layerscope.testbed.shapes.world import VOCABULARY
+
+    pipe = testbed.build_default_pipeline(0, vocabulary=VOCABULARY)
+    prompts = ["the red circle pushes the blue square.", "the blue square pushes the red circle."]
+    text = TrainableText(pipe, prompts, "cpu")
+    embeds = text(torch.tensor([1, 0]), torch.tensor([False, True]))
+    with torch.no_grad():
+        expected, _ = pipe.encode_prompt(prompts[1], negative_prompt="", device="cpu", max_sequence_length=512)
+        empty, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, device="cpu", max_sequence_length=512)
+    assert embeds.shape == (2, 512, pipe.text_encoder.config.d_model)
+    torch.testing.assert_close(embeds[0], expected[0])
+    torch.testing.assert_close(embeds[1], empty[0])
+    assert not pipe.text_encoder.training  # no dropout: the embeddings sampling will see
+
+    text(torch.tensor([0]), torch.tensor([False])).sum().backward()
+    grad = pipe.text_encoder.get_input_embeddings().weight.grad
+    used = set(pipe.tokenizer(prompts[0]).input_ids)
+    touched = set(torch.nonzero(grad.abs().sum(dim=1)).flatten().tolist())
+    assert touched == used
+    assert len(text.parameters()) == len(list(pipe.text_encoder.parameters()))
+
+
+def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_replays(tmp_path):
+    """--lr-text: the text encoder changes (VAE, CLIP, image encoder stay the parent's), the
+    recipe, the card's command and its component table say so, and a replay repeats it byte
+    for byte; the default (0) keeps it frozen (see the continued-training test above)."""
+    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    child = train(
+        TrainConfig(
+            out=str(tmp_path / "child"), train_scenes=2, init=str(parent), steps={"dit": 3}, lr_text=1e-2, dit_warmup=0
+        )
+    )
+    name = "text_encoder/model.safetensors"
+    assert (parent / name).read_bytes() != (child / name).read_bytes()
+    for kept in ["vae", "clip", "image_encoder"]:
+        for path in (parent / kept).glob("*.safetensors"):
+            assert path.read_bytes() == (child / kept / path.name).read_bytes(), path
+    info = json.loads((child / "layerscope_model.json").read_text())
+    assert info["train_config"]["lr_text"] == 1e-2
+    card = (child / "MODEL_CARD.md").read_text()
+    assert "--lr-text 0.01 [--cache DIR]" in card
+    assert "| text_encoder | UMT5EncoderModel |" in card and "| with the DiT (peak lr 0.01) |" in card
+    assert "the DiT and the text encoder trained on from the parent's weights" in card
+    assert "text encoder trained with it (peak lr 0.01)" in card
+    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "again"), init=str(parent)))
+    for path in child.rglob("*.safetensors"):
+        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+
+
+def test_the_cli_passes_lr_text_into_the_recipe(tmp_path, monkeypatch):
+    from layerscope.cli import main
+    from layerscope.testbed.shapes import train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or config.out)
+    assert main(["testbed", "train", "--out", str(tmp_path / "a"), "--lr-text", "2e-3"]) == 0
+    assert main(["testbed", "train", "--out", str(tmp_path / "b")]) == 0
+    assert [config.lr_text for config in seen] == [2e-3, 0.0]
+    assert train_module.recipe(seen[0])["lr_text"] == 2e-3

@@ -59,8 +59,10 @@ def render_model_card(model_dir: str | Path) -> str:
     vae = json.loads((model_dir / "vae" / "config.json").read_text())
     data = next((r for r in records if r["stage"] == "data"), {})
 
+    trained_how = {"text_encoder": f"with the DiT (peak lr {config['lr_text']:g})"} if config.get("lr_text") else {}
     rows = "\n".join(
-        f"| {name} | {cls} | {_megabytes(model_dir / name):.1f} MB | {how} |" for name, cls, how in _COMPONENTS
+        f"| {name} | {cls} | {_megabytes(model_dir / name):.1f} MB | {trained_how.get(name, how)} |"
+        for name, cls, how in _COMPONENTS
     )
     total = sum(_megabytes(model_dir / name) for name, _, _ in _COMPONENTS)
     width = transformer["num_attention_heads"] * transformer["attention_head_dim"]
@@ -81,6 +83,8 @@ def render_model_card(model_dir: str | Path) -> str:
             f"focus weight {config.get('dit_focus_weight', 0):g}, EMA {config.get('ema_decay', 0):g}, "
             f"peak lr {config['lr_dit']:g}"
         )
+        if config.get("lr_text"):
+            options += f", text encoder trained with it (peak lr {config['lr_text']:g})"
         if config.get("grow_layers"):
             depth = transformer["num_layers"]
             grown = f"grown from {depth - config['grow_layers']} to {depth} blocks"
@@ -93,6 +97,8 @@ def render_model_card(model_dir: str | Path) -> str:
     options = f" --push-scenes {config['push_scenes']}" if config.get("push_scenes") else ""
     if config.get("push_swaps"):
         options += " --push-swaps"
+    if config.get("lr_text"):
+        options += f" --lr-text {config['lr_text']:g}"
     device = config.get("device", "cpu")  # recipes from before --device trained on the CPU
     if device != "cpu":
         options += f" --device {device}"
@@ -114,9 +120,15 @@ def render_model_card(model_dir: str | Path) -> str:
         )
         lineage = (
             f"\n\nContinued from **{parent['name']} v{parent['version']}** (PARENT; the sha256 of each of its "
-            "weight files is in `layerscope_model.json`, and a replay refuses any other parent): the VAE, CLIP, "
-            "image and text encoders are the parent's, byte for byte, and the DiT trained on from the parent's "
-            "weights. The parent's own training (VAE, CLIP, the first DiT steps) is described in its card."
+            "weight files is in `layerscope_model.json`, and a replay refuses any other parent): "
+            + (
+                "the VAE, CLIP and image encoder are the parent's, byte for byte, and the DiT and the text "
+                "encoder trained on from the parent's weights. "
+                if config.get("lr_text")
+                else "the VAE, CLIP, image and text encoders are the parent's, byte for byte, and the DiT trained "
+                "on from the parent's weights. "
+            )
+            + "The parent's own training (VAE, CLIP, the first DiT steps) is described in its card."
         )
     push = ""
     if config.get("push_scenes"):

@@ -19,8 +19,14 @@ Stages, time-boxed so the whole run fits the budget (default 60 minutes):
    / ``encode_image``; the prompt is dropped 10% of the time so guidance works.
 
 The text encoder (UMT5, word-level SentencePiece-style tokenizer over the shapes-world
-vocabulary) stays at its seeded random initialisation: a fixed random embedding of each
-word is enough for the DiT to learn to read it, and it saves the budget for the DiT.
+vocabulary) stays at its seeded random initialisation by default: a fixed random embedding
+of each word is enough for the DiT to learn *which* words a prompt has, and it saves the
+budget for the DiT.  It is not enough to learn their *order*: the DiT's cross-attention
+has no positions of its own, and the random encoder's output for a word barely depends on
+where it stands (the same word as subject and as object of "the A pushes the B": cosine
+0.993-0.999 on v6's encoder), so "the A pushes the B" and "the B pushes the A" read
+alike.  ``lr_text`` (off by default; ``--lr-text``) trains the text encoder with the DiT
+(:class:`TrainableText`).
 
 Continuing a finished model (``--init DIR``): the VAE, CLIP and encoders of ``DIR`` are
 kept as they are (stages 1-2 are skipped) and the DiT starts from ``DIR``'s weights, so
@@ -113,6 +119,9 @@ class TrainConfig:
     lr_vae: float = 1e-3
     lr_clip: float = 5e-4
     lr_dit: float = 1e-3
+    #: Peak learning rate of the text encoder, trained with the DiT on the same schedule
+    #: (:class:`TrainableText`); 0 keeps it frozen and its prompt embeddings cached.
+    lr_text: float = 0.0
     dit_warmup: int = 100
     prompt_dropout: float = 0.1
     dit_focus_weight: float = 0.0
@@ -473,10 +482,46 @@ def weighted_mse(prediction: Any, target: Any, weight: Any = None) -> Any:
     return (squared * weight).sum() / (weight.sum() * squared.shape[1])
 
 
-def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, seconds: float, log: _Log) -> dict[str, int]:
+class TrainableText:
+    """Prompt embeddings computed every step by the pipeline's ``encode_prompt``, so that
+    the text encoder trains with the DiT (``TrainConfig.lr_text``).
+
+    Why: the frozen random encoder gives a word nearly the same vector wherever it stands
+    (module docstring), so word order, and with it who pushes whom, cannot reach the DiT;
+    a trained encoder can put the role into the vector.  The encoder stays in eval mode
+    (no dropout: the embeddings are those sampling will see), and a dropped prompt is the
+    empty prompt through the same encoder, as the pipeline's unconditional branch is.
+    """
+
+    def __init__(self, pipe: Any, prompts: list[str], device: Any):
+        self.pipe, self.prompts, self.device = pipe, list(prompts), device
+        pipe.text_encoder.eval().requires_grad_(True)
+
+    def parameters(self) -> list[Any]:
+        return list(self.pipe.text_encoder.parameters())
+
+    def __call__(self, rows: Any, drop: Any) -> Any:
+        texts = ["" if dropped else self.prompts[row] for row, dropped in zip(rows.tolist(), drop.tolist())]
+        embeds, _ = self.pipe.encode_prompt(
+            texts, do_classifier_free_guidance=False, device=self.device, max_sequence_length=512
+        )
+        return embeds
+
+
+def train_dit(
+    transformer: Any,
+    data: dict[str, Any],
+    config: TrainConfig,
+    seconds: float,
+    log: _Log,
+    text: TrainableText | None = None,
+) -> dict[str, int]:
     """Rectified-flow training on the encoded clips, as the Wan pipeline samples (module docstring).
 
-    With ``config.ema_decay`` the transformer ends holding the moving average of its weights.
+    With ``text`` the prompts are encoded each step and the text encoder trains too, at
+    ``config.lr_text`` on the DiT's schedule; without it the cached embeddings are used.
+    With ``config.ema_decay`` the transformer (and a trained text encoder) end holding the
+    moving average of their weights.
     """
     import torch
 
@@ -484,8 +529,13 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
     transformer.to(device)
     # the draws come from a CPU generator on every device (the same batches as a CPU run)
     generator = torch.Generator().manual_seed(config.seed + 30)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.lr_dit, weight_decay=0.01)
-    ema = [p.detach().clone() for p in transformer.parameters()] if config.ema_decay else None
+    trained = list(transformer.parameters())
+    groups = [{"params": list(transformer.parameters()), "peak": config.lr_dit}]
+    if text is not None:
+        trained += text.parameters()
+        groups.append({"params": text.parameters(), "peak": config.lr_text})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr_dit, weight_decay=0.01)
+    ema = [p.detach().clone() for p in trained] if config.ema_decay else None
     data = {key: value.to(device) for key, value in data.items()}
     focus = data.get("focus") if config.dit_focus_weight else None
     transformer.train()
@@ -497,9 +547,12 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
         noise = torch.randn(x0.shape, generator=generator).to(device)
         sigma = sample_sigmas(config.dit_batch, generator).view(-1, 1, 1, 1, 1).to(device)
         noisy = (1 - sigma) * x0 + sigma * noise
-        prompt = data["prompt"][rows].clone()
         drop = (torch.rand(config.dit_batch, generator=generator) < config.prompt_dropout).to(device)
-        prompt[drop] = data["negative"]
+        if text is None:
+            prompt = data["prompt"][rows].clone()
+            prompt[drop] = data["negative"]
+        else:
+            prompt = text(rows, drop)
         model_input = torch.cat([noisy, data["condition"][rows]], dim=1)
         prediction = transformer(
             hidden_states=model_input,
@@ -512,21 +565,25 @@ def train_dit(transformer: Any, data: dict[str, Any], config: TrainConfig, secon
         loss = weighted_mse(prediction, noise - x0, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        _set_lr(optimizer, config.lr_dit * clock.lr_factor(step, warmup=config.dit_warmup))
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        factor = clock.lr_factor(step, warmup=config.dit_warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak"] * factor
         optimizer.step()
         if ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in transformer.parameters()], 1.0 - config.ema_decay)
+                torch._foreach_lerp_(ema, [p.detach() for p in trained], 1.0 - config.ema_decay)
         if step % 10 == 0:
             log("dit", step=step, loss=round(float(loss.detach()), 5))
         step += 1
     log("stage", name="dit", steps=step)
     if ema is not None:
         with torch.no_grad():
-            for parameter, average in zip(transformer.parameters(), ema):
+            for parameter, average in zip(trained, ema):
                 parameter.copy_(average)
     transformer.eval()
+    if text is not None:
+        text.pipe.text_encoder.requires_grad_(False)
     return {"dit": step}
 
 
@@ -783,7 +840,8 @@ def train(config: TrainConfig) -> Path:
         log("focus", share=round(float(data["focus"].mean()), 4))
     # The DiT gets whatever the budget has left, less a minute for saving.
     dit_seconds = max(60.0, budget - (time.perf_counter() - log.started) - 60.0)
-    steps |= train_dit(pipe.transformer, data, config, dit_seconds, log)
+    text = TrainableText(pipe, [s.prompt for s in scenes], config.device) if config.lr_text else None
+    steps |= train_dit(pipe.transformer, data, config, dit_seconds, log, text=text)
 
     pipe.to("cpu")  # weights are saved from the CPU, whatever the device
     clip.to("cpu")
