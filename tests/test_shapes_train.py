@@ -299,6 +299,15 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones():
     torch.testing.assert_close(averaged, 0.75 * start + 0.25 * stepped)
 
 
+def _assert_replays_byte_for_byte(child, parent, out):
+    """A continued run's recipe, replayed from ``parent`` into ``out``, gives ``child``'s weight files exactly."""
+    from layerscope.testbed.shapes.train import replay_config, train
+
+    again = train(replay_config(child / "layerscope_model.json", str(out), init=str(parent)))
+    for path in child.rglob("*.safetensors"):
+        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+
+
 def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
     recorded; a replay needs the same parent and gives the same weights byte for byte."""
@@ -355,9 +364,7 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
         replay_config(child / "layerscope_model.json", str(tmp_path / "r0"))
     with pytest.raises(ValueError, match="transformer/diffusion_pytorch_model.safetensors"):
         replay_config(child / "layerscope_model.json", str(tmp_path / "r1"), init=str(child))
-    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "r2"), init=str(parent)))
-    for path in child.rglob("*.safetensors"):
-        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+    _assert_replays_byte_for_byte(child, parent, tmp_path / "r2")
 
 
 # ---------------------------------------------------------------- --device and --dit-batch
@@ -521,7 +528,7 @@ def test_deepen_refuses_nothing_to_add():
 def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path):
     """--init P --grow-layers 1: the child has one block more, its recipe and card say so, the
     parent's encoders are kept, and a replay from the recipe gives the same bytes."""
-    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
+    from layerscope.testbed.shapes.train import TrainConfig, train
 
     steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
     parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
@@ -542,25 +549,7 @@ def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path):
     assert "Transformer: 3 blocks" in card
     for path in (parent / "vae").glob("*.safetensors"):
         assert path.read_bytes() == (child / "vae" / path.name).read_bytes()
-    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "again"), init=str(parent)))
-    for path in child.rglob("*.safetensors"):
-        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
-
-
-def test_the_cli_passes_push_swaps_into_the_recipe(tmp_path, monkeypatch):
-    """--push-swaps reaches the TrainConfig (and so the recipe); without it the twins stay out."""
-    from layerscope.cli import main
-    from layerscope.testbed.shapes import train as train_module
-
-    seen = []
-    monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or config.out)
-    assert main(["testbed", "train", "--out", str(tmp_path / "a"), "--push-scenes", "3", "--push-swaps"]) == 0
-    assert main(["testbed", "train", "--out", str(tmp_path / "b"), "--push-scenes", "3"]) == 0
-    assert [config.push_swaps for config in seen] == [True, False]
-    assert train_module.recipe(seen[0])["push_swaps"] is True
-    # a set without any push scene gets no (empty) third set
-    no_pushes = train_module.TrainConfig(out="x", train_scenes=2, push_swaps=True)
-    assert [len(group) for group in train_module.training_scene_sets(no_pushes)] == [2]
+    _assert_replays_byte_for_byte(child, parent, tmp_path / "again")
 
 
 # ---------------------------------------------------------------- --lr-text
@@ -599,7 +588,7 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
     """--lr-text: the text encoder changes (VAE, CLIP, image encoder stay the parent's), the
     recipe, the card's command and its component table say so, and a replay repeats it byte
     for byte; the default (0) keeps it frozen (see the continued-training test above)."""
-    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
+    from layerscope.testbed.shapes.train import TrainConfig, train
 
     steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
     parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
@@ -620,18 +609,31 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
     assert "| text_encoder | UMT5EncoderModel |" in card and "| with the DiT (peak lr 0.01) |" in card
     assert "the DiT and the text encoder trained on from the parent's weights" in card
     assert "text encoder trained with it (peak lr 0.01)" in card
-    again = train(replay_config(child / "layerscope_model.json", str(tmp_path / "again"), init=str(parent)))
-    for path in child.rglob("*.safetensors"):
-        assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
+    _assert_replays_byte_for_byte(child, parent, tmp_path / "again")
 
 
-def test_the_cli_passes_lr_text_into_the_recipe(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "argv, field, given, default",
+    [
+        (["--push-scenes", "3", "--push-swaps"], "push_swaps", True, False),
+        (["--lr-text", "2e-3"], "lr_text", 2e-3, 0.0),
+    ],
+)
+def test_the_cli_passes_training_options_into_the_recipe(tmp_path, monkeypatch, argv, field, given, default):
+    """The option reaches the TrainConfig (and so the recipe); without it the default holds."""
     from layerscope.cli import main
     from layerscope.testbed.shapes import train as train_module
 
     seen = []
     monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or config.out)
-    assert main(["testbed", "train", "--out", str(tmp_path / "a"), "--lr-text", "2e-3"]) == 0
+    assert main(["testbed", "train", "--out", str(tmp_path / "a"), *argv]) == 0
     assert main(["testbed", "train", "--out", str(tmp_path / "b")]) == 0
-    assert [config.lr_text for config in seen] == [2e-3, 0.0]
-    assert train_module.recipe(seen[0])["lr_text"] == 2e-3
+    assert [getattr(config, field) for config in seen] == [given, default]
+    assert train_module.recipe(seen[0])[field] == given
+
+
+def test_a_set_without_push_scenes_gets_no_twin_set():
+    from layerscope.testbed.shapes import train as train_module
+
+    no_pushes = train_module.TrainConfig(out="x", train_scenes=2, push_swaps=True)
+    assert [len(group) for group in train_module.training_scene_sets(no_pushes)] == [2]
