@@ -533,11 +533,10 @@ def train_dit(
     transformer.to(device)
     # the draws come from a CPU generator on every device (the same batches as a CPU run)
     generator = torch.Generator().manual_seed(config.seed + 30)
-    trained = list(transformer.parameters())
     groups = [{"params": list(transformer.parameters()), "peak": config.lr_dit}]
     if text is not None:
-        trained += text.parameters()
         groups.append({"params": text.parameters(), "peak": config.lr_text})
+    trained = [parameter for group in groups for parameter in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=config.lr_dit, weight_decay=0.01)
     ema = [p.detach().clone() for p in trained] if config.ema_decay else None
     data = {key: value.to(device) for key, value in data.items()}
