@@ -171,6 +171,20 @@ def _is_shapes_model(marker: Path) -> bool:
         return False
 
 
+def _text_encoder_heads(init: str | None) -> int:
+    """Attention heads per text-encoder layer of the model ``testbed train`` will train: ``init``'s, or a new one's."""
+    import json
+
+    from layerscope.testbed import TEXT_HEADS
+
+    if not init:
+        return TEXT_HEADS
+    try:
+        return int(json.loads((Path(init).expanduser() / "text_encoder" / "config.json").read_text())["num_heads"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"--init {init}: cannot read text_encoder/config.json ({error}); is it complete?") from None
+
+
 def _testbed_sized(model: str) -> bool:
     """Does ``model`` take the testbed's small defaults (6 steps, 9 frames, 256x256)?  The
     embedded models do, and so does a ``layerscope finetune`` of one of them."""
@@ -398,6 +412,13 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         help="train: peak learning rate of the text encoder, trained with the DiT (default 0: frozen)",
     )
     p.add_argument(
+        "--text-role-heads",
+        type=_non_negative_int,
+        default=0,
+        help="train: text-encoder heads per layer made to attend only before / only after each word, "
+        "so word order reaches the DiT (even; default 0: none)",
+    )
+    p.add_argument(
         "--push-scenes",
         type=_non_negative_int,
         default=0,
@@ -498,9 +519,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache:
         check_output_path(args.cache, "--cache", directory=True)
     if args.replay:
-        if args.device != "cpu" or args.dit_batch != 4 or args.grow_layers or args.lr_text:
+        if args.device != "cpu" or args.dit_batch != 4 or args.grow_layers or args.lr_text or args.text_role_heads:
             raise UsageError(
-                "--replay repeats its run's recorded --device, --dit-batch, --grow-layers and --lr-text; drop them"
+                "--replay repeats its run's recorded --device, --dit-batch, --grow-layers, --lr-text and "
+                "--text-role-heads; drop them"
             )
         try:
             config = replay_config(args.replay, args.out, init=args.init)
@@ -511,6 +533,10 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"testbed train needs --scenes >= 8 (the VAE check uses 8 clips), got {args.scenes}")
         if args.grow_layers and not args.init:
             raise UsageError("--grow-layers deepens a trained model's DiT; give that model with --init DIR")
+        if args.text_role_heads:
+            from layerscope.testbed.shapes.roles import check_head_count
+
+            check_head_count(args.text_role_heads, _text_encoder_heads(args.init))
         config = TrainConfig(
             out=args.out,
             seed=args.seed,
@@ -520,6 +546,7 @@ def _train(args: argparse.Namespace) -> int:
             ema_decay=args.ema,
             lr_dit=args.lr_dit,
             lr_text=args.lr_text,
+            text_role_heads=args.text_role_heads,
             push_scenes=args.push_scenes,
             push_swaps=args.push_swaps,
             init=args.init,

@@ -189,6 +189,8 @@ def test_train_usage_errors_exit_2_before_training(argv, message, tmp_path, monk
         ["--push-scenes", "many"],
         ["--grow-layers", "-1"],
         ["--lr-text", "-1"],
+        ["--text-role-heads", "-2"],
+        ["--text-role-heads", "two"],
     ],
 )
 def test_train_rejects_impossible_numbers(argv, tmp_path):
@@ -401,9 +403,10 @@ def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
     argv = ["testbed", "train", "--replay", str(recipe), "--out", str(tmp_path / "r")]
     assert main([*argv, "--dit-batch", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "recorded --device, --dit-batch, --grow-layers and --lr-text" in err[0]
-    assert main([*argv, "--lr-text", "1e-3"]) == 2
-    assert "--lr-text; drop them" in capsys.readouterr().err
+    assert len(err) == 1 and "recorded --device, --dit-batch, --grow-layers, --lr-text and --text-role-heads" in err[0]
+    for option, value in (("--lr-text", "1e-3"), ("--text-role-heads", "2")):
+        assert main([*argv, option, value]) == 2
+        assert "--text-role-heads; drop them" in capsys.readouterr().err
 
 
 def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeypatch):
@@ -612,11 +615,62 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
     _assert_replays_byte_for_byte(child, parent, tmp_path / "again")
 
 
+# ---------------------------------------------------------------- --text-role-heads
+
+
+def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite_a_stale_cache(tmp_path):
+    """--text-role-heads: of the parent's encoders only the text encoder's position-bias
+    tables change; recipe and card say so.  The prompt embeddings in a cache filled by the
+    unchanged encoder are not used: the run replays byte for byte without the cache."""
+    import torch
+    from safetensors.torch import load_file
+
+    from layerscope.testbed.shapes.train import TrainConfig, train
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    cache = str(tmp_path / "cache")
+    common = {"train_scenes": 2, "init": str(parent), "steps": {"dit": 2}, "dit_warmup": 0, "cache": cache}
+    train(TrainConfig(out=str(tmp_path / "plain"), **common))  # fills the cache with the parent's prompts
+    child = train(TrainConfig(out=str(tmp_path / "child"), text_role_heads=4, **common))
+    old, new = (load_file(d / "text_encoder" / "model.safetensors") for d in (parent, child))
+    assert sorted(k for k in old if not torch.equal(old[k], new[k])) == [
+        f"encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight" for i in (0, 1)
+    ]
+    for kept in ["vae", "clip", "image_encoder"]:
+        for path in (parent / kept).glob("*.safetensors"):
+            assert path.read_bytes() == (child / kept / path.name).read_bytes(), path
+    info = json.loads((child / "layerscope_model.json").read_text())
+    assert info["train_config"]["text_role_heads"] == 4
+    card = (child / "MODEL_CARD.md").read_text()
+    assert "--text-role-heads 4 [--cache DIR]" in card
+    assert "| no (seeded random init; 4 heads per layer directional, hand-set position bias) |" in card
+    assert "the text encoder too but for the position bias below" in card
+    _assert_replays_byte_for_byte(child, parent, tmp_path / "again")  # no cache: prompts encoded afresh
+
+
+def test_the_cli_refuses_a_head_count_the_text_encoder_cannot_have(tmp_path, capsys):
+    from layerscope.cli import main
+
+    for heads, init in (("3", None), ("6", None), ("2", tmp_path / "broken")):
+        argv = ["testbed", "train", "--out", str(tmp_path / "x"), "--text-role-heads", heads]
+        if init:  # a shapes model whose text encoder config is missing
+            init.mkdir()
+            (init / "layerscope_model.json").write_text(json.dumps({"name": "layerscope-shapes-wan-i2v"}))
+            argv += ["--init", str(init)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = "cannot read text_encoder/config.json" if init else "give an even number from 0 to 4"
+        assert len(err) == 1 and expected in err[0], err
+        assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize(
     "argv, field, given, default",
     [
         (["--push-scenes", "3", "--push-swaps"], "push_swaps", True, False),
         (["--lr-text", "2e-3"], "lr_text", 2e-3, 0.0),
+        (["--text-role-heads", "2"], "text_role_heads", 2, 0),
     ],
 )
 def test_the_cli_passes_training_options_into_the_recipe(tmp_path, monkeypatch, argv, field, given, default):

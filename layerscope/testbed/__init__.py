@@ -63,6 +63,8 @@ _VOCABULARY_SENTENCES = [
 ]
 
 _TEXT_DIM = 32
+#: Attention heads per layer of the text encoder (``testbed train --text-role-heads`` counts them).
+TEXT_HEADS = 4
 _IMAGE_SIZE = 112
 _IMAGE_PATCH = 14
 _VISION_DIM = 48
@@ -174,7 +176,7 @@ def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None, vocabular
             d_kv=8,
             d_ff=64,
             num_layers=2,
-            num_heads=4,
+            num_heads=TEXT_HEADS,
             relative_attention_num_buckets=8,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -215,6 +217,12 @@ def build_default_pipeline(seed: int = DEFAULT_SEED, clip: Any = None, vocabular
         rope_max_seq_len=256,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    # Ready for inference, as ``from_pretrained`` leaves a model: a freshly built UMT5 is in
+    # training mode, and its dropout (0.1) made every prompt embedding a random draw (the
+    # from-scratch training runs encoded their prompts so until 2026-12-03; training stages
+    # switch their own module to training mode).
+    for module in (text_encoder, vae, transformer, image_encoder):
+        module.eval()
     return WanImageToVideoPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,

@@ -59,7 +59,15 @@ def render_model_card(model_dir: str | Path) -> str:
     vae = json.loads((model_dir / "vae" / "config.json").read_text())
     data = next((r for r in records if r["stage"] == "data"), {})
 
-    trained_how = {"text_encoder": f"with the DiT (peak lr {config['lr_text']:g})"} if config.get("lr_text") else {}
+    roles = config.get("text_role_heads", 0)  # recipes from before --text-role-heads have none
+    directional = f"{roles} heads per layer directional, hand-set position bias" if roles else ""
+    trained_how = {}
+    if config.get("lr_text"):
+        trained_how["text_encoder"] = f"with the DiT (peak lr {config['lr_text']:g})" + (
+            f"; {directional}" if roles else ""
+        )
+    elif roles:
+        trained_how["text_encoder"] = f"no (seeded random init; {directional})"
     rows = "\n".join(
         f"| {name} | {cls} | {_megabytes(model_dir / name):.1f} MB | {trained_how.get(name, how)} |"
         for name, cls, how in _COMPONENTS
@@ -85,6 +93,8 @@ def render_model_card(model_dir: str | Path) -> str:
         )
         if config.get("lr_text"):
             options += f", text encoder trained with it (peak lr {config['lr_text']:g})"
+        if roles:
+            options += f", {roles} directional text-encoder heads per layer"
         if config.get("grow_layers"):
             depth = transformer["num_layers"]
             grown = f"grown from {depth - config['grow_layers']} to {depth} blocks"
@@ -99,6 +109,8 @@ def render_model_card(model_dir: str | Path) -> str:
         options += " --push-swaps"
     if config.get("lr_text"):
         options += f" --lr-text {config['lr_text']:g}"
+    if roles:
+        options += f" --text-role-heads {roles}"
     device = config.get("device", "cpu")  # recipes from before --device trained on the CPU
     if device != "cpu":
         options += f" --device {device}"
@@ -125,8 +137,18 @@ def render_model_card(model_dir: str | Path) -> str:
                 "the VAE, CLIP and image encoder are the parent's, byte for byte, and the DiT and the text "
                 "encoder trained on from the parent's weights. "
                 if config.get("lr_text")
+                else "the VAE, CLIP and image encoder are the parent's, byte for byte, the text encoder too but "
+                "for the position bias below, and the DiT trained on from the parent's weights. "
+                if roles
                 else "the VAE, CLIP, image and text encoders are the parent's, byte for byte, and the DiT trained "
                 "on from the parent's weights. "
+            )
+            + (
+                f"Before training, {roles} heads per layer of the text encoder were made directional "
+                "(`--text-role-heads`: a hand-set position bias, half of them attending only to the words "
+                "before each word, half only to those after it). "
+                if roles
+                else ""
             )
             + "The parent's own training (VAE, CLIP, the first DiT steps) is described in its card."
         )

@@ -126,6 +126,9 @@ class TrainConfig:
     #: Peak learning rate of the text encoder, trained with the DiT on the same schedule
     #: (:class:`TrainableText`); 0 keeps it frozen and its prompt embeddings cached.
     lr_text: float = 0.0
+    #: Heads per text-encoder layer given a hand-set directional position bias
+    #: (:mod:`~layerscope.testbed.shapes.roles`); 0 leaves the encoder as it is.
+    text_role_heads: int = 0
     dit_warmup: int = 100
     prompt_dropout: float = 0.1
     dit_focus_weight: float = 0.0
@@ -449,6 +452,27 @@ def encode_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, log: _
     tensors = {k: torch.stack(v) for k, v in data.items()}
     tensors["negative"] = negative[0].cpu()
     return tensors
+
+
+def encode_prompts(pipe: Any, prompts: list[str], batch: int = 64) -> tuple[Any, Any]:
+    """The prompts' embeddings and the empty prompt's, on the CPU, as :func:`encode_training_set` stores them.
+
+    Why apart from the clips: a run that changes the text encoder before training
+    (``text_role_heads``) reuses the cached clip encodings but not their prompts, which
+    the parent's encoder read.
+    """
+    import torch
+
+    device = pipe.text_encoder.device
+    with torch.no_grad():
+        rows = [
+            pipe.encode_prompt(
+                prompts[i : i + batch], do_classifier_free_guidance=False, device=device, max_sequence_length=512
+            )[0].cpu()
+            for i in range(0, len(prompts), batch)
+        ]
+        negative, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, device=device, max_sequence_length=512)
+    return torch.cat(rows), negative[0].cpu()
 
 
 def sample_sigmas(batch: int, generator: Any) -> Any:
@@ -832,12 +856,19 @@ def train(config: TrainConfig) -> Path:
         if config.grow_layers:
             raise ValueError("grow_layers deepens a parent's DiT; it needs init (from scratch, set dit_layers)")
         pipe, clip, steps, check = _train_from_scratch(config, scenes, videos, budget, log)
+    if config.text_role_heads:
+        from layerscope.testbed.shapes.roles import ROLE_BIAS, set_directional_heads
+
+        set_directional_heads(pipe.text_encoder, config.text_role_heads)
+        log("text_roles", heads=config.text_role_heads, bias=ROLE_BIAS)
     data = concatenate_encoded(
         [
             _encoded_training_set(pipe, group, videos[start:stop], config, log)
             for group, start, stop in zip(scene_sets, bounds[:-1], bounds[1:])
         ]
     )
+    if config.text_role_heads:  # the cache may hold the prompts as the unchanged encoder read them
+        data["prompt"], data["negative"] = encode_prompts(pipe, [s.prompt for s in scenes])
     if config.dit_focus_weight:
         data["focus"] = torch.from_numpy(focus_mask(videos, latent_frames=data["x0"].shape[2]))
         log("focus", share=round(float(data["focus"].mean()), 4))
