@@ -30,6 +30,10 @@ default; ``--lr-text``) trains the text encoder with the DiT (:class:`TrainableT
 its gradients clipped together with the DiT's.  Measured (README, 2026-12-03): at peak lr
 1e-3 from v6 with the role-swapped twins, the encoder moved little (cosine 0.993) and
 the model gained nothing over v6 (+0.000, p=1); kept as a recorded, replayable option.
+``text_role_heads`` (``--text-role-heads``) instead makes word order visible by
+construction: that many heads per encoder layer get a hand-set directional position bias
+before training (:mod:`~layerscope.testbed.shapes.roles`); the cached clip encodings are
+reused and the prompts encoded afresh.
 
 Continuing a finished model (``--init DIR``): the VAE, CLIP and encoders of ``DIR`` are
 kept as they are (stages 1-2 are skipped; the text encoder trains on only with
