@@ -217,20 +217,20 @@ def test_replay_refuses_a_json_without_steps(tmp_path):
 
 
 def test_the_shipped_model_replays_only_from_its_recorded_parent(tmp_path):
-    """v6 continued v5: its recipe names v5 by weight hashes, and a replay asks for that parent."""
+    """v7 continued v6: its recipe names v6 by weight hashes, and a replay asks for that parent."""
     from layerscope.testbed import SHIPPED_MODEL_DIR
     from layerscope.testbed.shapes.train import replay_config
 
     info = json.loads((SHIPPED_MODEL_DIR / "layerscope_model.json").read_text())
-    assert info["version"] == 6 and info["init_model"]["version"] == 5 and info["steps"]["dit"] > 0
-    assert info["train_config"]["push_scenes"] == 240
+    assert info["version"] == 7 and info["init_model"]["version"] == 6 and info["steps"]["dit"] > 0
+    assert info["train_config"]["push_scenes"] == 240 and info["train_config"]["text_role_heads"] == 4
     # the parent's VAE, CLIP and encoders are the shipped ones, byte for byte
     import hashlib
 
     for relative in ("vae/diffusion_pytorch_model.safetensors", "clip/open_clip_model.safetensors"):
         digest = hashlib.sha256((SHIPPED_MODEL_DIR / relative).read_bytes()).hexdigest()
         assert info["init_model"]["sha256"][relative] == digest
-    with pytest.raises(ValueError, match="continued layerscope-shapes-wan-i2v v5"):
+    with pytest.raises(ValueError, match="continued layerscope-shapes-wan-i2v v6"):
         replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"))
     with pytest.raises(ValueError, match="transformer/diffusion_pytorch_model.safetensors"):
         replay_config(SHIPPED_MODEL_DIR / "layerscope_model.json", str(tmp_path / "out"), init=str(SHIPPED_MODEL_DIR))

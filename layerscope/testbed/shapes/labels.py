@@ -24,7 +24,7 @@ LABEL_FILE = Path(__file__).resolve().parent / "model_video_labels.json"
 #: Labels of earlier shipped models, kept as data: their agreement is still reported, but
 #: their videos can only be regenerated with those weights (in the repository's history).
 ARCHIVED_LABEL_FILES = tuple(
-    Path(__file__).resolve().parent / f"model_video_labels_v{version}.json" for version in (2, 3, 4, 5)
+    Path(__file__).resolve().parent / f"model_video_labels_v{version}.json" for version in (2, 3, 4, 5, 6)
 )
 #: (eval prompt index, generation seed): the 30 eval prompts under generation seed 0, i.e. the
 #: videos ``layerscope eval`` (and ``--seeds 0-4``'s first seed) scores.

@@ -123,7 +123,12 @@ def render_model_card(model_dir: str | Path) -> str:
     command = f"layerscope testbed train --out DIR --minutes {config['minutes']:g} --seed {config['seed']}{options}"
     lineage, origin = "", "trained from scratch on"
     if parent:
-        origin = f"its DiT trained on from v{parent['version']}'s (the rest is v{parent['version']}'s) on"
+        rest = f"the rest is v{parent['version']}'s"
+        if config.get("lr_text"):
+            rest = f"its text encoder too; {rest}"
+        elif roles:
+            rest += ", but for the text encoder's position bias"
+        origin = f"its DiT trained on from v{parent['version']}'s ({rest}) on"
         command = (
             f"layerscope testbed train --init PARENT --out DIR --minutes {config['minutes']:g} "
             f"--seed {config['seed']} --lr-dit {config['lr_dit']:g} "
