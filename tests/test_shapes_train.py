@@ -17,6 +17,21 @@ def videos():
     return np.stack([render_video(s, num_frames=5, height=64, width=64) for s in scenes])
 
 
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory):
+    """One tiny from-scratch model for every continued-training test to start from.
+
+    Why shared: four tests need the same parent (2 scenes, 2 blocks, one step a stage) and
+    only read it; training it once saves three trainings of the default suite's time.
+    """
+    from layerscope.testbed.shapes.train import TrainConfig, train
+
+    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
+    return train(
+        TrainConfig(out=str(tmp_path_factory.mktemp("tiny") / "parent"), train_scenes=2, dit_layers=2, steps=steps)
+    )
+
+
 def test_shape_mask_is_exactly_the_palette_pixels(videos):
     mask = shape_mask(videos)
     grey = (videos[..., 0] == videos[..., 1]) & (videos[..., 1] == videos[..., 2])
@@ -310,7 +325,7 @@ def _assert_replays_byte_for_byte(child, parent, out):
         assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
 
 
-def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
+def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path, tiny_parent):
     """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
     recorded; a replay needs the same parent and gives the same weights byte for byte."""
     from layerscope.testbed.shapes.train import (
@@ -322,8 +337,7 @@ def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path):
     )
     from layerscope.testbed.shapes.world import swap_roles
 
-    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
-    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    parent = tiny_parent
     config = TrainConfig(
         out=str(tmp_path / "child"),
         train_scenes=2,
@@ -528,15 +542,14 @@ def test_deepen_refuses_nothing_to_add():
         deepen(_tiny_wan(2), 0)
 
 
-def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path):
+def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path, tiny_parent):
     """--init P --grow-layers 1: the child has one block more, its recipe and card say so, the
     parent's encoders are kept, and a replay from the recipe gives the same bytes."""
     from layerscope.testbed.shapes.train import TrainConfig, train
 
-    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
-    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    parent = tiny_parent
     with pytest.raises(ValueError, match="needs init"):
-        train(TrainConfig(out=str(tmp_path / "bad"), train_scenes=2, grow_layers=1, steps=steps))
+        train(TrainConfig(out=str(tmp_path / "bad"), train_scenes=2, grow_layers=1, steps={"dit": 1}))
     child = train(
         TrainConfig(out=str(tmp_path / "child"), train_scenes=2, init=str(parent), steps={"dit": 2}, grow_layers=1)
     )
@@ -587,14 +600,13 @@ def test_trainable_text_is_the_pipelines_encoding_and_passes_gradients_to_the_en
     assert len(text.parameters()) == len(list(pipe.text_encoder.parameters()))
 
 
-def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_replays(tmp_path):
+def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_replays(tmp_path, tiny_parent):
     """--lr-text: the text encoder changes (VAE, CLIP, image encoder stay the parent's), the
     recipe, the card's command and its component table say so, and a replay repeats it byte
     for byte; the default (0) keeps it frozen (see the continued-training test above)."""
     from layerscope.testbed.shapes.train import TrainConfig, train
 
-    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
-    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    parent = tiny_parent
     child = train(
         TrainConfig(
             out=str(tmp_path / "child"), train_scenes=2, init=str(parent), steps={"dit": 3}, lr_text=1e-2, dit_warmup=0
@@ -618,7 +630,7 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
 # ---------------------------------------------------------------- --text-role-heads
 
 
-def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite_a_stale_cache(tmp_path):
+def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite_a_stale_cache(tmp_path, tiny_parent):
     """--text-role-heads: of the parent's encoders only the text encoder's position-bias
     tables change; recipe and card say so.  The prompt embeddings in a cache filled by the
     unchanged encoder are not used: the run replays byte for byte without the cache."""
@@ -627,8 +639,7 @@ def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite
 
     from layerscope.testbed.shapes.train import TrainConfig, train
 
-    steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
-    parent = train(TrainConfig(out=str(tmp_path / "parent"), train_scenes=2, dit_layers=2, steps=steps))
+    parent = tiny_parent
     cache = str(tmp_path / "cache")
     common = {"train_scenes": 2, "init": str(parent), "steps": {"dit": 2}, "dit_warmup": 0, "cache": cache}
     train(TrainConfig(out=str(tmp_path / "plain"), **common))  # fills the cache with the parent's prompts
