@@ -9,7 +9,7 @@ Steps (the first four are `layerscope` commands, each reproducible on its own):
      (layerscope/testbed/shapes/plant.py says how and why);
   2. `testbed prompts`: held-out sweep prompts;
   3. `sweep` the unplanted default and the planted model over prompts x seeds;
-  4. `rank` both: verdict, permutation p, band, Jaccard overlap with the planted layers;
+  4. `rank` both: verdict, split-sample p, drop, band, Jaccard overlap with the planted layers;
   5. eval the planted model on held-out prompts x seeds: no guidance, FG on the planted
      band, FG on an equally wide random band (drawn with --seed, not overlapping the
      planted band), with 95% intervals and paired sign-flip tests against no guidance.
@@ -48,7 +48,9 @@ def summarise_ranking(ranking: dict, planted: list[int]) -> dict:
         "p_value": ranking["p_value"],
         "band": ranking["band"],
         "n_runs": ranking["n_runs"],
-        "jaccard_with_planted": jaccard(ranking["band"], planted),
+        "drop": (ranking.get("effect") or {}).get("drop"),
+        "drop_ci": (ranking.get("effect") or {}).get("drop_ci"),
+        "jaccard_with_planted": jaccard(ranking["band"] or [], planted),
         "std_agreement": ranking["agreement"],
         "moran_i": {str(r["layer"]): [r["moran_i"], *r["moran_i_ci"]] for r in ranking["layers"]},
     }
@@ -57,7 +59,9 @@ def summarise_ranking(ranking: dict, planted: list[int]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="runs/planted-truth")
-    parser.add_argument("--quick", action="store_true", help="tiny fine-tune, 6 prompts x 2 seeds, 6-prompt eval")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny fine-tune, 10 prompts x 1 seed (fewest for a verdict), 6-prompt eval"
+    )
     parser.add_argument("--layers", default="4-7", help="the planted band")
     parser.add_argument("--prompts", type=int, default=20, help="sweep prompts (x --seeds)")
     parser.add_argument("--seeds", default="0-4", help="sweep and eval generation seeds")
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     planted_layers = list(parse_layers(args.layers))
-    seeds = "0-1" if args.quick else args.seeds
-    prompts = 6 if args.quick else args.prompts
+    seeds = "0" if args.quick else args.seeds
+    prompts = 10 if args.quick else args.prompts
     count, eval_steps = (6, 4) if args.quick else (args.eval_count, args.eval_steps)
     model = out / "planted"
 
@@ -178,7 +182,8 @@ def report(result: dict, evals: dict) -> str:
             lines.append(f"| {name} | not swept in this run (--skip-default) | | | | |")
             continue
         lines.append(
-            f"| {name} | {r['verdict']} | {r['p_value']:.3g} | {r['band']} | {r['jaccard_with_planted']:.2f} "
+            f"| {name} | {r['verdict']} | {'-' if r['p_value'] is None else format(r['p_value'], '.3g')} "
+            f"| {r['band']} | {r['jaccard_with_planted']:.2f} "
             f"| {r['n_runs']} |"
         )
     lines += ["", "Moran's I per layer, mean [95% CI over runs]:", ""]

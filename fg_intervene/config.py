@@ -169,7 +169,7 @@ class FocalGuidanceConfig:
                 verdict = ranking.verdict or "it names no weak layers"
                 raise ConfigError(
                     f"--ranking {path}: {verdict}; nothing to guide. Rank more runs (`layerscope sweep`), "
-                    "or force layers with --fg-set weak_layers=[11,12,13]"
+                    f"or force layers with --fg-set weak_layers={json.dumps(ranking.candidate_layers())}"
                 )
             data["weak_layers"] = ranking.weak_layers
         data["ranking_source"] = {

@@ -16,6 +16,21 @@ from layerscope.errors import LayerScopeError, UsageError
 EXIT_USAGE = 2
 
 
+def _fraction(option: str, upper_open: bool = False):
+    """An argparse type for a share in [0, 1] (or [0, 1) with ``upper_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"{option} is a share in [0, 1{')' if upper_open else ']'} (got {text})")
+        return value
+
+    return parse
+
+
 def _int_at_least(minimum: int, why: str):
     """An argparse type for integers >= ``minimum``; ``why`` documents the bound."""
 
@@ -567,10 +582,12 @@ def _train(args: argparse.Namespace) -> int:
 def _add_rank(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
-        help="rank layers over runs and test for a semantic-weak band (CIs, permutation null, verdict)",
+        help="rank layers over runs and test for a semantic-weak band (CIs, split-sample test, verdict)",
         description="Metrics are computed once per store (written back as moran_i, moran_z, std) and reused. "
-        "The run is the unit: 95%% CIs are a cluster bootstrap over runs, the band is tested against layer "
-        "labels permuted within runs, and the verdict can be 'no significant weak band'.",
+        "The prompt (or run) is the unit: the band is chosen on some prompts and tested on the others, "
+        "its drop and edges come with bootstrap intervals, and the verdict is 'weak band', 'smooth trough, "
+        "no distinct band', 'no weak band', or 'too few runs for a verdict' (below --min-runs, one run "
+        "included: no p-value, no band).",
     )
     p.add_argument("stores", nargs="+", help="a sweep directory, or one or more recorded stores")
     p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
@@ -585,9 +602,33 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, help="number of layers for bottom-k")
     p.add_argument("--threshold", type=float, help="cut for the threshold method")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the band test (default 0.05)")
-    p.add_argument("--permutations", type=_int_at_least(99, "p-values need resolution"), default=999)
+    p.add_argument(
+        "--min-runs",
+        type=_int_at_least(4, "each half of a split needs two units"),
+        default=None,
+        help="fewest independent prompts (or runs) for a verdict (default 10: 4 choose the band, 6 test it)",
+    )
+    p.add_argument(
+        "--min-drop",
+        type=_fraction("--min-drop", upper_open=True),
+        default=None,
+        help="smallest held-out relative drop below the weaker flank that counts (default 0.1; the paper's is 0.75)",
+    )
+    p.add_argument(
+        "--min-distinct",
+        type=_fraction("--min-distinct"),
+        default=None,
+        help="smallest held-out share of the dip a quadratic trend does not explain (default 0.55; else a trough)",
+    )
+    p.add_argument(
+        "--unit",
+        choices=("prompt", "run"),
+        default="prompt",
+        help="independent unit: prompt (seeds of a prompt averaged; default) or run (a claim about one prompt's seeds)",
+    )
+    p.add_argument("--splits", type=_int_at_least(10, "split p-values are combined by a quantile"), default=50)
     p.add_argument("--bootstrap", type=_int_at_least(100, "percentile CIs need resamples"), default=1000)
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the permutations and resamples")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the splits and resamples")
     p.add_argument("--expert", help="rank only this expert's steps (Wan2.2: transformer or transformer_2)")
     p.add_argument(
         "--stream",
@@ -649,8 +690,12 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         k=args.k,
         threshold=args.threshold,
         alpha=args.alpha,
-        permutations=args.permutations,
+        splits=args.splits,
         bootstrap=args.bootstrap,
+        min_runs=args.min_runs,
+        min_drop=args.min_drop,
+        min_distinct=args.min_distinct,
+        unit=args.unit,
         seed=args.seed,
         expert=args.expert,
         stream=args.stream,
@@ -730,7 +775,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     elif ranking is not None:
         layers = list(ranking.weak_layers)
         if not layers:
-            raise UsageError(f"--ranking {args.ranking}: {ranking.verdict or 'no weak layers'}; pass --layers 11-26")
+            candidate = ranking.candidate_layers()
+            example = f"{candidate[0]}-{candidate[-1]}" if candidate else "A-B"
+            raise UsageError(
+                f"--ranking {args.ranking}: {ranking.verdict or 'no weak layers'}; pass --layers {example}"
+            )
     else:
         raise UsageError("name the layers to train: --ranking R.json (its weak band) or --layers 11-26")
     config = FinetuneConfig(

@@ -49,12 +49,20 @@ class Ranking:
     weak_layers: list[int]
     explanation: str
     verdict: str = ""
+    #: ``band``, ``trough``, ``none``, ``too_few`` or ``no_test`` (see layerscope.significance)
+    verdict_kind: str = ""
     significant: bool | None = None
     p_value: float | None = None
     alpha: float = 0.05
     n_runs: int = 0
+    #: independent units the test ran over (prompts when seeds repeat a prompt, else runs)
+    n_units: int = 0
     interval_unit: str = "run"
     band: list[int] | None = None
+    #: the band's effect sizes with their intervals, and the held-out values the thresholds used
+    effect: dict[str, Any] = field(default_factory=dict)
+    #: bootstrap intervals of the band's first and last layer, and the sentence that says them
+    edges: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
     expert: str | None = None
     per_expert: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -67,12 +75,16 @@ class Ranking:
         return {
             "weak_layers": self.weak_layers,
             "verdict": self.verdict,
+            "verdict_kind": self.verdict_kind,
             "significant": self.significant,
             "p_value": self.p_value,
             "alpha": self.alpha,
             "n_runs": self.n_runs,
+            "n_units": self.n_units,
             "interval_unit": self.interval_unit,
             "band": self.band,
+            "effect": self.effect,
+            "edges": self.edges,
             "metric": self.metric,
             "method": self.method,
             "params": self.params,
@@ -115,6 +127,8 @@ class Ranking:
             ("params", dict),
             ("per_expert", dict),
             ("agreement", dict),
+            ("effect", dict),
+            ("edges", dict),
         ):
             if not isinstance(data.get(key, kind()), kind):
                 raise RankingError(f"{option} {path}: '{key}' must be a JSON {kind.__name__}; {fix}")
@@ -133,6 +147,17 @@ class Ranking:
         except TypeError as error:
             raise RankingError(f"{option} {path}: {error}; {fix}") from None
 
+    def candidate_layers(self) -> list[int]:
+        """Layers a user could force when there is no verdict: the best candidate band if the
+        test named one, else the middle third of the recorded layers (never beyond the model)."""
+        if self.band:
+            return list(self.band)
+        recorded = [int(row["layer"]) for row in self.layers]
+        if not recorded:
+            return []
+        third = max(1, len(recorded) // 3)
+        return recorded[third : len(recorded) - third] or recorded[:1]
+
     def table(self) -> str:
         """A readable terminal table: means with 95% intervals, P(in band), weak layers starred."""
         lines = []
@@ -150,13 +175,19 @@ class Ranking:
                 f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
                 f"{_interval(row['std_ci']):>17} {_number(row['p_in_band'], 7, 2)}  {star}"
             )
-        if self.interval_unit == "run":
-            lines.append(f"95% CIs: bootstrap over {self.n_runs} runs")
-        else:
+        if self.interval_unit == "step":
             lines.append("95% CIs: bootstrap over the steps of the single run ('-': one step, no interval)")
-        if self.interval_unit != "run":
-            lines.append("note: one run, so there is no between-run variation; rank a sweep (prompts x seeds)")
+            lines.append(
+                "note: one run gives no verdict (no p-value, no band): its steps share the prompt, seed and "
+                "noise; rank a sweep of prompts x seeds (layerscope sweep, then layerscope rank DIR)"
+            )
+        elif self.interval_unit == "prompt":
+            lines.append(f"95% CIs: bootstrap over {self.n_units} prompts ({self.n_runs} runs, seeds averaged)")
+        else:
+            lines.append(f"95% CIs: bootstrap over {self.n_runs} runs")
         lines.append(f"verdict ({self.metric}): {self.verdict}")
+        if self.edges.get("sentence"):
+            lines.append(self.edges["sentence"])
         if self.method != "band":
             lines.append(
                 f"weak layers ({self.method} on {self.metric}, chosen regardless of the verdict): "
@@ -343,8 +374,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _units(summaries: list[RunSummary], metric: str, expert: int | None) -> tuple[np.ndarray, str, list[np.ndarray]]:
-    """(units x layers) matrix the statistics run on, what a unit is, and per-run step rows."""
+UNITS = ("prompt", "run")
+
+
+def _units(
+    summaries: list[RunSummary], metric: str, expert: int | None, unit: str = "prompt"
+) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(units x layers) matrix the statistics run on, what a unit is, and per-run means.
+
+    Runs that share a prompt (a sweep's seeds) are averaged into one unit with
+    ``unit="prompt"``: seeds of one prompt share its content, so they are not independent
+    draws of what a finding about the model generalises over.  One run gives its steps
+    (description only: never a verdict) and no per-run means.
+    """
     rows = []
     for summary in summaries:
         step_rows = summary.values[metric][summary.step_mask(expert)]
@@ -352,16 +394,52 @@ def _units(summaries: list[RunSummary], metric: str, expert: int | None) -> tupl
             raise RankingError(f"run {summary.name or '?'} has no step of the chosen expert in the --steps window")
         rows.append(step_rows)
     if len(rows) == 1:
-        return rows[0], "step", rows
+        return rows[0], "step", None
     with np.errstate(invalid="ignore"):
         means = np.stack([_nanmean_rows(r) for r in rows])
-    return means, "run", rows
+    if unit == "prompt":
+        keys = [s.attrs.get("prompt") or f"run {i}" for i, s in enumerate(summaries)]
+        if len(set(keys)) < len(keys):
+            groups = list(dict.fromkeys(keys))
+            grouped = np.stack([_nanmean_rows(means[[k == g for k in keys]]) for g in groups])
+            return grouped, "prompt", means
+    return means, "run", means
 
 
 def _nanmean_rows(rows: np.ndarray) -> np.ndarray:
     finite = np.isfinite(rows)
     counts = finite.sum(axis=0)
     return np.where(counts > 0, np.where(finite, rows, 0.0).sum(axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def _effect(test: Any) -> dict[str, Any]:
+    """The effect sizes of a band test as the ranking JSON stores them."""
+    return {
+        "drop": test.drop,
+        "drop_ci": list(test.drop_ci),
+        "dip": test.dip,
+        "distinct": test.distinct,
+        "distinct_ci": list(test.distinct_ci),
+        "heldout_drop": test.heldout_drop,
+        "heldout_distinct": test.heldout_distinct,
+        "p_dip": test.p_dip,
+        "p_distinct": test.p_distinct,
+    }
+
+
+def _edges(test: Any, layers: list[int]) -> dict[str, Any]:
+    from layerscope.significance import describe_edges
+
+    if test.start is None or test.start_ci is None:
+        return {}
+    return {
+        "start": layers[test.start],
+        "end": layers[test.end],
+        "start_ci": [layers[int(round(v))] for v in test.start_ci] if all(np.isfinite(test.start_ci)) else None,
+        "end_ci": [layers[int(round(v))] for v in test.end_ci] if all(np.isfinite(test.end_ci)) else None,
+        # edges of a band that is not there are noise: said only for a band or a trough
+        "sentence": describe_edges(test, layers) if test.kind in ("band", "trough") else "",
+    }
 
 
 def rank_summaries(
@@ -372,20 +450,34 @@ def rank_summaries(
     k: int | None = None,
     threshold: float | None = None,
     alpha: float = 0.05,
-    permutations: int = 999,
+    splits: int | None = None,
     bootstrap: int = 1000,
+    min_runs: int | None = None,
+    min_drop: float | None = None,
+    min_distinct: float | None = None,
+    unit: str = "prompt",
     seed: int = 0,
     expert: str | None = None,
     steps: slice | None = None,
     per_expert: bool = True,
 ) -> Ranking:
-    """Rank layers over runs; the statistics of :mod:`layerscope.significance` decide the band."""
-    from layerscope.significance import SignificanceError, band_test
+    """Rank layers over runs; the statistics of :mod:`layerscope.significance` decide the band.
 
+    ``None`` thresholds take the defaults of :mod:`layerscope.significance`; every value
+    used goes into ``params`` so the JSON says what the verdict was held to.
+    """
+    from layerscope import significance as sig
+
+    splits = sig.SPLITS if splits is None else splits
+    min_runs = sig.MIN_RUNS if min_runs is None else min_runs
+    min_drop = sig.MIN_DROP if min_drop is None else min_drop
+    min_distinct = sig.MIN_DISTINCT if min_distinct is None else min_distinct
     if metric not in METRICS:
         raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if unit not in UNITS:
+        raise RankingError(f"unknown --unit {unit!r}; choose one of {', '.join(UNITS)}")
     if not summaries:
         raise RankingError("no runs to rank; pass stores or a sweep directory")
     first = summaries[0]
@@ -398,51 +490,44 @@ def rank_summaries(
         if expert not in experts:
             raise RankingError(f"--expert {expert!r} is not in this model (experts: {', '.join(experts)})")
         expert_index = experts.index(expert)
-    tests, units_by_metric = {}, {}
+    tests, per_run = {}, {}
     try:
         for name in METRICS:
-            units, unit, _ = _units(summaries, name, expert_index)
-            units_by_metric[name] = units
-            tests[name] = band_test(
-                units, alpha=alpha, permutations=permutations, resamples=bootstrap, seed=seed, unit=unit
+            units, unit_name, per_run[name] = _units(summaries, name, expert_index, unit)
+            tests[name] = sig.band_test(
+                units,
+                alpha=alpha,
+                splits=splits,
+                resamples=bootstrap,
+                min_runs=min_runs,
+                min_drop=min_drop,
+                min_distinct=min_distinct,
+                seed=seed,
+                unit=unit_name,
             )
-    except SignificanceError as error:
+    except sig.SignificanceError as error:
         raise RankingError(str(error)) from None
     main = tests[metric]
     table = []
     for position, layer in enumerate(first.layers):
         row: dict[str, Any] = {"layer": layer, "block": first.blocks[position]}
         for name, test in tests.items():
-            column = units_by_metric[name][:, position]
             # the point estimate and its interval come from the same (NaN-filled) units
             row[name] = float(test.curve[position])
             row[f"{name}_ci"] = [float(test.ci_low[position]), float(test.ci_high[position])]
-            if main.unit == "run":
-                row[f"{name}_per_run"] = [float(v) for v in column]
+            if per_run[name] is not None:
+                row[f"{name}_per_run"] = [float(v) for v in per_run[name][:, position]]
         row["ci"] = row[f"{metric}_ci"]
         row["p_in_band"] = float(main.p_in_band[position])
         row["n_maps"] = int(sum(s.maps_per_step * int(s.step_mask(expert_index).sum()) for s in summaries))
         row["nan_maps"] = int(sum(int(s.nan_maps[s.step_mask(expert_index), position].sum()) for s in summaries))
         table.append(row)
     nan_maps = int(sum(int(s.nan_maps[s.step_mask(expert_index)].sum()) for s in summaries))
-    band_layers = [first.layers[p] for p in range(main.start, main.end + 1)]
-    label = METRIC_LABELS[metric]
-    band_text = f"{band_layers[0]}-{band_layers[-1]}"
-    if len(first.layers) < 3:
-        verdict = f"no band test: {len(first.layers)} layers recorded, a band needs 3 (n_runs={len(summaries)})"
-    elif main.significant:
-        verdict = f"weak band {band_text} (p={main.p_value:.3g}, {label} dip {main.dip:.4f}, n_runs={len(summaries)})"
-    else:
-        verdict = (
-            f"no significant weak band (p={main.p_value:.3g}, best candidate {band_text} with {label} dip "
-            f"{main.dip:.4f}, n_runs={len(summaries)})"
-        )
+    verdict = sig.describe(main, first.layers, len(summaries))
+    band_layers = [first.layers[p] for p in range(main.start, main.end + 1)] if main.start is not None else None
     if method == "band":
         positions = main.layers
-        explanation = (
-            f"band: the interior segment {band_text} scores highest against both flanks; {main.permutations} "
-            f"permutations of layer labels within each {main.unit} give p={main.p_value:.3g} (alpha {alpha:g})"
-        )
+        explanation = _explanation(main, alpha)
         params: dict[str, Any] = {}
     else:
         curve = np.array([row[metric] for row in table])
@@ -467,22 +552,37 @@ def rank_summaries(
             **params,
             "steps": None if steps is None else f"{_or_blank(steps.start)}:{_or_blank(steps.stop)}",
             "transformation": first.attrs.get("transformation", "b"),
-            "permutations": permutations,
+            "unit": unit,
+            "splits": splits,
+            "choose_share": sig.CHOOSE_SHARE,
+            "gamma": sig.GAMMA,
+            "min_runs": min_runs,
+            "min_drop": min_drop,
+            "min_distinct": min_distinct,
+            "trend_degree": sig.TREND_DEGREE,
             "bootstrap": bootstrap,
             "seed": seed,
-            "statistic": "max over interior bands of dip / sqrt(1/width + 1/flank), layer labels permuted within units",
-            "aggregation": "mean over steps, keywords, frames per run, then over runs",
+            "statistic": (
+                "split-sample: band chosen on a random share of the units, held-out one-sided t tests of the "
+                "dip below both flanks and of the depth a quadratic trend does not explain; split p-values "
+                "combined by quantile aggregation (Meinshausen, Meier & Buhlmann 2009)"
+            ),
+            "aggregation": "mean over steps, keywords, frames per run, then over runs (and prompts)",
         },
         layers=table,
         weak_layers=[first.layers[p] for p in positions],
         explanation=explanation + (f"; {nan_maps} constant maps (NaN) left out" if nan_maps else ""),
         verdict=verdict,
-        significant=main.significant,
+        verdict_kind=main.kind,
+        significant=main.significant if main.p_value is not None else None,
         p_value=main.p_value,
         alpha=alpha,
         n_runs=len(summaries),
+        n_units=main.n_units,
         interval_unit=main.unit,
         band=band_layers,
+        effect=_effect(main) if main.p_value is not None else {},
+        edges=_edges(main, first.layers) if main.p_value is not None else {},
         agreement=agreement,
         expert=expert,
         runs=runs,
@@ -497,8 +597,12 @@ def rank_summaries(
             k=k,
             threshold=threshold,
             alpha=alpha,
-            permutations=permutations,
+            splits=splits,
             bootstrap=bootstrap,
+            min_runs=min_runs,
+            min_drop=min_drop,
+            min_distinct=min_distinct,
+            unit=unit,
             seed=seed,
             steps=steps,
             per_expert=False,
@@ -515,22 +619,66 @@ def rank_summaries(
     return ranking
 
 
+def _explanation(test: Any, alpha: float) -> str:
+    """How the verdict was reached, in one sentence for the JSON, the table and the report."""
+    from layerscope.significance import CHOOSE_SHARE
+
+    if test.kind == "no_test":
+        return "band: no interior band exists with fewer than 3 layers"
+    if test.kind == "too_few":
+        if test.unit == "step":
+            return (
+                "band: one run gives no verdict (its steps are not independent replicates); the intervals "
+                "describe this run only"
+            )
+        return f"band: a verdict needs at least {test.min_runs} independent {test.unit}s (--min-runs)"
+    return (
+        f"band: chosen on {round(100 * CHOOSE_SHARE)}% of the {test.unit}s in each of {test.splits} random "
+        f"splits and tested on the rest (dip below both flanks p={test.p_dip:.3g}; depth beyond a quadratic trend "
+        f"p={'n/a' if test.p_distinct is None else f'{test.p_distinct:.3g}'}; alpha {alpha:g}); thresholds "
+        f"--min-drop {test.min_drop:g}, --min-distinct {test.min_distinct:g} on held-out values "
+        f"(drop {_fmt(test.heldout_drop)}, distinct share {_fmt(test.heldout_distinct)})"
+    )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}" if value is not None and np.isfinite(value) else "n/a"
+
+
+_KIND_WORDS = {
+    "band": "also finds a weak band",
+    "trough": "finds a smooth trough, no distinct band",
+    "none": "finds no weak band",
+}
+
+
 def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metric: str) -> dict[str, Any]:
     """Do Moran's I and std single out the same band?  Jaccard of their best bands."""
+    label = METRIC_LABELS[other_metric]
+    if main.p_value is None or other.p_value is None:
+        return {
+            "metric": other_metric,
+            "band": None,
+            "p_value": None,
+            "significant": None,
+            "jaccard": None,
+            "agree": None,
+            "sentence": f"{label}: no verdict either",
+        }
     a = set(range(main.start, main.end + 1))
     b = set(range(other.start, other.end + 1))
     jaccard = len(a & b) / len(a | b)
-    both = main.significant and other.significant
     sentence = (
-        f"{METRIC_LABELS[other_metric]} {'also finds' if other.significant else 'finds no significant'} band "
-        f"(best {layers[other.start]}-{layers[other.end]}, p={other.p_value:.3g}); overlap with the "
-        f"{METRIC_LABELS[metric]} band (Jaccard) {jaccard:.2f}"
+        f"{label} {_KIND_WORDS[other.kind]} (best {layers[other.start]}-{layers[other.end]}, "
+        f"p={other.p_value:.3g}); overlap with the {METRIC_LABELS[metric]} band (Jaccard) {jaccard:.2f}"
     )
+    both = main.significant and other.significant
     return {
         "metric": other_metric,
         "band": [layers[i] for i in sorted(b)],
         "p_value": other.p_value,
         "significant": other.significant,
+        "kind": other.kind,
         "jaccard": jaccard,
         "agree": bool(both and jaccard >= 0.5) or (not main.significant and not other.significant),
         "sentence": sentence,

@@ -68,10 +68,13 @@ def test_table3_quick_writes_four_rows_with_intervals_and_paired_tests(tmp_path,
     from layerscope.testbed.synthetic import write_synthetic_run
 
     # any ranking of the shipped model's 12 layers with a band; here one planted in synthetic stores
-    stores = [write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=12, model_id=SHIPPED_ID) for i in range(6)]
+    stores = [
+        write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=12, steps=2, model_id=SHIPPED_ID) for i in range(10)
+    ]
     from layerscope.ranking import rank_stores
 
     ranking = rank_stores(stores)
+    assert ranking.weak_layers == [4, 5, 6, 7]  # 10 runs: the fewest that carry a verdict
     ranking.model.update({"grid": None, "num_layers": 12})
     path = ranking.save(tmp_path / "ranking.json")
     out = tmp_path / "t3"

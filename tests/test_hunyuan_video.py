@@ -332,7 +332,7 @@ def test_hunyuan_cli_end_to_end(tmp_path, capsys, condition, guidance):
     assert ds.attrs["hook_calls"] == ds.attrs["hook_calls_expected"] == 6 * 2 * calls
     assert ("similarity_uncond" in ds) == (guidance == "true-cfg")
     ranking = tmp_path / "ranking.json"
-    rank = ["rank", str(base), "--stream", "single", "--permutations", "99", "--bootstrap", "100"]
+    rank = ["rank", str(base), "--stream", "single", "--splits", "10", "--bootstrap", "100"]
     assert main([*rank, "--out", str(ranking)]) == 0
     data = json.loads(ranking.read_text())
     assert [row["block"] for row in data["layers"]] == [f"single_transformer_blocks.{i}" for i in range(4)]

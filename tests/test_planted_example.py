@@ -26,6 +26,6 @@ def test_quick_study_writes_its_json(tmp_path, example_script):
     assert result["planted_layers"] == [4, 5, 6, 7]
     assert set(result["rankings"]) == {"planted", "default"}
     for ranking in result["rankings"].values():
-        assert ranking["n_runs"] == 12 and 0 < ranking["p_value"] <= 1
+        assert ranking["n_runs"] == 10 and 0 < ranking["p_value"] <= 1  # 10 prompts: enough for a verdict
     assert set(result["eval"]["table"]) == {"no guidance", "FG planted band", "FG random band"}
     assert "FG planted - FG random" in result["eval"]["comparisons"]

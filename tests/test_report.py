@@ -137,10 +137,10 @@ def test_comparison_refuses_mismatched_runs_unless_forced(run_with_metrics, seed
     before, after = ranked(run_with_metrics), ranked(seed1_run)
     rows = soup.select("#delta-by-role tbody tr")
     assert [r.find_all("td")[0].text.split(" ")[0] for r in rows] == ["upstream", "touched", "downstream"]
-    weak = before.weak_layers
-    touched_cells = rows[1].find_all("td")
-    expected = np.mean([a["moran_i"] - b["moran_i"] for a, b in zip(after.layers, before.layers) if a["layer"] in weak])
-    assert float(touched_cells[2].text) == pytest.approx(expected, abs=1e-4)
+    # one run carries no verdict and neither run was guided: no layer has a role, every cell says so
+    # (the numbers of each role are checked by hand in test_delta_by_role_by_hand)
+    assert before.weak_layers == [] and after.weak_layers == []
+    assert [r.find_all("td")[2].text for r in rows] == ["–", "–", "–"]
 
 
 def test_delta_by_role_by_hand():

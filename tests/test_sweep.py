@@ -134,7 +134,9 @@ def test_sweep_records_indexes_and_resumes(tmp_path, prompts, capsys):
     ranking = tmp_path / "ranking.json"
     assert main(["rank", str(out), "--out", str(ranking)]) == 0
     data = json.loads(ranking.read_text())
-    assert data["n_runs"] == 6 and data["interval_unit"] == "run"
+    # 3 prompts x 2 seeds: the prompt is the unit, and 3 are too few for a verdict
+    assert data["n_runs"] == 6 and data["interval_unit"] == "prompt" and data["n_units"] == 3
+    assert data["verdict"] == "too few prompts for a verdict (n_prompts=3, need >= 10)" and data["p_value"] is None
     assert {r["id"] for r in data["runs"]} == {"heldout-000", "heldout-001", "heldout-002"}
     # the sweep report leads with the same verdict, lists every run's prompt, and shows CIs over runs
     from bs4 import BeautifulSoup
