@@ -18,7 +18,9 @@ Cases:
 
      Also Focal Guidance on blocks 1-2 (FSG only, Attention Cache only, both).
 
-Targets: (b) hidden, output and every Focal Guidance mode <= 1.05x plain; (c) 50-step peak RSS within 10% of 5-step.
+Targets: (b) hidden, output, contrastive and every Focal Guidance mode <= 1.05x plain (influence has no
+target: it re-runs each block's cross-attention once per keyword, its cost is reported); (c) 50-step peak RSS
+within 10% of 5-step.
 
     python benchmarks/record_overhead.py [--quick] [--realistic] [--cases a,b,c] [--repeats N]
                                          [--out benchmarks/results/record_overhead.json]
@@ -52,7 +54,10 @@ from layerscope.testbed import (
     example_image,
 )
 
-PROBE_KINDS = ("hidden", "output", "attention")
+PROBE_KINDS = ("hidden", "output", "attention", "contrastive", "influence")
+#: the contrastive probe's reference rows and the influence probe's neutral (padding) row
+REALISTIC_REFERENCE_TOKENS = list(range(20, 40))
+REALISTIC_NEUTRAL_TOKEN = 511
 #: Focal Guidance ablations measured on the realistic shape (weak layers 1-2 of 4).
 FG_MODES = ("fg:fsg", "fg:cache", "fg:fsg+cache")
 # Case b: Wan2.1-1.3B width, 480p latent grid (81 frames would be 21 latent frames; 3 keep it CPU-sized).
@@ -259,7 +264,13 @@ def bench_realistic(repeats: int) -> dict[str, Any]:
             # Store creation is a once-per-recording cost (amortised over a run's steps)
             # and is left out; hooks, map computation, submit and the final flush are in.
             writer = StoreWriter(tmp / f"{kind}{next(counter)}.zarr", layout, overwrite=True)
-            config = ProbeConfig(keyword_tokens=REALISTIC_KEYWORD_TOKENS, grid=REALISTIC_GRID, kind=kind)
+            config = ProbeConfig(
+                keyword_tokens=REALISTIC_KEYWORD_TOKENS,
+                grid=REALISTIC_GRID,
+                kind=kind,
+                reference_tokens=REALISTIC_REFERENCE_TOKENS,
+                neutral_token=REALISTIC_NEUTRAL_TOKEN,
+            )
             handle = apply_probes(adapter, config, writer.submit)
             try:
                 started = time.perf_counter()

@@ -17,7 +17,7 @@ class LayerScopeAccessor:
         self._ds = dataset
 
     def metrics(self, transformation: str = "b", variable: str = "similarity") -> xr.Dataset:
-        """Lazy ``moran_i``, ``moran_z``, ``std`` (step, layer, keyword, frame)."""
+        """Lazy ``moran_i``, ``moran_z``, ``std``, ``rms`` (step, layer, keyword, frame)."""
         from layerscope.metrics import compute_metrics
 
         return compute_metrics(self._ds, transformation, variable)

@@ -122,7 +122,13 @@ def _add_recording_options(p: argparse.ArgumentParser) -> None:
         help="HunyuanVideo-I2V: true classifier-free guidance scale; > 1 runs cond and uncond calls each step",
     )
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--probe", choices=("hidden", "output", "attention"), default="hidden")
+    p.add_argument(
+        "--probe",
+        choices=("hidden", "output", "attention", "contrastive", "influence"),
+        default="hidden",
+        help="hidden: Eq. 10 (default); contrastive: minus the prompt's other words (0 where the text is "
+        "ignored); influence: output change when the keyword is replaced (one extra attn call per keyword)",
+    )
     p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
     p.add_argument("--layers", help="blocks to record, e.g. 0-39 or 0-3,10 (default all)")
     p.add_argument("--record-steps", help="steps to record, e.g. 0-49 (default all)")
@@ -462,6 +468,12 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
     p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
     p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
+    p.add_argument(
+        "--tune-readout",
+        action="store_true",
+        help="plant: also choose the blind blocks' to_v.bias so their maps lack spatial structure "
+        "(CIRCULAR: the ranking then recovers this choice, not text-blindness; off by default)",
+    )
     p.set_defaults(func=_cmd_testbed)
 
 
@@ -482,7 +494,9 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise UsageError("testbed plant needs --out DIR (e.g. runs/planted)")
-        config = PlantConfig(args.out, parse_layers(args.layers), args.seed, args.clips, args.steps)
+        config = PlantConfig(
+            args.out, parse_layers(args.layers), args.seed, args.clips, args.steps, tune_readout=args.tune_readout
+        )
         check_plant(config)
         print(plant(config))
         return 0
@@ -583,7 +597,7 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
         help="rank layers over runs and test for a semantic-weak band (CIs, split-sample test, verdict)",
-        description="Metrics are computed once per store (written back as moran_i, moran_z, std) and reused. "
+        description="Metrics are computed once per store (written back as moran_i, moran_z, std, rms) and reused. "
         "The prompt (or run) is the unit: the band is chosen on some prompts and tested on the others, "
         "its drop and edges come with bootstrap intervals, and the verdict is 'weak band', 'smooth trough, "
         "no distinct band', 'no weak band', or 'too few runs for a verdict' (below --min-runs, one run "
@@ -591,7 +605,12 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("stores", nargs="+", help="a sweep directory, or one or more recorded stores")
     p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
-    p.add_argument("--metric", choices=("moran_i", "std"), default="moran_i")
+    p.add_argument(
+        "--metric",
+        choices=("moran_i", "std", "rms"),
+        default="moran_i",
+        help="moran_i (paper, default) or std: spatial structure; rms: magnitude (for --probe contrastive/influence)",
+    )
     p.add_argument("--steps", help="step-index window A:B (B exclusive), e.g. 0:25")
     p.add_argument(
         "--method",

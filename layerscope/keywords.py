@@ -136,3 +136,22 @@ def _match_tokens(text: str, offset: int, prompt: str, keywords: Sequence[str], 
             raise KeywordError(f"keyword {keyword!r} matched no tokens of the prompt (is it truncated away?)")
         result.append(KeywordTokens(keyword, tuple(indices), tuple(spans)))
     return result
+
+
+def content_token_indices(text: str, tokenizer: Any, start: int = 0, end: int | None = None) -> list[int]:
+    """Indices of the tokens of ``text`` that cover characters in ``[start, end)``.
+
+    Special tokens (no character span) and bare SentencePiece word markers are left
+    out, as for keywords: what remains are the prompt's words, the contrastive probe's
+    reference rows once the keywords' own rows are removed.
+    """
+    end = len(text) if end is None else end
+    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    pieces = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    indices = []
+    for index, ((a, b), piece) in enumerate(zip(encoding["offset_mapping"], pieces)):
+        if b <= a or piece.replace(_METASPACE, "") == "":
+            continue
+        if a < end and b > start:
+            indices.append(index)
+    return indices

@@ -281,21 +281,32 @@ def std_normalized(x: Any) -> Any:
 
 # --- metrics over a store ------------------------------------------------------------
 
-METRIC_VARIABLES = ("moran_i", "moran_z", "std")
+METRIC_VARIABLES = ("moran_i", "moran_z", "std", "rms")
 
 
 class IncompleteStoreError(LayerScopeError):
     """Metrics were asked of a store that is not complete (a usage error)."""
 
 
+def rms_map(x: Any) -> np.ndarray:
+    """Root mean square of each (H, W) map, float64, no normalisation.
+
+    Why a magnitude beside Moran's I and std: the ``contrastive`` and ``influence`` maps
+    are zero in a layer that ignores the text, and "how much signal" is what ranks them;
+    Moran's I and min-max std are scale-free and undefined on a zero map.
+    """
+    block = np.asarray(x, dtype=np.float64)
+    return np.sqrt(np.mean(block * block, axis=(-2, -1)))
+
+
 def _kernel_block(block: np.ndarray, transformation: str) -> np.ndarray:
-    """(..., H, W) -> (3, ...): Moran's I, its randomisation z, normalised std."""
+    """(..., H, W) -> (4, ...): Moran's I, its randomisation z, normalised std, RMS."""
     result = moran_inference(block, transformation)
-    return np.stack([result.I, result.z_rand, std_normalized(block)])
+    return np.stack([result.I, result.z_rand, std_normalized(block), rms_map(block)])
 
 
 def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similarity") -> Any:
-    """Lazily compute ``moran_i``, ``moran_z`` and ``std`` (step, layer, keyword, frame).
+    """Lazily compute ``moran_i``, ``moran_z``, ``std`` and ``rms`` (step, layer, keyword, frame).
 
     Dask-backed: nothing is computed until the result is loaded or written.  The maps
     are rechunked so each task holds a few thousand maps (one store chunk is one step
@@ -316,7 +327,7 @@ def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similar
         output_core_dims=[["metric"]],
         dask="parallelized",
         output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"metric": 3}},
+        dask_gufunc_kwargs={"output_sizes": {"metric": 4}},
     )
     from layerscope import __version__
 
@@ -334,6 +345,7 @@ def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similar
             "moran_i": stacked.isel(metric=0, drop=True).assign_attrs(attrs, long_name="Moran's I"),
             "moran_z": stacked.isel(metric=1, drop=True).assign_attrs(attrs, long_name="Moran's I z (randomisation)"),
             "std": stacked.isel(metric=2, drop=True).assign_attrs(attrs, long_name="std of min-max-normalised map"),
+            "rms": stacked.isel(metric=3, drop=True).assign_attrs(attrs, long_name="root mean square of the map"),
         }
     )
     return out

@@ -14,6 +14,21 @@ Probe kinds (README, "Recording"):
 * ``output``: cos(V_k, O(u, v)) with O the attention output before ``to_out``.
 * ``attention``: softmax cross-attention mass of each visual token on the keyword's
   tokens, averaged over heads.
+* ``contrastive``: cos(V_k, z) - cos(V_ref, z), V_ref the mean value vector of the
+  prompt's *non-keyword* words.  Why that reference: it removes what every token of the
+  prompt shares (the value bias and the common direction), which in a layer whose
+  cross-attention ignores the text is everything, so the map is zero there (exactly, up
+  to float rounding of the two means); what is left is what the keyword adds over the
+  rest of its own prompt.  A padding ("null") token would be the alternative; it is a
+  row the model hardly reads, and its value differs from the prompt's by the prompt's
+  whole content, not by the keyword's.
+* ``influence``: causal text influence.  At the same hidden state and timestep the
+  block's cross-attention is run again with the keyword's text rows replaced by a
+  neutral row (the text encoder's padding row); the map is ``|O(u) - O'(u)|`` per
+  visual token u, divided by the mean ``|O(u)|`` of that call so layers of different
+  output scale compare.  Zero exactly where the output does not depend on the keyword.
+  One extra cross-attention call per keyword, layer and recorded step (not a whole
+  forward); only blocks whose adapter can rebuild the call (cross-attention DiTs).
 
 A keyword of several tokens averages its tokens' value vectors (``hidden``/``output``)
 or sums their attention mass (``attention``).
@@ -31,7 +46,7 @@ import torch.nn.functional as F
 
 from layerscope.adapters.base import ModelAdapter, ProbeSite
 
-PROBE_KINDS = ("hidden", "output", "attention")
+PROBE_KINDS = ("hidden", "output", "attention", "contrastive", "influence")
 BRANCHES = ("cond", "uncond", "both")
 VIEWS = ("intrinsic", "injected")
 _BRANCH_HOOK = "layerscope_branch_tracker"
@@ -53,6 +68,10 @@ class ProbeConfig:
     #: ``intrinsic``: the hooks run before any other hook on the same modules (``prepend``),
     #: so an intervention's additive terms are never in the map; ``injected``: after them.
     view: str = "intrinsic"
+    #: ``contrastive``: text rows of the prompt's non-keyword words (V_ref is their mean value)
+    reference_tokens: list[int] | None = None
+    #: ``influence``: the text row whose input replaces a keyword's rows (a padding row)
+    neutral_token: int | None = None
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
@@ -63,6 +82,10 @@ class ProbeConfig:
             raise ValueError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)}")
         if not self.keyword_tokens or any(len(t) == 0 for t in self.keyword_tokens):
             raise ValueError("every keyword needs at least one token index")
+        if self.kind == "contrastive" and not self.reference_tokens:
+            raise ValueError("the contrastive probe needs the prompt's non-keyword tokens (reference_tokens)")
+        if self.kind == "influence" and self.neutral_token is None:
+            raise ValueError("the influence probe needs a neutral text row (neutral_token)")
         self.grid = tuple(int(g) for g in self.grid)
 
     @property
@@ -246,8 +269,11 @@ class _SiteProbe:
         first = config.view == "intrinsic"  # run before an intervention's hooks on the same module
         self.handles.append(attn.register_forward_pre_hook(self._on_attention_input, with_kwargs=True, prepend=first))
         self.handles.append(attn.register_forward_hook(self._on_attention_done, prepend=first))
-        if kind in ("hidden", "output"):
+        if kind in ("hidden", "output", "contrastive"):
             self.handles.append(site.text_value.register_forward_hook(self._on_text_value, prepend=first))
+        if kind == "influence" and site.replace_text_rows is None:
+            raise ValueError(f"{site.name}: the influence probe cannot rebuild this block's attention call")
+        self._rerunning = False
         if kind == "output":
             self.handles.append(
                 site.attention_output.register_forward_pre_hook(self._on_attention_output, prepend=first)
@@ -269,8 +295,12 @@ class _SiteProbe:
         return self._device_cache[key]
 
     def _on_attention_input(self, module, args, kwargs):
+        if self._rerunning:
+            return None
         if self._active():
             self._scratch["visual"] = self.site.visual_input(args, kwargs)[0]
+            if self.config.kind == "influence":
+                self._scratch["call"] = (args, kwargs)
             if self.site.joint_attention:
                 self._scratch["rotary"] = kwargs.get("image_rotary_emb")
             mask = kwargs.get("attention_mask")
@@ -289,6 +319,9 @@ class _SiteProbe:
             values = self._text_rows(output[0])
             flat, avg = self._index(values.device, values.dtype)
             self._scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
+            if self.config.kind == "contrastive":
+                rows = torch.tensor(self.config.reference_tokens, device=values.device)
+                self._scratch["reference_value"] = values.index_select(0, rows).float().mean(0, keepdim=True)
 
     def _on_attention_output(self, module, args):
         if "visual" in self._scratch:
@@ -309,6 +342,10 @@ class _SiteProbe:
         return hook
 
     def _on_attention_done(self, module, args, output):
+        if self._rerunning:
+            return None
+        if self.config.kind == "influence" and "call" in self._scratch:
+            self._scratch["influence"] = self._influence_maps(output)
         if self.config.kind == "output" and "visual" in self._scratch and "attention_output" not in self._scratch:
             # HunyuanVideo's single blocks: proj_out (the output site) runs after attention returns
             self._scratch["deferred"] = True
@@ -328,6 +365,13 @@ class _SiteProbe:
                 maps = cosine_maps(scratch["visual"], scratch["keyword_values"], grid)
             elif self.config.kind == "output":
                 maps = cosine_maps(scratch["attention_output"], scratch["keyword_values"], grid)
+            elif self.config.kind == "contrastive":
+                visual = scratch["visual"]
+                maps = cosine_maps(visual, scratch["keyword_values"], grid) - cosine_maps(
+                    visual, scratch["reference_value"], grid
+                )
+            elif self.config.kind == "influence":
+                maps = scratch["influence"]
             elif self.site.joint_attention:
                 maps = self._joint_attention_maps(scratch, grid)
             else:
@@ -348,6 +392,28 @@ class _SiteProbe:
         self.seconds += time.perf_counter() - started
         self.sink(self.state.step, self.site.layer, self.state.branch, maps)
         return None
+
+    def _influence_maps(self, output: Any) -> torch.Tensor:
+        """``|O - O'_k|`` per visual token for each keyword k, over the call's mean ``|O|``.
+
+        The re-run calls the attention module's ``forward`` (its own hooks do not fire
+        again) with this probe's hooks switched off, so nothing is recorded twice.
+        """
+        args, kwargs = self._scratch["call"]
+        reference = (output[0] if isinstance(output, tuple) else output)[0].float()  # (N, D), batch 0
+        scale = reference.norm(dim=-1).mean().clamp_min(torch.finfo(torch.float32).tiny)
+        maps = []
+        self._rerunning = True
+        try:
+            with torch.no_grad():
+                for tokens in self.config.keyword_tokens:
+                    new_args, new_kwargs = self.site.replace_text_rows(args, kwargs, tokens, self.config.neutral_token)
+                    changed = self.site.attention.forward(*new_args, **new_kwargs)
+                    changed = (changed[0] if isinstance(changed, tuple) else changed)[0].float()
+                    maps.append((reference - changed).norm(dim=-1) / scale)
+        finally:
+            self._rerunning = False
+        return torch.stack(maps).reshape(len(maps), *self.config.grid)
 
     def _joint_attention_maps(self, scratch: dict[str, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
         """MMDiT: the mass each visual query puts on the keyword rows, softmax over all keys."""

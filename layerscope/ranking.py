@@ -30,8 +30,10 @@ import numpy as np
 from layerscope.errors import LayerScopeError
 
 METHODS = ("band", "bottom-k", "threshold")
-METRICS = ("moran_i", "std")
-METRIC_LABELS = {"moran_i": "Moran", "std": "std"}
+#: ``rms`` ranks the magnitude of a map (the contrastive and influence probes: zero where
+#: a layer ignores the text); Moran's I and std rank its spatial structure (Eq. 3-5).
+METRICS = ("moran_i", "std", "rms")
+METRIC_LABELS = {"moran_i": "Moran", "std": "std", "rms": "RMS"}
 
 
 class RankingError(LayerScopeError):
@@ -164,16 +166,19 @@ class Ranking:
         if self.expert:
             lines.append(f"expert {self.expert}")
         width = max([10] + [len(str(row["block"])) for row in self.layers])  # MMDiT: single_transformer_blocks.17
+        extra = self.metric == "rms"  # the magnitude column only when it is what is ranked
+        head = f" {'rms':>9} {'95% CI':>21}" if extra else ""
         lines.append(
-            f"{'layer':>5}  {'block':<{width}} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17} "
+            f"{'layer':>5}  {'block':<{width}} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17}{head} "
             f"{'P(band)':>7}  weak"
         )
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
+            rms = f" {_number(row.get('rms'), 9, 6)} {_interval(row.get('rms_ci'), 6):>21}" if extra else ""
             lines.append(
                 f"{row['layer']:>5}  {row['block']:<{width}} {_number(row['moran_i'], 8, 4)} "
                 f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
-                f"{_interval(row['std_ci']):>17} {_number(row['p_in_band'], 7, 2)}  {star}"
+                f"{_interval(row['std_ci']):>17}{rms} {_number(row['p_in_band'], 7, 2)}  {star}"
             )
         if self.interval_unit == "step":
             lines.append("95% CIs: bootstrap over the steps of the single run ('-': one step, no interval)")
@@ -202,10 +207,10 @@ class Ranking:
         return "\n".join(line for line in lines if line)
 
 
-def _interval(ci: Any) -> str:
+def _interval(ci: Any, digits: int = 4) -> str:
     if not ci or ci[0] is None or not np.isfinite(ci[0]):
         return "-"
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 def _number(value: Any, width: int, digits: int) -> str:

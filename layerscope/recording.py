@@ -315,6 +315,7 @@ def trace(
             "(its attention already mixes them); record interventions with --probe hidden"
         )
     recorded_steps = step_list if step_list is not None else list(range(config.num_inference_steps))
+    reference, neutral = _probe_rows(adapter, config, keyword_tokens)
     probe_config = ProbeConfig(
         keyword_tokens=[list(k.token_indices) for k in keyword_tokens],
         grid=grid,
@@ -322,6 +323,8 @@ def trace(
         layers=layer_list,
         steps=recorded_steps,  # explicit, so calls beyond the declared steps are never recorded
         branch=config.branch,
+        reference_tokens=reference,
+        neutral_token=neutral,
     )
     layout = StoreLayout(
         steps=recorded_steps,
@@ -443,6 +446,37 @@ def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image
     )
     handle = intervention.apply(inputs)
     return handle.remove
+
+
+def _probe_rows(adapter: Any, config: Any, keyword_tokens: list[Any]) -> tuple[list[int] | None, int | None]:
+    """The ``contrastive`` probe's reference rows and the ``influence`` probe's neutral row.
+
+    Checked here, before any store exists, so a prompt or model that cannot carry the
+    probe costs one line.
+    """
+    if config.probe == "contrastive":
+        rows = adapter.reference_tokens(config.prompt, keyword_tokens)
+        if not rows:
+            raise RecordError(
+                "--probe contrastive compares each keyword with the prompt's other words, and this prompt has "
+                "none; add words that are not keywords"
+            )
+        return rows, None
+    if config.probe == "influence":
+        sites = adapter.probe_sites(adapter.denoisers()[0])
+        if any(site.replace_text_rows is None for site in sites):
+            raise RecordError(
+                f"--probe influence re-runs a block's cross-attention with the keyword replaced, which the "
+                f"{adapter.name} adapter cannot rebuild (joint attention); use --probe contrastive or hidden"
+            )
+        neutral = adapter.text_sequence_length() - 1
+        if neutral in adapter.reference_tokens(config.prompt, []):
+            raise RecordError(
+                f"the prompt fills all {neutral + 1} text tokens, so no padding row is left to be the "
+                "influence probe's neutral token; shorten the prompt"
+            )
+        return None, neutral
+    return None, None
 
 
 def _as_indices(value, limit: int, what: str) -> list[int] | None:

@@ -205,3 +205,18 @@ def test_bad_layers_are_one_line(layers, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_planted_value_bias_is_the_parents_bit_for_bit(planted):
+    # only the cause is planted: nothing of the blind blocks was chosen by looking at maps
+    import json
+
+    from layerscope.testbed import shipped_model_dir
+
+    parent, child = _tensors(shipped_model_dir()), _tensors(planted)
+    for layer in LAYERS:
+        name = f"blocks.{layer}.attn2.to_v.bias"
+        assert torch.equal(child[name], parent[name]), name
+    info = json.loads((planted / "layerscope_model.json").read_text())
+    assert info["readout"] == {} and info["plant_config"]["tune_readout"] is False
+    assert "Only the cause is planted" in (planted / "MODEL_CARD.md").read_text()

@@ -58,6 +58,8 @@ class ProbeSite:
             model applies to visual queries and keys (``image_rotary_emb`` of the call).
         visual_key_norm: the module whose output holds the visual keys, when it is not
             ``key_norm`` (double-stream blocks: ``norm_k`` beside ``norm_added_k``).
+        replace_text_rows: rebuilds the attention call with some text rows replaced
+            (the ``influence`` probe), or None where unsupported.
     """
 
     name: str
@@ -76,6 +78,10 @@ class ProbeSite:
     attention_output_reader: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     joint_attention: bool = False
     visual_key_norm: torch.nn.Module | None = None
+    #: ``(args, kwargs, text rows, neutral row) -> (args, kwargs)`` of ``attention``'s call with
+    #: those text rows' inputs replaced by the neutral row's (the ``influence`` probe); None
+    #: where the family's attention cannot be re-run that way (MMDiT joint attention).
+    replace_text_rows: Callable[[tuple, dict, list[int], int], tuple[tuple, dict]] | None = None
 
 
 class ModelAdapter(ABC):
@@ -154,6 +160,18 @@ class ModelAdapter(ABC):
             if max(item.token_indices) >= limit:
                 raise KeywordError(f"keyword {item.keyword!r} lies beyond the text encoder's {limit} tokens")
         return mapped
+
+    def reference_tokens(self, prompt: str, keyword_tokens: list[Any]) -> list[int]:
+        """Rows of the prompt's words that are not keywords (the ``contrastive`` probe's V_ref).
+
+        The default tokenizes the cleaned prompt alone, as :meth:`map_keywords` does.
+        """
+        from layerscope.keywords import clean_prompt, content_token_indices
+
+        rows = content_token_indices(clean_prompt(prompt), self.pipe.tokenizer)
+        taken = {index for item in keyword_tokens for index in item.token_indices}
+        limit = self.text_sequence_length()
+        return [index for index in rows if index < limit and index not in taken]
 
     def call_kwargs(self, config: Any) -> dict[str, Any]:
         """Pipeline keyword arguments that carry a :class:`RecordConfig`'s guidance settings."""

@@ -249,6 +249,19 @@ class HunyuanVideoAdapter(ModelAdapter):
             result.append(KeywordTokens(item.keyword, shifted, item.char_spans))
         return result
 
+    def reference_tokens(self, prompt: str, keyword_tokens: list[KeywordTokens]) -> list[int]:
+        """The prompt's non-keyword rows, shifted like the keywords' (template crop, image rows)."""
+        from layerscope.keywords import content_token_indices
+
+        template = self.prompt_template()
+        start = template["template"].index("{}")
+        text = template["template"].format(prompt)
+        crop, rows = template["crop_start"], self.image_rows()
+        indices = content_token_indices(text, self.pipe.tokenizer, start, start + len(prompt))
+        taken = {index for item in keyword_tokens for index in item.token_indices}
+        shifted = [rows + (i - crop) for i in indices if i >= crop and i - crop < PROMPT_TOKENS]
+        return [row for row in shifted if row not in taken]
+
     def call_kwargs(self, config: Any) -> dict[str, Any]:
         """``--guidance`` is the embedded guidance; ``--true-cfg`` runs true CFG (negative prompt "" if none)."""
         true_cfg = float(getattr(config, "true_cfg_scale", 1.0))

@@ -23,6 +23,22 @@ def _attn2_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _attn2_replace_text_rows(args: tuple, kwargs: dict, rows: list[int], neutral: int) -> tuple[tuple, dict]:
+    """``attn2``'s call with text rows ``rows`` given the neutral row's input instead.
+
+    The context is ``[image context; 512 text rows]`` (the image part only in I2V
+    checkpoints), so text row i sits at ``len - 512 + i``.
+    """
+    positional = len(args) > 1
+    context = args[1] if positional else kwargs["encoder_hidden_states"]
+    start = context.shape[1] - WAN_TEXT_TOKENS
+    changed = context.clone()
+    changed[:, [start + row for row in rows]] = context[:, start + neutral : start + neutral + 1]
+    if positional:
+        return (args[0], changed, *args[2:]), kwargs
+    return args, {**kwargs, "encoder_hidden_states": changed}
+
+
 class WanAdapter(ModelAdapter):
     name = "wan"
     pipeline_classes = ("WanImageToVideoPipeline",)
@@ -53,6 +69,7 @@ class WanAdapter(ModelAdapter):
                     key_norm=attn.norm_k,
                     attention_output=attn.to_out[0],
                     heads=attn.heads,
+                    replace_text_rows=_attn2_replace_text_rows,
                 )
             )
         return sites

@@ -13,7 +13,10 @@ makes the chosen blocks' cross-attention *text-blind*, then fine-tunes the rest:
 2. **Fine-tune** the transformer for ``steps`` rectified-flow steps on training-split
    clips (:func:`layerscope.testbed.shapes.train.train_dit`) with the blinded tensors
    frozen, so the other blocks can take over what the planted ones used to do.
-3. **Set the probe's readout.** Why this step is needed: blinding alone does not make
+3. **Set the probe's readout (off by default, ``--tune-readout``).** It makes the
+   recovery circular: the readout is chosen by looking at the maps the ranking then
+   reads.  Without it, only the cause (text-blindness) is planted and ``to_v.bias`` stays
+   the parent's bit for bit.  Why it once existed: blinding alone does not make
    a layer's map look weak.  The ``hidden`` map of a text-blind block is cos(b, z(u)),
    the hidden state projected on an arbitrary constant direction, and its Moran's I is
    whatever spatial structure z has along b (measured on the shipped model, 6 prompts x
@@ -31,11 +34,11 @@ makes the chosen blocks' cross-attention *text-blind*, then fine-tunes the rest:
    (their computation ignores the prompt), and their probe maps are spatially
    unstructured by choice of a readout that the network never uses.
 
-What the planted truth therefore tests: whether the ranking statistics (sweep over
-prompts x seeds, cluster bootstrap, permutation null, band search) find a band of
-unstructured maps in real recordings of a real pipeline, and what Focal Guidance does on
-layers that are known to be blind to the text.  It does *not* show that text-blindness
-by itself lowers Moran's I; step 3 exists because it does not.
+What the default (cause-only) planted truth tests: whether an instrument sees layers that
+are known to ignore the text.  The contrastive map and the causal influence are exactly
+zero there by construction of the *model*, not of the readout; whether Moran's I of Eq.
+10's map sees them is what ``examples/instrument_study.py`` measures.  With
+``--tune-readout`` the old, circular version is built (its card says so).
 
 Deterministic: the same configuration (and thread count) gives bit-identical weights.
 """
@@ -71,6 +74,9 @@ class PlantConfig:
     calibration_steps: int = 6
     threads: int = 2
     base: str | None = None  # default: the shipped model
+    #: Step 3 (set the probe readout).  Off by default: choosing b by looking at recorded maps
+    #: makes "rank finds the planted band" true by construction (circular).
+    tune_readout: bool = False
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -293,9 +299,15 @@ def plant(config: PlantConfig) -> Path:
         if name in frozen and not name.endswith("to_v.bias") and bool(tensor.detach().abs().max() > 0):
             raise RuntimeError(f"{name} moved during the fine-tune; the planted layers would see the text")
 
-    calibration = sample_scenes(config.calibration_scenes, split="train", seed=config.seed + 900)
-    readout = set_readout(pipe, config.layers, calibration, steps=config.calibration_steps, seed=config.seed + 77)
-    log("readout", **readout)
+    parent_bias = _parent_value_biases(base, config.layers)
+    for layer in config.layers:
+        if not torch.equal(transformer.blocks[layer].attn2.to_v.bias.detach().cpu(), parent_bias[layer]):
+            raise RuntimeError(f"blocks.{layer}.attn2.to_v.bias moved during the fine-tune; it must stay the parent's")
+    readout: dict[str, Any] = {}
+    if config.tune_readout:  # circular by construction: see the module docstring, step 3
+        calibration = sample_scenes(config.calibration_scenes, split="train", seed=config.seed + 900)
+        readout = set_readout(pipe, config.layers, calibration, steps=config.calibration_steps, seed=config.seed + 77)
+        log("readout", **readout)
 
     transformer.save_pretrained(staging / "transformer", safe_serialization=True)
     drop_source_paths(staging)  # the base model's directory on this machine must not travel
@@ -328,8 +340,27 @@ def plant(config: PlantConfig) -> Path:
     return out
 
 
+def _parent_value_biases(base: Path, layers: tuple[int, ...]) -> dict[int, Any]:
+    """The parent checkpoint's ``attn2.to_v.bias`` of each planted block, read from its
+    safetensors (the planted block keeps it bit for bit: nothing is chosen by looking at maps)."""
+    from safetensors import safe_open
+
+    wanted = {f"blocks.{layer}.attn2.to_v.bias": layer for layer in layers}
+    found: dict[int, Any] = {}
+    for path in sorted((base / "transformer").glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in set(handle.keys()) & set(wanted):
+                found[wanted[key]] = handle.get_tensor(key)
+    missing = sorted(set(layers) - set(found))
+    if missing:
+        raise RuntimeError(f"the parent checkpoint has no attn2.to_v.bias for blocks {missing}")
+    return found
+
+
 def _card(config: PlantConfig, readout: dict[str, Any], losses: list[float]) -> str:
     layers = ", ".join(map(str, config.layers))
+    if not readout:
+        return _card_cause_only(config, layers, losses)
     rows = "\n".join(
         f"| {layer} | {r['moran_ratio_before']:.4f} | {r['moran_ratio_after']:.4f} |" for layer, r in readout.items()
     )
@@ -350,6 +381,27 @@ the network's function is unchanged by that step. Built by
 | --- | --- | --- |
 {rows}
 
-This is a test instrument for LayerScope's ranking and for Focal Guidance, not a better
-model; see `examples/planted_truth.py` for what the ranking and FG measure on it.
+**Circular:** this model was built with `--tune-readout`, so the planted blocks' maps were
+made structureless by construction; a ranking that finds them recovers that choice, not
+text-blindness. This is a test instrument for LayerScope's ranking and for Focal
+Guidance, not a better model; see `examples/planted_truth.py`.
+"""
+
+
+def _card_cause_only(config: PlantConfig, layers: str, losses: list[float]) -> str:
+    loss = f"{losses[0]:.4f} -> {losses[-1]:.4f} (logged every 10 steps)" if losses else "no steps"
+    return f"""# {PLANTED_MODEL_NAME}
+
+The shipped shapes-world model with **text-blind cross-attention in blocks {layers}**:
+their text keys and text value weights are zero and frozen, and their text value bias is
+the parent's, bit for bit, and frozen; the rest of the transformer was fine-tuned for
+{config.steps} steps on {config.clips} training clips (lr {config.lr:g}, seed {config.seed});
+fine-tune loss {loss}. Only the cause is planted: nothing was chosen by looking at
+recorded maps, so whether an instrument (Eq. 10's map, the contrastive map, the causal
+influence) finds these blocks is an open question that `examples/instrument_study.py`
+measures. Built by `layerscope testbed plant --layers {config.layers[0]}-{config.layers[-1]}
+--seed {config.seed}` (see `layerscope/testbed/shapes/plant.py`).
+
+This is a test instrument for LayerScope's instruments and for Focal Guidance, not a
+better model.
 """
