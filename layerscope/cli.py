@@ -377,12 +377,14 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="the embedded models: build the random one, train the shapes-world one")
     p.add_argument(
         "action",
-        choices=("build", "build-tiny", "path", "train", "prompts", "export-bench", "plant"),
+        choices=("build", "build-tiny", "path", "train", "prompts", "export-bench", "plant", "auroc"),
         help="build: write the random tiny model (once); build-tiny: write a tiny random pipeline of --family "
         "to --out; path: print where --model default/random lives; "
         "train: train the shapes-world model (long: run it in the background); "
-        "prompts: write a sweep prompt file (prompts.jsonl + images) of --scenes held-out scenes to --out",
+        "prompts: write a sweep prompt file (prompts.jsonl + images) of --scenes held-out scenes to --out; "
+        "auroc: write each --stores store's AUROC against the subject's mask (then `rank --metric auroc`)",
     )
+    p.add_argument("--stores", nargs="+", help="auroc: sweep directories or stores recorded from `testbed prompts`")
     p.add_argument("--out", help="directory to write to (build: default the cache directory; train: required)")
     p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
     p.add_argument(
@@ -489,6 +491,16 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         return _testbed_export_bench(args)
     if args.action == "build-tiny":
         return _build_tiny(args)
+    if args.action == "auroc":
+        from layerscope.testbed.shapes.localisation import write_auroc
+
+        if not args.stores:
+            raise UsageError("testbed auroc needs --stores (a sweep directory or stores)")
+        stores = _rank_inputs(args.stores, allow_partial=False)
+        for store in stores:
+            score = write_auroc(store)
+            print(f"{store}: AUROC mean {float(score.mean(skipna=True)):.3f}")
+        return 0
     if args.action == "plant":  # planted truth: known semantic-weak layers (testbed/shapes/plant.py)
         from layerscope.testbed.shapes.plant import PlantConfig, check_plant, parse_layers, plant
 
@@ -607,9 +619,10 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
     p.add_argument(
         "--metric",
-        choices=("moran_i", "std", "rms"),
+        choices=("moran_i", "std", "rms", "auroc"),
         default="moran_i",
-        help="moran_i (paper, default) or std: spatial structure; rms: magnitude (for --probe contrastive/influence)",
+        help="moran_i (paper, default) or std: spatial structure; rms: magnitude (for --probe contrastive/"
+        "influence); auroc: localisation of the keyword's object (shapes world, `testbed auroc`)",
     )
     p.add_argument("--steps", help="step-index window A:B (B exclusive), e.g. 0:25")
     p.add_argument(

@@ -33,7 +33,11 @@ METHODS = ("band", "bottom-k", "threshold")
 #: ``rms`` ranks the magnitude of a map (the contrastive and influence probes: zero where
 #: a layer ignores the text); Moran's I and std rank its spatial structure (Eq. 3-5).
 METRICS = ("moran_i", "std", "rms")
-METRIC_LABELS = {"moran_i": "Moran", "std": "std", "rms": "RMS"}
+#: statistics only some stores carry (``auroc``: written by ``layerscope testbed auroc`` on
+#: shapes-world stores, the maps' localisation of the keyword's object)
+OPTIONAL_METRICS = ("auroc",)
+ALL_METRICS = METRICS + OPTIONAL_METRICS
+METRIC_LABELS = {"moran_i": "Moran", "std": "std", "rms": "RMS", "auroc": "AUROC"}
 
 
 class RankingError(LayerScopeError):
@@ -166,15 +170,16 @@ class Ranking:
         if self.expert:
             lines.append(f"expert {self.expert}")
         width = max([10] + [len(str(row["block"])) for row in self.layers])  # MMDiT: single_transformer_blocks.17
-        extra = self.metric == "rms"  # the magnitude column only when it is what is ranked
-        head = f" {'rms':>9} {'95% CI':>21}" if extra else ""
+        extra = self.metric in ("rms", "auroc")  # that column only when it is what is ranked
+        head = f" {self.metric:>9} {'95% CI':>21}" if extra else ""
         lines.append(
             f"{'layer':>5}  {'block':<{width}} {'moran_i':>8} {'95% CI':>17} {'std':>7} {'95% CI':>17}{head} "
             f"{'P(band)':>7}  weak"
         )
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
-            rms = f" {_number(row.get('rms'), 9, 6)} {_interval(row.get('rms_ci'), 6):>21}" if extra else ""
+            value, ci = row.get(self.metric), row.get(f"{self.metric}_ci")
+            rms = f" {_number(value, 9, 6)} {_interval(ci, 6):>21}" if extra else ""
             lines.append(
                 f"{row['layer']:>5}  {row['block']:<{width}} {_number(row['moran_i'], 8, 4)} "
                 f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
@@ -339,7 +344,7 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
     if window.sizes["step"] == 0:
         raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
     values, nan_maps = {}, None
-    for metric in METRICS:
+    for metric in METRICS + tuple(m for m in OPTIONAL_METRICS if m in window):
         data = window[metric].transpose("step", "layer", ...).values
         flat = data.reshape(data.shape[0], data.shape[1], -1)
         finite = np.isfinite(flat)
@@ -477,10 +482,16 @@ def rank_summaries(
     min_runs = sig.MIN_RUNS if min_runs is None else min_runs
     min_drop = sig.MIN_DROP if min_drop is None else min_drop
     min_distinct = sig.MIN_DISTINCT if min_distinct is None else min_distinct
-    if metric not in METRICS:
-        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric not in ALL_METRICS:
+        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(ALL_METRICS)}")
     if method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    names = METRICS + tuple(m for m in OPTIONAL_METRICS if all(m in s.values for s in summaries))
+    if metric not in names:
+        lacking = next(s.name or "?" for s in summaries if metric not in s.values)
+        raise RankingError(
+            f"--metric {metric}: run {lacking} has no {metric}; write it with `layerscope testbed auroc --stores ...`"
+        )
     if unit not in UNITS:
         raise RankingError(f"unknown --unit {unit!r}; choose one of {', '.join(UNITS)}")
     if not summaries:
@@ -497,7 +508,7 @@ def rank_summaries(
         expert_index = experts.index(expert)
     tests, per_run = {}, {}
     try:
-        for name in METRICS:
+        for name in names:
             units, unit_name, per_run[name] = _units(summaries, name, expert_index, unit)
             tests[name] = sig.band_test(
                 units,
@@ -764,8 +775,8 @@ def check_rank_options(
     """Refuse impossible ranking options before any store is read beyond its attributes."""
     if not paths:
         raise RankingError("no runs to rank; pass stores or a sweep directory")
-    if metric is not None and metric not in METRICS:
-        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric is not None and metric not in ALL_METRICS:
+        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(ALL_METRICS)}")
     if method is not None and method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "bottom-k" and (k is None or k < 1):

@@ -13,7 +13,9 @@ The prompt file is JSONL, one run a line (``#`` lines and blank lines are skippe
 ``image`` is relative to the file.  ``id`` (optional) names the stores; without it a run
 is named ``p<line>-<hash of image, prompt and keywords>``, so editing a line renames (and
 re-records) only that line.  ``dimension`` and ``questions`` are kept in the store's
-attrs for benchmarks.
+attrs for benchmarks; ``meta`` (any JSON object) is kept as ``prompt_meta``: ground truth a
+testbed knows about the prompt (the shapes world puts its scene there, from which
+``layerscope testbed auroc`` draws the objects' masks).
 
 Scale-out uses existing launchers, not our own: under ``accelerate launch`` or
 ``torchrun`` each process takes ``runs[rank::world_size]`` (accelerate's
@@ -42,7 +44,7 @@ INDEX_FORMAT = "layerscope-sweep/1"
 #: torch.Generator.manual_seed takes 64-bit seeds; we stay in the signed range.
 MAX_SEED = 2**63 - 1
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_KNOWN_KEYS = {"image", "prompt", "keywords", "id", "dimension", "questions"}
+_KNOWN_KEYS = {"image", "prompt", "keywords", "id", "dimension", "questions", "meta"}
 
 
 class SweepError(LayerScopeError):
@@ -61,6 +63,9 @@ class PromptEntry:
     dimension: str | None = None
     questions: tuple[str, ...] = ()
     image_sha1: str = ""
+    #: the line's ``meta`` object as JSON text (kept in the store as ``prompt_meta``):
+    #: ground truth a testbed knows about the prompt, e.g. the shapes world's scene
+    meta_json: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class SweepRun:
             "dimension": self.entry.dimension,
             "questions": list(self.entry.questions),
             "image_sha1": self.entry.image_sha1,
+            "prompt_meta": json.loads(self.entry.meta_json) if self.entry.meta_json else None,
         }
 
 
@@ -154,6 +160,9 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
         questions = data.get("questions", [])
         if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
             raise SweepError(f"{where}: 'questions' must be a list of strings")
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise SweepError(f"{where}: 'meta' must be a JSON object (kept in the store as prompt_meta)")
         entry_id = data.get("id")
         if entry_id is None:
             entry_id = _entry_id(number, data["image"], data["prompt"], keywords)
@@ -168,6 +177,7 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
                 dimension=dimension,
                 questions=tuple(questions),
                 image_sha1=digest,
+                meta_json=json.dumps(meta, sort_keys=True) if meta is not None else "",
             )
         )
     if not entries:

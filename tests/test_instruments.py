@@ -140,3 +140,65 @@ def test_contrastive_needs_non_keyword_words(tiny_pipe, example, tmp_path, capsy
                  "--probe", "contrastive", *size])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "prompt's other words" in err[0] and not out.exists()
+
+
+def test_auroc_by_hand_with_ties():
+    from layerscope.testbed.shapes.localisation import auroc
+
+    maps = np.array([[[1.0, 2.0], [2.0, 3.0]]])  # one frame
+    mask = np.array([[[False, True], [False, True]]])
+    # object tokens {2, 3} vs background {1, 2}: pairs 1, 0.5 (tie), 1, 1 -> 3.5 / 4
+    assert auroc(maps, mask).tolist() == [0.875]
+    assert auroc(np.full((1, 2, 2), 0.3), mask).tolist() == [0.5]  # a constant map is chance
+    assert auroc(-maps, mask).tolist() == [0.125]  # a map of the background
+    assert np.isnan(auroc(maps, np.ones((1, 2, 2), dtype=bool))).all()  # no background: undefined
+
+
+def test_token_masks_match_the_rendered_first_frame():
+    from dataclasses import replace
+
+    from layerscope.testbed.shapes.localisation import token_masks
+    from layerscope.testbed.shapes.render import COLOURS, reference_image
+    from layerscope.testbed.shapes.world import Event, sample_scenes
+
+    for scene in sample_scenes(6, split="heldout", seed=4):
+        masks = token_masks(scene, (3, 16, 16), 9)
+        subject = scene.subject
+        # the renderer's own first-frame pixels of the subject alone (no other shape painted over it)
+        still = Event(dimension="dynamic_attribute", subject=0, target_colour=subject.colour)
+        alone = replace(scene, shapes=[subject], event=still)
+        image = reference_image(alone)
+        painted = (image == np.array(COLOURS[subject.colour], dtype=np.uint8)).all(axis=-1)
+        share = painted.reshape(16, 16, 16, 16).mean(axis=(1, 3))  # per 16x16-pixel token cell
+        np.testing.assert_array_equal(masks[0], share >= 0.5)
+        if scene.dimension == "motion":
+            assert masks[-1].sum() > 0 and not np.array_equal(masks[-1], masks[0])
+
+
+def test_auroc_is_written_into_a_sweep_and_ranked(tmp_path, capsys):
+    from layerscope.cli import main
+    from layerscope.ranking import rank_stores
+
+    prompts, sweep = tmp_path / "prompts", tmp_path / "sweep"
+    assert main(["testbed", "prompts", "--out", str(prompts), "--scenes", "2"]) == 0
+    size = ["--steps", "2", "--frames", "9", "--quiet"]
+    assert main(["sweep", str(prompts / "prompts.jsonl"), "--out-dir", str(sweep), "--seeds", "0", *size]) == 0
+    assert main(["testbed", "auroc", "--stores", str(sweep)]) == 0
+    assert capsys.readouterr().out.count("AUROC mean") == 2
+    import layerscope
+
+    store = sorted(sweep.glob("*.zarr"))[0]
+    ds = layerscope.open_run(store)
+    assert ds["auroc"].dims == ("step", "layer", "keyword", "frame") and ds.attrs["prompt_meta"]["scene"]
+    values = ds["auroc"].values
+    assert np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all()
+    ranking = rank_stores(sorted(sweep.glob("*.zarr")), metric="auroc")
+    assert ranking.metric == "auroc" and all(0 <= row["auroc"] <= 1 for row in ranking.layers)
+    # a store without a scene: one line naming the fix
+    assert main(["rank", str(store), "--metric", "auroc"]) == 0  # has it
+    other = tmp_path / "plain.zarr"
+    assert main(["record", "--out", str(other), "--steps", "1", "--frames", "5", "--quiet"]) == 0
+    assert main(["testbed", "auroc", "--stores", str(other)]) == 2
+    assert "no shapes-world scene" in capsys.readouterr().err
+    assert main(["rank", str(other), "--metric", "auroc"]) == 2
+    assert "write it with `layerscope testbed auroc" in capsys.readouterr().err

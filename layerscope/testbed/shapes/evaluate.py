@@ -370,6 +370,7 @@ def write_prompt_file(out_dir: str | Path, count: int, split: str = "heldout", s
                     "keywords": [scene.subject.colour, scene.subject.kind],
                     "dimension": scene.dimension,
                     "questions": [q.text for q in questions(scene)],
+                    "meta": {"scene": scene.to_dict(), "split": split, "index": index},
                 }
             )
         )
