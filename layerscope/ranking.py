@@ -701,6 +701,43 @@ def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metr
     }
 
 
+def instrument_agreement(summaries: list[RunSummary], main: Ranking | None = None) -> dict[str, Any]:
+    """Which layers each map statistic of these runs calls weak, and how their layer curves agree.
+
+    Every statistic the stores carry (Moran's I, std, RMS, AUROC where written) is ranked
+    with the same band test; ``correlation`` is Spearman's rho between their per-layer
+    means (None where a curve is constant or has gaps).  Why: an instrument never shown
+    to see the thing is absence of evidence; instruments that disagree say so here.
+    """
+    from scipy.stats import spearmanr
+
+    names = METRICS + tuple(m for m in OPTIONAL_METRICS if all(m in s.values for s in summaries))
+    rankings = {name: main if main is not None and main.metric == name else None for name in names}
+    rows, curves = [], {}
+    for name in names:
+        ranking = rankings[name] or rank_summaries(summaries, metric=name, per_expert=False)
+        curves[name] = np.array([row[name] for row in ranking.layers], dtype=np.float64)
+        rows.append(
+            {
+                "metric": name,
+                "label": METRIC_LABELS[name],
+                "verdict": ranking.verdict,
+                "verdict_kind": ranking.verdict_kind,
+                "weak_layers": ranking.weak_layers,
+                "weak_text": _ranges(ranking.weak_layers),
+            }
+        )
+    correlation: dict[str, dict[str, float | None]] = {}
+    for a in names:
+        correlation[a] = {}
+        for b in names:
+            x, y = curves[a], curves[b]
+            usable = np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0
+            correlation[a][b] = float(spearmanr(x, y).statistic) if usable else None
+    probe = (summaries[0].attrs.get("probe") or {}).get("kind", "hidden") if summaries else "hidden"
+    return {"probe": probe, "rows": rows, "correlation": correlation, "labels": [METRIC_LABELS[n] for n in names]}
+
+
 def rank_datasets(
     datasets: list[Any], *, names: list[str] | None = None, steps: slice | None = None, **kwargs: Any
 ) -> Ranking:

@@ -149,6 +149,12 @@ def test_sweep_records_indexes_and_resumes(tmp_path, prompts, capsys):
     assert verdicts[0]["data-n-runs"] == "6" and page.select_one("#n-runs").get_text() == "6"
     rows = page.select("table.runs tbody tr")
     assert len(rows) == 6 and {r.select("td")[2].get_text() for r in rows} == {e.prompt for e in read_prompts(prompts)}
+    # the agreement table: every statistic of the stores, its verdict, and Spearman's rho between them
+    rows = {r["data-metric"]: r for r in page.select("#agreement tbody tr")}
+    assert set(rows) == {"moran_i", "std", "rms"}
+    assert data["verdict"] in rows["moran_i"].get_text()
+    diagonal = [r.select("td")[i].get_text() for i, r in enumerate(page.select("#correlation tbody tr"))]
+    assert all(cell in ("+1.00", "–") for cell in diagonal)
     first = page.select("table.ranking tbody tr")[0].select("td")
     low, high = data["layers"][0]["moran_i_ci"]
     assert first[3].get_text() == f"[{low:.4f}, {high:.4f}]"
