@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from layerscope.interventions import InterventionError
@@ -38,10 +39,13 @@ class FocalGuidanceConfig:
         lambda_lat: strength of the anchor injected into the reference frame (Eq. 9).
         lambda_cache: strength of the Attention Cache injection (Eq. 13).
         tau_sel: keyword-selection threshold on max_n S_mn (Eq. 6).
-        selection_sign: +1 selects words that *match* the image.  Eq. 6 as printed
-            has a minus sign (S = -cos), which with "max S > tau" would pick the
-            least-matching words and contradict the paper's own Figure 3; -1
-            reproduces the printed equation.
+        selection_sign: the sign of Eq. 6's S_mn = sign * cos(t_m, v_n).  ``None`` (default):
+            the model folder's declared default (``layerscope_model.json`` ->
+            ``focal_guidance.selection_sign``), else -1, Eq. 6 as printed.  The paper cites
+            CLIP Surgery [29]: raw CLIP patch-text similarity peaks on the *background*, so
+            -cos puts R_k and the anchor weights on the object for such a CLIP.  +1 is the
+            named alternative (a CLIP whose raw similarity peaks on the object).
+            ``benchmarks/fsg_localisation.py`` measures which sign localises the object.
         tau_region: R_k = cells whose min-max-normalised S_k exceeds this (Eq. 9).
         tau_cache: threshold on the aggregated cache maps (Eq. 12).
         inject_at: where Eq. 9's and Eq. 13's terms are added.  ``hidden`` (default, the
@@ -66,7 +70,7 @@ class FocalGuidanceConfig:
     lambda_lat: float = 0.5
     lambda_cache: float = 0.5
     tau_sel: float = 0.2
-    selection_sign: int = 1
+    selection_sign: int | None = None
     tau_region: float = 0.5
     tau_cache: float = 0.0
     inject_at: str = "hidden"
@@ -87,8 +91,8 @@ class FocalGuidanceConfig:
         self.weak_layers = sorted({int(i) for i in self.weak_layers})
         if any(i < 0 for i in self.weak_layers):
             raise ConfigError(f"weak layer {min(self.weak_layers)} is negative")
-        if self.selection_sign not in (1, -1):
-            raise ConfigError("selection_sign must be 1 (select matching words) or -1 (Eq. 6 as printed)")
+        if self.selection_sign not in (1, -1, None):
+            raise ConfigError("selection_sign must be -1 (Eq. 6 as printed), 1 (+cos) or unset (the model's default)")
         if self.branch not in BRANCHES:
             raise ConfigError(f"branch must be one of {', '.join(BRANCHES)}")
         if self.inject_at not in INJECTION_SITES:
@@ -107,6 +111,27 @@ class FocalGuidanceConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.keywords is not None:
             self.keywords = [str(k) for k in self.keywords]
+
+    def resolved_for(self, model_dir: Any) -> tuple[FocalGuidanceConfig, str]:
+        """This config with ``selection_sign`` filled in, and where the value came from.
+
+        Order: the user's own value; the model folder's declared default (its
+        ``layerscope_model.json`` has ``focal_guidance: {selection_sign: ...}``, measured
+        for that model's CLIP); -1, Eq. 6 as printed.
+        """
+        if self.selection_sign is not None:
+            return self, "config"
+        declared = None
+        if model_dir is not None:
+            info_path = Path(model_dir) / "layerscope_model.json"
+            try:
+                info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+            except (OSError, ValueError):
+                info = {}
+            declared = ((info.get("focal_guidance") or {}) if isinstance(info, dict) else {}).get("selection_sign")
+        if declared in (1, -1):
+            return replace(self, selection_sign=int(declared)), f"model default ({Path(model_dir).name})"
+        return replace(self, selection_sign=-1), "Eq. 6 as printed"
 
     @property
     def mode(self) -> str:

@@ -20,11 +20,11 @@ class SelectionError(InterventionError):
     """Automatic keyword selection found nothing usable (a usage error)."""
 
 
-def similarity_matrix(text_features: torch.Tensor, patch_features: torch.Tensor, sign: int = 1) -> torch.Tensor:
+def similarity_matrix(text_features: torch.Tensor, patch_features: torch.Tensor, sign: int = -1) -> torch.Tensor:
     """Eq. 6: S_mn = sign * cos(t_m, v_n) for text tokens (M, E) and patches (N, E) -> (M, N).
 
-    The paper prints sign = -1; see ``FocalGuidanceConfig.selection_sign`` for why the
-    default is +1.
+    The paper prints sign = -1 (the default here); see ``FocalGuidanceConfig.selection_sign``
+    for when +1 is the better choice and how a model folder declares it.
     """
     return sign * (F.normalize(text_features.float(), dim=-1) @ F.normalize(patch_features.float(), dim=-1).T)
 

@@ -100,7 +100,8 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
         pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False)
     _, patch_joint = image_patch_features(clip, pixels)
     text_features, pieces = text_token_features(clip, inputs.prompt.lower())
-    similarity = fsg.similarity_matrix(text_features, patch_joint, config.selection_sign)
+    sign = config.resolved_for(getattr(inputs, "model_dir", None))[0].selection_sign
+    similarity = fsg.similarity_matrix(text_features, patch_joint, sign)
     words = fsg.group_words(pieces)
     scores = fsg.score_words(similarity, words, config.tau_sel, config.stopwords)
     keywords = config.keywords or fsg.select_keywords(scores, config.tau_sel)

@@ -17,6 +17,7 @@ class FocalGuidance:
         self.config = config
         self.clip_dir = Path(clip_dir) if clip_dir else None
         self.guidance = None
+        self.sign_source = "config" if config.selection_sign is not None else "unresolved"
 
     def _clip(self, model_dir: Path | None) -> Any:
         from layerscope.clip import CLIP_SUBFOLDER, ClipError, load_clip
@@ -25,6 +26,10 @@ class FocalGuidance:
         if directory is None:
             raise ClipError("Focal Guidance needs the CLIP that matches the pipeline's image encoder; pass --clip DIR")
         return load_clip(directory)
+
+    def _resolve_sign(self, inputs: Any) -> None:
+        """Eq. 6's sign: the user's, else the model folder's declared default, else -1 (as printed)."""
+        self.config, self.sign_source = self.config.resolved_for(getattr(inputs, "model_dir", None))
 
     def _check_ranking(self, inputs: Any) -> None:
         source = self.config.ranking_source.get("model", {})
@@ -54,6 +59,7 @@ class FocalGuidance:
         if inputs.adapter.name != "wan":
             raise ConfigError(f"Focal Guidance supports Wan and HunyuanVideo-I2V pipelines; got {inputs.adapter.name}")
         self._check_ranking(inputs)
+        self._resolve_sign(inputs)
         check_image_branch(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
         return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
@@ -62,6 +68,7 @@ class FocalGuidance:
         from fg_intervene.hunyuan_video import apply_focal_guidance, check_single_stream, prepare_guidance
 
         self._check_ranking(inputs)
+        self._resolve_sign(inputs)
         check_single_stream(inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
         return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
@@ -77,6 +84,7 @@ class FocalGuidance:
             data["keyword_token_indices"] = self.guidance.token_indices
             data["selection_scores"] = self.guidance.scores
         data["clip"] = str(self.clip_dir) if self.clip_dir else "the model's clip/ folder"
+        data["selection_sign_source"] = self.sign_source
         return data
 
 

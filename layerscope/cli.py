@@ -1129,6 +1129,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--judge-batch", type=_positive_int, default=8, help="vlm: questions per forward pass")
     j.add_argument("--judge-device", help="vlm: torch device (default --device)")
     j.add_argument("--judge-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    j.add_argument(
+        "--judge-without-prompt",
+        action="store_true",
+        help="vlm: do not show the judge the generation prompt S (ablation; the paper's Eq. 14 conditions on S)",
+    )
     j.add_argument("--clip", help="open_clip folder for consistency features (default: the shipped model's clip/)")
     j.add_argument("--no-consistency", action="store_true", help="skip I2V subject/background consistency")
     j.add_argument("--compare", nargs=2, metavar=("A", "B"), help="paired comparison of two bench outputs (B - A)")
@@ -1171,6 +1176,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "dtype": args.judge_dtype,
         "fps": args.fps,
     }
+    if args.judge_without_prompt:
+        judge_options["with_instruction"] = False
     if args.judge_validity:
         return _bench_judge_validity(args, judge_options)
     if not args.prompts:

@@ -151,6 +151,7 @@ def test_all_correct_rates_intervals_and_question_rates_match_hand_computed_valu
     assert rates["p3", "question 0 of p3?"] == (1, 2)
     assert rates["p2", "question 1 of p2?"] == (0, 2)
     assert summary["consistency"]["subject_consistency"]["overall"]["n"] == 0  # no --clip: none computed
+    assert summary["total_score"]["value"] is None  # and so no Total Score
     # every answer is kept for audit: 16 answers (2 seeds x 8 questions), margins included
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 16 and {a["margin"] for a in answers} == {1.0, -1.0}
@@ -323,7 +324,12 @@ def test_bench_cli_on_the_shipped_model_records_and_writes_results_and_report(tm
     assert len(results["records"]) == 2 and all(len(r["answers"]) == 2 for r in results["records"])
     subject = results["summary"]["consistency"]["subject_consistency"]["overall"]
     assert subject["n"] == 2 and 0.0 < subject["mean"] <= 1.0
+    total = results["summary"]["total_score"]  # the paper's Table 1 total, in JSON, markdown and HTML
+    assert total["value"] == pytest.approx(np.mean(list(total["components"].values())))
+    assert set(total["components"]) == {"I2V subject", "I2V background", *results["summary"]["per_dimension"]}
+    assert "total score" in (out / "results.md").read_text()
     html = (out / "report.html").read_text()
+    assert f'id="total-score" data-value="{total["value"]}"' in html
     assert html.count('class="prompt-card"') == 2 and html.count("data:image/png;base64,") == 2
     assert "layerscope-shapes-wan-i2v" in html
     assert "wrote" in capsys.readouterr().out
@@ -465,3 +471,33 @@ def test_focal_guidance_with_zero_strength_equals_the_baseline_and_compares_as_n
     capsys.readouterr()
     assert main(["bench", "--compare", str(tmp_path / "base"), str(tmp_path / "fg")]) == 0
     assert "+0.000, p=1" in capsys.readouterr().out
+
+
+def test_total_score_is_the_mean_of_consistency_and_dimension_rates_by_hand():
+    from layerscope.bench.results import total_score
+
+    outcomes = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], dtype=float)  # dimension A: p0, p1; B: p2, p3
+    subject = np.array([[0.9, 0.8], [1.0, 1.0], [0.7, 0.9], [0.8, 0.8]])
+    background = np.full((4, 2), 0.95)
+    groups = {"A": [0, 1], "B": [2, 3]}
+    total = total_score(outcomes, {"subject_consistency": subject, "background_consistency": background}, groups)
+    # components: subject 0.8625, background 0.95, A 0.75, B 0.25 -> mean 0.703125
+    assert total["components"] == pytest.approx({"I2V subject": 0.8625, "I2V background": 0.95, "A": 0.75, "B": 0.25})
+    assert total["value"] == pytest.approx(0.703125)
+    assert total["ci"][0] <= total["value"] <= total["ci"][1]
+    none = {"subject_consistency": np.full((4, 2), np.nan), "background_consistency": np.full((4, 2), np.nan)}
+    assert total_score(outcomes, none, groups)["value"] is None  # no CLIP: no total
+
+
+def test_consistency_frames_keep_their_aspect_ratio_and_are_centre_cropped():
+    from layerscope.bench.consistency import resize_and_crop
+
+    # a 60x120 frame: left quarter red, middle half green, right quarter blue
+    frame = np.zeros((60, 120, 3), dtype=np.uint8)
+    frame[:, :30, 0] = 255
+    frame[:, 30:90, 1] = 255
+    frame[:, 90:, 2] = 255
+    out = resize_and_crop(frame, (30, 30))  # shorter side 60 -> 30, width 120 -> 60, centre 30 columns
+    assert out.shape == (30, 30, 3)
+    # the centre crop holds only the green middle (a squash would have kept red and blue at the edges)
+    assert out[:, :, 1].min() > 200 and out[:, :, 0].max() < 60 and out[:, :, 2].max() < 60

@@ -50,7 +50,7 @@ def test_margins_are_yes_minus_no_logits_and_batching_changes_none(tiny_vlm, tmp
     video = _video(tmp_path)
     questions = ("Does the red square touch the yellow circle?", "Is there a red square at the start of the video?",
                  "After they touch, does the yellow circle move on, away from the red square?")  # fmt: skip
-    prompt = BenchPrompt("x", 1, video, "p", "interaction", questions)
+    prompt = BenchPrompt("x", 1, video, "the red square pushes the yellow circle.", "interaction", questions)
     batched = VLMJudge(tiny_vlm, frames=4, batch_size=3).judge(video, prompt)
     one_by_one = VLMJudge(tiny_vlm, frames=4, batch_size=1).judge(video, prompt)
     assert [a.question for a in batched] == list(questions)
@@ -65,7 +65,7 @@ def test_margins_are_yes_minus_no_logits_and_batching_changes_none(tiny_vlm, tmp
     from layerscope.bench.video_io import read_sampled
 
     frames = read_sampled(video, 4)
-    text = judge._texts([questions[0]])
+    text = judge._texts([questions[0]], instruction=prompt.prompt)
     inputs = judge.processor(text=text, videos=[frames], return_tensors="pt")
     with torch.no_grad():
         logits = judge.model(**inputs).logits[0, -1]
@@ -75,6 +75,12 @@ def test_margins_are_yes_minus_no_logits_and_batching_changes_none(tiny_vlm, tmp
     assert batched[0].raw == judge.tokenizer.decode([int(logits.argmax())]).strip()
     assert "Question: Does the red square touch the yellow circle?" in text[0]
     assert text[0].endswith("<|im_start|>assistant\n")
+    # Eq. 14 conditions the answer on the generation prompt S; the ablation leaves it out
+    assert 'generated from the instruction "the red square pushes the yellow circle."' in text[0]
+    blind = VLMJudge(tiny_vlm, frames=4, with_instruction=False)
+    blind.load()
+    assert "instruction" not in blind._texts([questions[0]], instruction=prompt.prompt)[0]
+    assert judge.describe()["with_instruction"] is True and blind.describe()["with_instruction"] is False
 
 
 def test_frame_count_is_configurable_and_reaches_the_model(tiny_vlm, tmp_path):

@@ -353,6 +353,34 @@ def test_record_with_focal_guidance_cli(base_ranking, tmp_path, capsys):
     assert ds.attrs["intervention"]["weak_layers"] == data["weak_layers"]
     assert ds.attrs["intervention"]["selected_keywords"]
     assert ds.attrs["status"] == "complete"
+    # Eq. 6 as printed by default: the random model's folder declares no sign of its own
+    assert ds.attrs["intervention"]["selection_sign"] == -1
+    assert ds.attrs["intervention"]["selection_sign_source"] == "Eq. 6 as printed"
+
+
+def test_selection_sign_follows_the_model_folder_then_the_user(tmp_path):
+    from layerscope.testbed import shipped_model_dir
+
+    declared = json.loads((shipped_model_dir() / "layerscope_model.json").read_text())["focal_guidance"]
+    assert declared["selection_sign"] == 1  # measured by benchmarks/fsg_localisation.py for its CLIP
+    config, source = FocalGuidanceConfig().resolved_for(shipped_model_dir())
+    assert config.selection_sign == 1 and source.startswith("model default")
+    mine, source = FocalGuidanceConfig(selection_sign=-1).resolved_for(shipped_model_dir())
+    assert mine.selection_sign == -1 and source == "config"
+    bare, source = FocalGuidanceConfig().resolved_for(tmp_path)  # no layerscope_model.json
+    assert bare.selection_sign == -1 and source == "Eq. 6 as printed"
+
+
+def test_printed_sign_puts_the_region_where_cosine_is_lowest():
+    # a CLIP-Surgery-like similarity: the object's patches (top-left 2x2) are the least similar
+    from fg_intervene import fsg
+
+    text = torch.tensor([[1.0, 0.0]])
+    patches = torch.tensor([[0.0, 1.0] if (i // 4 < 2 and i % 4 < 2) else [1.0, 0.2] for i in range(16)])
+    for sign, expected_inside in ((-1, True), (1, False)):
+        sims = fsg.similarity_matrix(text, patches, sign)
+        region = fsg.region_weights(sims, (4, 4), (4, 4), 0.5)[0] > 0
+        assert bool(region[:2, :2].all()) == expected_inside and bool(region[2:, 2:].any()) != expected_inside
 
 
 def _edit(path, **changes):

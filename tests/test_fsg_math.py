@@ -18,12 +18,15 @@ def test_similarity_sign_and_selection_on_a_constructed_case():
     text[0] = torch.tensor([0.5, 0.5, -0.5, -0.5])  # "the": cos 0.5 with patches 0 and 1
     words = fsg.group_words(["the</w>", "red</w>", "cir", "cle</w>"])
     assert words == [("the", [0]), ("red", [1]), ("circle", [2, 3])]
-    s = fsg.similarity_matrix(text[:3], patches)
+    s = fsg.similarity_matrix(text[:3], patches, +1)  # +cos, the named alternative
     assert s[1, 2] == pytest.approx(1.0) and s[2, 0] == pytest.approx(0.9 / np.hypot(0.9, 0.1))
     scores = fsg.score_words(s, [("the", [0]), ("red", [1]), ("circle", [2])], tau_sel=0.6, stopwords=["the"])
     assert fsg.select_keywords(scores, 0.6) == ["red", "circle"]
-    # the printed Eq. 6 (minus sign) picks the least-matching words instead
-    flipped = fsg.score_words(fsg.similarity_matrix(text[:3], patches, -1), [("the", [0]), ("red", [1])], 0.4, [])
+    # the printed Eq. 6 (minus sign, the default) scores words by their most *dissimilar* patch:
+    # with a CLIP whose raw similarity peaks on the background (CLIP Surgery), that is the object
+    printed = fsg.similarity_matrix(text[:3], patches)
+    assert torch.equal(printed, -s)
+    flipped = fsg.score_words(printed, [("the", [0]), ("red", [1])], 0.4, [])
     assert [w.word for w in flipped if w.selected] == ["the"]
 
 

@@ -12,6 +12,12 @@ No hub is reachable, so the features here come from a local open_clip image towe
 formula are VBench's, the feature extractor is not, so absolute values are comparable
 between our runs, not with the paper's Table 2.  Frames are encoded in chunks straight
 from the mp4: memory does not grow with the video's length.
+
+Pre-processing as VBench's ``clip_transform``: the shorter side resized to the model's
+input size (bicubic, aspect ratio kept), then a centre crop to a square.  (VBench's DINO
+transform resizes without a crop and its DreamSim transform squashes to a square; with
+one CLIP tower for both scores we follow its CLIP transform.)  A 480x832 Wan frame is
+therefore compared on its central 480x480, not squashed.
 """
 
 from __future__ import annotations
@@ -51,6 +57,22 @@ def consistency_from_features(reference: np.ndarray, frames: np.ndarray) -> dict
     }
 
 
+def resize_and_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """VBench's CLIP pre-processing: shorter side to ``min(size)`` (bicubic, aspect kept), centre crop.
+
+    Returns (size[0], size[1], 3) float32 in 0..255.
+    """
+    from PIL import Image
+
+    picture = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    height, width = size
+    scale = max(height / picture.height, width / picture.width)
+    new_w, new_h = max(width, round(picture.width * scale)), max(height, round(picture.height * scale))
+    resized = picture.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32)
+
+
 class ClipFeatures:
     """Image features (the pooled, projected embedding) of a local open_clip model."""
 
@@ -73,12 +95,8 @@ class ClipFeatures:
 
     def _pixels(self, images: list[np.ndarray]) -> Any:
         import torch
-        from PIL import Image
 
-        batch = []
-        for image in images:  # bicubic resize of the whole frame (no crop: the background counts too)
-            resized = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(self.size[::-1], Image.BICUBIC)
-            batch.append((np.asarray(resized, dtype=np.float32) / 255.0 - self.mean) / self.std)
+        batch = [(resize_and_crop(image, self.size) / 255.0 - self.mean) / self.std for image in images]
         return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.device)
 
     def encode(self, images: list[np.ndarray]) -> np.ndarray:

@@ -46,6 +46,48 @@ def _mean_block(values: np.ndarray) -> dict[str, Any]:
     }
 
 
+def total_score(
+    outcomes: np.ndarray,
+    consistency: dict[str, np.ndarray],
+    groups: dict[str, list[int]],
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The paper's Total Score (Table 1): the arithmetic mean of I2V Subject, I2V Background
+    and each dimension's all-correct rate, with a 95% percentile interval.
+
+    The interval resamples prompts within each dimension (stratified: the total averages
+    dimensions, so each must stay present) and recomputes every component from the same
+    resampled prompts.  Without consistency scores (no CLIP) the total is not defined.
+    """
+    subject, background = consistency["subject_consistency"], consistency["background_consistency"]
+    if not (np.isfinite(subject).any() and np.isfinite(background).any()):
+        return {"value": None, "ci": [None, None], "components": {}, "note": "no consistency scores (no CLIP)"}
+
+    def components(rows_by_dim: dict[str, np.ndarray]) -> dict[str, float]:
+        every = np.concatenate(list(rows_by_dim.values()))
+        values = {
+            "I2V subject": float(np.nanmean(subject[every])),
+            "I2V background": float(np.nanmean(background[every])),
+        }
+        values.update({d: float(outcomes[rows].mean()) for d, rows in rows_by_dim.items()})
+        return values
+
+    observed = components({d: np.asarray(rows) for d, rows in groups.items()})
+    rng = np.random.default_rng(seed)
+    totals = np.empty(resamples)
+    for index in range(resamples):
+        picked = {d: rng.choice(np.asarray(rows), size=len(rows), replace=True) for d, rows in groups.items()}
+        totals[index] = np.mean(list(components(picked).values()))
+    low, high = np.percentile(totals, [2.5, 97.5])
+    return {
+        "value": float(np.mean(list(observed.values()))),
+        "ci": [float(low), float(high)],
+        "components": observed,
+        "definition": "mean of I2V subject, I2V background and each dimension's all-correct rate (paper Table 1)",
+    }
+
+
 def aggregate(
     prompts: list[BenchPrompt], seeds: list[int], records: dict[tuple[str, int], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -101,8 +143,11 @@ def aggregate(
             "overall": _mean_block(values.ravel()),
             "per_dimension": {d: _mean_block(values[rows].ravel()) for d, rows in groups.items()},
         }
+    with np.errstate(invalid="ignore"):
+        total = total_score(outcomes, consistency, groups)
     return {
         **summary,
+        "total_score": total,
         "consistency": consistency_summary,
         "per_question": per_question,
         "prompt_ids": [p.id for p in prompts],
@@ -174,6 +219,13 @@ def _cell(block: dict[str, Any]) -> str:
     return text
 
 
+def _total_cell(total: dict[str, Any]) -> str:
+    if total.get("value") is None:
+        return "-"
+    low, high = total["ci"]
+    return f"{total['value']:.4f} [{low:.2f}, {high:.2f}]"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The summary table (all-correct with 95% intervals, consistency), then per-question pass rates."""
     summary = results["summary"]
@@ -184,13 +236,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"{summary['overall']['prompts']} prompts x seeds {','.join(map(str, summary['seeds']))} "
         "(all-correct rate; 95% interval: bootstrap over prompts)",
         "",
-        "| " + " | ".join([*dims, "overall", "I2V subject", "I2V background"]) + " |",
-        "|" + " --- |" * (len(dims) + 3),
+        "| " + " | ".join([*dims, "overall", "I2V subject", "I2V background", "total score"]) + " |",
+        "|" + " --- |" * (len(dims) + 4),
         "| "
         + " | ".join(
             [_cell(summary["per_dimension"][d]) for d in dims]
             + [_cell(summary["overall"])]
             + [f"{cons[n]['overall']['mean']:.4f}" for n in CONSISTENCY]
+            + [_total_cell(summary.get("total_score") or {})]
         )
         + " |",
         "",

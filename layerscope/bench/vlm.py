@@ -25,9 +25,15 @@ import numpy as np
 from layerscope.bench.judges import Answer
 from layerscope.bench.prompts import BenchInputError, BenchPrompt
 
-#: What the judge is asked, per question.  The instruction the video was generated from
-#: is *not* shown: a judge told "the circle turns green" tends to say yes to "is it green?".
+#: What the judge is asked, per question: the paper's Eq. 14 is VQA(Q_i, V | S), the answer
+#: conditioned on the generation prompt S, so S is shown by default.
 JUDGE_PROMPT = (
+    'These are frames of a short video, in order, generated from the instruction "{instruction}". '
+    "Answer the question about the video with Yes or No only.\nQuestion: {question}"
+)
+#: The ablation (``--judge-without-prompt``): a judge told "the circle turns green" may say
+#: yes to "is it green?" from the instruction alone; without it only the frames speak.
+JUDGE_PROMPT_WITHOUT_INSTRUCTION = (
     "These are frames of a short video, in order. Answer the question about the video "
     "with Yes or No only.\nQuestion: {question}"
 )
@@ -78,12 +84,15 @@ class VLMJudge:
         batch_size: int = 8,
         device: str = "cpu",
         dtype: str = "float32",
-        prompt: str = JUDGE_PROMPT,
+        prompt: str | None = None,
         fps: float = 16.0,
+        with_instruction: bool = True,
     ):
         self.path = check_vlm_dir(path)
         self.frames, self.batch_size, self.device, self.dtype = frames, batch_size, device, dtype
-        self.prompt, self.fps = prompt, fps
+        self.with_instruction = with_instruction
+        default = JUDGE_PROMPT if with_instruction else JUDGE_PROMPT_WITHOUT_INSTRUCTION
+        self.prompt, self.fps = prompt or default, fps
         self.model: Any = None  # loaded on first use: the generator may still hold the GPU
 
     def load(self) -> None:
@@ -114,24 +123,21 @@ class VLMJudge:
             "model": str(self.path),
             "frames": self.frames,
             "prompt": self.prompt,
+            "with_instruction": self.with_instruction,
             "answer_words": [YES_WORDS[0], NO_WORDS[0]],
             "dtype": self.dtype,
         }
 
-    def _texts(self, questions: list[str]) -> list[str]:
+    def _texts(self, questions: list[str], instruction: str = "") -> list[str]:
         texts = []
         for question in questions:
-            messages = [
-                {
-                    "role": "user",
-                    "content": [{"type": "video"}, {"type": "text", "text": self.prompt.format(question=question)}],
-                }
-            ]
+            text = self.prompt.format(question=question, instruction=instruction)
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return texts
 
     def margins(
-        self, frames: np.ndarray, questions: list[str], seconds: float | None = None
+        self, frames: np.ndarray, questions: list[str], seconds: float | None = None, instruction: str = ""
     ) -> list[tuple[float, str]]:
         """(logit(yes) - logit(no), argmax token) per question, for (k, H, W, 3) uint8 frames
         sampled from a video of ``seconds`` (timing feeds the model's temporal positions)."""
@@ -144,7 +150,7 @@ class VLMJudge:
             metadata = [{"total_num_frames": len(frames), "fps": len(frames) / seconds if seconds else None,
                          "frames_indices": list(range(len(frames)))} for _ in chunk]  # fmt: skip
             inputs = self.processor(
-                text=self._texts(chunk),
+                text=self._texts(chunk, instruction),
                 videos=[frames] * len(chunk),
                 video_metadata=metadata,
                 return_tensors="pt",
@@ -161,7 +167,7 @@ class VLMJudge:
         from layerscope.bench.video_io import sample_video
 
         frames, seconds = sample_video(video, self.frames)
-        margins = self.margins(frames, list(prompt.questions), seconds)
+        margins = self.margins(frames, list(prompt.questions), seconds, instruction=prompt.prompt)
         return [
             Answer(question=q, passed=margin > 0, margin=margin, raw=raw)
             for q, (margin, raw) in zip(prompt.questions, margins)

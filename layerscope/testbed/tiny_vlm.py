@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from layerscope.bench.vlm import JUDGE_PROMPT
+from layerscope.bench.vlm import JUDGE_PROMPT, JUDGE_PROMPT_WITHOUT_INSTRUCTION
 
 SPECIAL = ["[UNK]", "[PAD]", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|video_pad|>", "<|image_pad|>"]  # fmt: skip
@@ -40,7 +40,8 @@ def build_tiny_qwen2_5_vl(directory: str | Path, seed: int = 0) -> Path:
 
     from layerscope.testbed.shapes.world import VOCABULARY
 
-    words = re.findall(r"\w+|[^\w\s]+", JUDGE_PROMPT + " Is there at start of video Has turned by end Does move")
+    prompts = JUDGE_PROMPT + " " + JUDGE_PROMPT_WITHOUT_INSTRUCTION
+    words = re.findall(r"\w+|[^\w\s]+", prompts + " Is there at start of video Has turned by end Does move")
     words += ["user", "assistant", "Yes", "No", "towards", "touch", "After", "they", "on", "away", "from", "across"]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(SPECIAL + words + list(VOCABULARY)))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))

@@ -329,6 +329,8 @@ def plant(config: PlantConfig) -> Path:
                 "frozen_tensors": frozen,
                 "finetune_loss_first_last": [dit_losses[0], dit_losses[-1]] if dit_losses else [],
                 "readout": readout,
+                # the same CLIP as the parent: its measured Focal Guidance defaults hold here too
+                **({"focal_guidance": info["focal_guidance"]} if "focal_guidance" in info else {}),
             },
             indent=2,
         )
