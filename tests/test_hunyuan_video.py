@@ -549,3 +549,25 @@ def test_hunyuan_bench_generates_through_the_adapter(tmp_path):
     videos = sorted(out.rglob("*.mp4"))
     assert len(videos) == 2
     assert iio.imread(videos[0]).shape[:3] == (9, 64, 64)
+
+
+def test_hunyuan_contrastive_probe_uses_the_templated_rows_and_influence_is_refused(hunyuan, tmp_path):
+    import layerscope
+    from layerscope.adapters.registry import resolve_adapter
+    from layerscope.recording import RecordError, record
+
+    _, pipe = hunyuan
+    adapter = resolve_adapter(pipe)
+    keywords = adapter.map_keywords(PROMPT, ["red", "circle"])
+    reference = adapter.reference_tokens(PROMPT, keywords)
+    keyword_rows = {i for k in keywords for i in k.token_indices}
+    # the prompt's other words ("the", "moves", "to", "left"), shifted like the keywords
+    assert len(reference) >= 4 and not set(reference) & keyword_rows
+    assert min(reference) >= adapter.image_rows() and max(reference) < adapter.text_sequence_length()
+    common = dict(image=_image(), prompt=PROMPT, keywords=["red", "circle"], dtype="float32", progress=False, **SIZE)
+    record(pipe, tmp_path / "c.zarr", probe="contrastive", **common)
+    maps = layerscope.open_run(tmp_path / "c.zarr")["similarity"].values
+    assert np.isfinite(maps).all() and np.abs(maps).max() > 1e-4
+    with pytest.raises(RecordError, match="cannot rebuild"):
+        record(pipe, tmp_path / "i.zarr", probe="influence", **common)
+    assert not (tmp_path / "i.zarr").exists()
