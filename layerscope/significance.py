@@ -21,8 +21,8 @@ unit here is the *run* (or the prompt, when several seeds share one: their runs 
 independent draws of the prompt effect), and nothing is assumed about how layers of one
 run covary:
 
-* **split**: choose the band on a random half of the units (the highest dip score of
-  that half's mean curve, :func:`dip_scores`); on the other half, each unit gives two
+* **split**: choose the band on a random 40% of the units (``CHOOSE_SHARE``; the highest
+  dip score of their mean curve, :func:`dip_scores`); on the other 60%, each unit gives two
   contrasts (left flank mean - band mean, right flank mean - band mean) and the excess
   (the trend-free band depth above).  One-sided one-sample t tests over units;
   "below both flanks" is an intersection-union test, p = max(p_left, p_right).  Because
@@ -30,7 +30,8 @@ run covary:
   between layers.
 * **many splits**: one split wastes the luck of the draw.  ``splits`` random splits are
   combined by the quantile rule of Meinshausen, Meier & Bühlmann (2009, JASA 104:1671),
-  p = min(1, 2 * median), valid under any dependence between the splits' p-values.
+  p = min(1, quantile_gamma / gamma) with gamma 1/4 (``GAMMA``), valid under any
+  dependence between the splits' p-values.
 * the reported band is the best band of *all* units, with bootstrap intervals (over
   units) for its start and end, its drop and the distinct share; P(in band) per layer
   is the share of resamples whose best band contains the layer.
@@ -53,8 +54,8 @@ from layerscope.errors import LayerScopeError
 
 #: The smallest number of layers with an interior band and a layer on each side.
 MIN_LAYERS = 3
-#: Default minimum of independent units (runs, or prompts): each half of a split then has
-#: at least 5, a t test 4 degrees of freedom, and a one-sided p below 0.025 is reachable.
+#: Default minimum of independent units (runs, or prompts): a split then has 4 units that
+#: choose the band and 6 that test it (a t test with 5 degrees of freedom).
 MIN_RUNS = 10
 #: Default minimum relative drop.  The paper's band drops by 0.75 (Moran's I 0.76 -> 0.19);
 #: 0.1 still admits a band seven times shallower, but not the few-percent ripple that any
@@ -193,7 +194,7 @@ def combine_split_pvalues(p_values: np.ndarray, gamma: float = GAMMA) -> float:
 
 @dataclass(frozen=True)
 class SplitResult:
-    """What the held-out halves say: p-values and held-out effect sizes (medians over splits)."""
+    """What the held-out units say: p-values and held-out effect sizes (medians over splits)."""
 
     p_dip: float
     p_distinct: float | None
@@ -204,13 +205,13 @@ class SplitResult:
 def split_test(
     units: np.ndarray, splits: int = SPLITS, rng: np.random.Generator | None = None, choose_share: float = CHOOSE_SHARE
 ) -> SplitResult:
-    """The split-sample test: each split chooses the band on one half of the units and
-    measures it on the other.
+    """The split-sample test: each split chooses the band on ``choose_share`` of the units
+    and measures it on the rest.
 
     Per held-out unit (all linear in the unit's curve, so one-sample t tests apply):
     the dip below each flank (p = max of the two: an intersection-union test) and the
     trend-free depth ``excess``.  The held-out relative drop (against the flank that is
-    weaker in the choosing half) and distinct share ``excess / dip`` of each split's
+    weaker in the choosing units) and distinct share ``excess / dip`` of each split's
     held-out mean curve are the effect sizes the verdict's thresholds apply to: measured
     where the band was not chosen, they carry no selection bias (on a raised-cosine
     trough the in-sample share scatters above 0.5 at 20 runs; the held-out share does not).
@@ -429,7 +430,7 @@ def band_test(
     if splits < 1 or resamples < 1:
         raise SignificanceError("--splits and --bootstrap must be at least 1")
     if min_runs < 4:
-        raise SignificanceError(f"--min-runs must be at least 4, two units in each half of a split (got {min_runs})")
+        raise SignificanceError(f"--min-runs must be at least 4, two units on each side of a split (got {min_runs})")
     if not 0 <= min_drop < 1:
         raise SignificanceError(f"--min-drop is a relative drop in [0, 1) (got {min_drop})")
     if not 0 <= min_distinct <= 1:
