@@ -344,8 +344,10 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
     if window.sizes["step"] == 0:
         raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
     values, nan_maps = {}, None
-    for metric in METRICS + tuple(m for m in OPTIONAL_METRICS if m in window):
-        data = window[metric].transpose("step", "layer", ...).values
+    names = METRICS + tuple(m for m in OPTIONAL_METRICS if m in window)
+    loaded = window[list(names)].compute()  # one read of every statistic, not one per variable
+    for metric in names:
+        data = loaded[metric].transpose("step", "layer", ...).values
         flat = data.reshape(data.shape[0], data.shape[1], -1)
         finite = np.isfinite(flat)
         counts = finite.sum(axis=-1)

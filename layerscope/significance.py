@@ -168,7 +168,7 @@ def t_test_greater(samples: np.ndarray) -> np.ndarray:
     A zero-variance column is decided by its mean (p 0 when positive, else 1): a
     constant positive contrast across units is as certain as data gets.
     """
-    from scipy.stats import t as student_t
+    from scipy.special import stdtr  # Student's t CDF; scipy.stats costs ~0.5 s to import
 
     samples = np.asarray(samples, dtype=np.float64)
     n = samples.shape[0]
@@ -178,7 +178,7 @@ def t_test_greater(samples: np.ndarray) -> np.ndarray:
     degenerate = sd <= 1e-12 * scale
     with np.errstate(divide="ignore", invalid="ignore"):
         statistic = mean / (sd / np.sqrt(n))
-    p = student_t.sf(np.where(degenerate, 0.0, statistic), n - 1)
+    p = stdtr(n - 1, -np.where(degenerate, 0.0, statistic))  # sf(t) = cdf(-t)
     return np.where(degenerate, np.where(mean > 1e-12 * scale, 0.0, 1.0), p)
 
 
