@@ -4,15 +4,18 @@ The paper (§3.2, Figure 2) averages Moran's I and std of the keyword similarity
 over steps, keywords and frames (Eq. 4-5) and over 50 samples, and calls the low
 intermediate layers semantic-weak.  Here that claim has to survive statistics:
 
-* the **run** (prompt x seed) is the unit: per layer, each run contributes one mean;
-  the layer's 95% interval is a cluster bootstrap over runs.  With one run there is no
-  between-run variation; the interval is then over steps and the output says so;
-* the **band** is the interior dip that scores highest against both of its flanks
-  (:mod:`layerscope.significance`), tested against a null with layer labels permuted
-  within each run; its p-value pays for the search over every band;
-* the **verdict** is computed: ``weak band L-M (p=..., Moran dip ...)`` or ``no
-  significant weak band (p=...)``, and in the latter case ``weak_layers`` is empty, so
-  nothing downstream guides layers that the data does not single out.
+* the **prompt** is the unit (a run, prompt x seed, when prompts do not repeat): per
+  layer each run contributes one mean, seeds of a prompt are averaged, and the layer's 95%
+  interval is a cluster bootstrap over units.  One run, or fewer than ``--min-runs``
+  units, gives no verdict (one run's intervals are over its steps: that run only);
+* the **band** is the interior dip that scores highest against both of its flanks, and
+  the verdict comes from :mod:`layerscope.significance`'s split-sample test: chosen on
+  some units, tested on the others, with its relative drop, its distinctness from a
+  smooth trend and its edges as intervals;
+* the **verdict** is computed: ``weak band L-M (p=..., drop ... [CI], n_runs=...)``,
+  ``smooth trough L-M, no distinct band (...)``, ``no weak band (...)`` or ``too few runs
+  for a verdict``; only the first fills ``weak_layers``, so nothing downstream guides
+  layers that the data does not single out.
 
 ``bottom-k`` and ``threshold`` remain for users who want to force a choice; they report
 the band verdict beside it.  Multi-expert stores (Wan2.2) are ranked per expert as well.
@@ -179,11 +182,11 @@ class Ranking:
         for row in self.layers:
             star = "*" if row["layer"] in self.weak_layers else ""
             value, ci = row.get(self.metric), row.get(f"{self.metric}_ci")
-            rms = f" {_number(value, 9, 6)} {_interval(ci, 6):>21}" if extra else ""
+            extra_cells = f" {_number(value, 9, 6)} {_interval(ci, 6):>21}" if extra else ""
             lines.append(
                 f"{row['layer']:>5}  {row['block']:<{width}} {_number(row['moran_i'], 8, 4)} "
                 f"{_interval(row['moran_i_ci']):>17} {_number(row['std'], 7, 4)} "
-                f"{_interval(row['std_ci']):>17}{rms} {_number(row['p_in_band'], 7, 2)}  {star}"
+                f"{_interval(row['std_ci']):>17}{extra_cells} {_number(row['p_in_band'], 7, 2)}  {star}"
             )
         if self.interval_unit == "step":
             lines.append("95% CIs: bootstrap over the steps of the single run ('-': one step, no interval)")
