@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/finetune_cost.py
 	$(BIN)/python benchmarks/hunyuan_overhead.py
 	$(BIN)/python benchmarks/bench_judge.py
+	$(BIN)/python benchmarks/fsg_localisation.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info
