@@ -73,6 +73,8 @@ class Ranking:
     #: bootstrap intervals of the band's first and last layer, and the sentence that says them
     edges: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
+    #: every statistic's own verdict on the same runs (the sweep report's agreement table)
+    by_metric: dict[str, dict[str, Any]] = field(default_factory=dict)
     expert: str | None = None
     per_expert: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -99,6 +101,7 @@ class Ranking:
             "params": self.params,
             "explanation": self.explanation,
             "agreement": self.agreement,
+            "by_metric": self.by_metric,
             "expert": self.expert,
             "layers": self.layers,
             "per_expert": self.per_expert,
@@ -136,6 +139,7 @@ class Ranking:
             ("params", dict),
             ("per_expert", dict),
             ("agreement", dict),
+            ("by_metric", dict),
             ("effect", dict),
             ("edges", dict),
         ):
@@ -605,6 +609,14 @@ def rank_summaries(
         effect=_effect(main) if main.p_value is not None else {},
         edges=_edges(main, first.layers) if main.p_value is not None else {},
         agreement=agreement,
+        by_metric={
+            name: {
+                "verdict": sig.describe(test, first.layers, len(summaries)),
+                "verdict_kind": test.kind,
+                "weak_layers": [first.layers[p] for p in test.layers],
+            }
+            for name, test in tests.items()
+        },
         expert=expert,
         runs=runs,
         model={key: first.attrs.get(key) for key in ("model_id", "weights", "pipeline_class", "num_layers", "grid")},
@@ -706,32 +718,29 @@ def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metr
     }
 
 
-def instrument_agreement(summaries: list[RunSummary], main: Ranking | None = None) -> dict[str, Any]:
-    """Which layers each map statistic of these runs calls weak, and how their layer curves agree.
+def instrument_agreement(ranking: Ranking) -> dict[str, Any]:
+    """Which layers each map statistic of a ranking's runs calls weak, and how their layer
+    curves agree.
 
-    Every statistic the stores carry (Moran's I, std, RMS, AUROC where written) is ranked
-    with the same band test; ``correlation`` is Spearman's rho between their per-layer
-    means (None where a curve is constant or has gaps).  Why: an instrument never shown
-    to see the thing is absence of evidence; instruments that disagree say so here.
+    Every statistic the stores carry (Moran's I, std, RMS, AUROC where written) was tested
+    by :func:`rank_summaries` with the same band test (``ranking.by_metric``); nothing is
+    recomputed here.  ``correlation`` is Spearman's rho between their per-layer means (None
+    where a curve is constant or has gaps).  Why: an instrument never shown to see the
+    thing is absence of evidence; instruments that disagree say so here.
     """
     from scipy.stats import spearmanr
 
-    names = METRICS + tuple(m for m in OPTIONAL_METRICS if all(m in s.values for s in summaries))
-    rankings = {name: main if main is not None and main.metric == name else None for name in names}
-    rows, curves = [], {}
-    for name in names:
-        ranking = rankings[name] or rank_summaries(summaries, metric=name, per_expert=False)
-        curves[name] = np.array([row[name] for row in ranking.layers], dtype=np.float64)
-        rows.append(
-            {
-                "metric": name,
-                "label": METRIC_LABELS[name],
-                "verdict": ranking.verdict,
-                "verdict_kind": ranking.verdict_kind,
-                "weak_layers": ranking.weak_layers,
-                "weak_text": _ranges(ranking.weak_layers),
-            }
-        )
+    names = [name for name in ALL_METRICS if name in ranking.by_metric]
+    curves = {name: np.array([row[name] for row in ranking.layers], dtype=np.float64) for name in names}
+    rows = [
+        {
+            "metric": name,
+            "label": METRIC_LABELS[name],
+            **ranking.by_metric[name],
+            "weak_text": _ranges(ranking.by_metric[name]["weak_layers"]),
+        }
+        for name in names
+    ]
     correlation: dict[str, dict[str, float | None]] = {}
     for a in names:
         correlation[a] = {}
@@ -739,7 +748,7 @@ def instrument_agreement(summaries: list[RunSummary], main: Ranking | None = Non
             x, y = curves[a], curves[b]
             usable = np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0
             correlation[a][b] = float(spearmanr(x, y).statistic) if usable else None
-    probe = (summaries[0].attrs.get("probe") or {}).get("kind", "hidden") if summaries else "hidden"
+    probe = (ranking.probe or {}).get("kind", "hidden")
     return {"probe": probe, "rows": rows, "correlation": correlation, "labels": [METRIC_LABELS[n] for n in names]}
 
 

@@ -450,28 +450,21 @@ def band_test(
         n_units=n_units,
         filled=filled,
     )
-    nan_pair = (float("nan"), float("nan"))
-    if num_layers < MIN_LAYERS:
+    if num_layers < MIN_LAYERS or unit == "step" or n_units < min_runs:
+        # no verdict: layer intervals stay as description (over steps for one run); no band,
+        # so no P(in band) either (zero where no interior band can exist at all)
         boot = bootstrap(units, resamples, boot_rng)
+        nan, nan_pair = float("nan"), (float("nan"), float("nan"))
+        no_band = num_layers < MIN_LAYERS
         return BandTest(
-            kind="no_test", start=None, end=None, p_value=None, p_dip=None, p_distinct=None,
-            heldout_drop=float("nan"), heldout_distinct=float("nan"),
-            drop=float("nan"), drop_ci=nan_pair, dip=float("nan"), distinct=float("nan"), distinct_ci=nan_pair,
-            start_ci=None, end_ci=None, ci_low=boot.ci_low, ci_high=boot.ci_high,
-            p_in_band=np.zeros(num_layers), **common,
+            kind="no_test" if no_band else "too_few", start=None, end=None, p_value=None, p_dip=None,
+            p_distinct=None, heldout_drop=nan, heldout_distinct=nan, drop=nan, drop_ci=nan_pair, dip=nan,
+            distinct=nan, distinct_ci=nan_pair, start_ci=None, end_ci=None, ci_low=boot.ci_low,
+            ci_high=boot.ci_high, p_in_band=np.zeros(num_layers) if no_band else np.full(num_layers, np.nan),
+            **common,
         )  # fmt: skip
     start, end, _, _ = best_band(curve)
     drop, dip, distinct = effect_sizes(curve, start, end)
-    if unit == "step" or n_units < min_runs:
-        # description only: layer intervals (over steps for one run), no band, no P(in band)
-        boot = bootstrap(units, resamples, boot_rng)
-        return BandTest(
-            kind="too_few", start=None, end=None, p_value=None, p_dip=None, p_distinct=None,
-            heldout_drop=float("nan"), heldout_distinct=float("nan"),
-            drop=float("nan"), drop_ci=nan_pair, dip=float("nan"), distinct=float("nan"), distinct_ci=nan_pair,
-            start_ci=None, end_ci=None, ci_low=boot.ci_low, ci_high=boot.ci_high,
-            p_in_band=np.full(num_layers, np.nan), **common,
-        )  # fmt: skip
     split = split_test(units, splits, split_rng)
     p_dip, p_distinct = split.p_dip, split.p_distinct
     boot = bootstrap(units, resamples, boot_rng, band=(start, end))

@@ -316,16 +316,15 @@ def render_sweep(sweep_dir: str | os.PathLike, *, rank_kwargs: dict[str, Any] | 
     into it (and those that did not, with their status).
     """
     from layerscope import __version__
-    from layerscope.ranking import instrument_agreement, rank_summaries, summarize_stores
+    from layerscope.ranking import instrument_agreement, rank_stores
     from layerscope.sweep import sweep_index
 
     index = sweep_index(sweep_dir)
     stores = [Path(sweep_dir) / run["store"] for run in index["runs"] if run["status"] == "complete"]
     if not stores:
         raise ReportError(f"{sweep_dir}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
-    summaries = summarize_stores(stores)
-    ranking = rank_summaries(summaries, **(rank_kwargs or {}))
-    agreement = instrument_agreement(summaries, main=ranking)
+    ranking = rank_stores(stores, **(rank_kwargs or {}))
+    agreement = instrument_agreement(ranking)
     name = Path(sweep_dir).resolve().name
     curves = figure_uri(figures.layer_curves([ranking], [f"{ranking.n_runs} runs"], weak_layers=ranking.weak_layers))
     template = _environment().get_template("sweep.html.j2")
