@@ -25,7 +25,9 @@ Where each equation acts, in every weak single block (one ``to_q/k/v`` over
   ``(z + d) + gate * proj_out([attn(norm(z + d)); mlp(norm(z + d))])``.  Hooks: the block's
   pre-hook reads z and computes d and norm(z + d); pre-hooks on ``attn`` and ``proj_mlp``
   swap in norm(z + d); the block's forward hook adds d to its visual output.  The
-  probes' hooks on ``attn`` run first (``prepend``), so the recorded maps stay intrinsic.
+  probes' hooks on ``attn`` run first (``prepend``), so the recorded maps stay intrinsic;
+  every later single block offers the recorder norm(z - carried), its attention input
+  without the terms the residual carried in (``CarriedTerms``, ``IntrinsicInputs``).
   ``inject_at="attn-input"``: d is added to the attention's visual input only.
 """
 
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 from fg_intervene import fsg
 from fg_intervene.attention_cache import inject
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
-from fg_intervene.installation import FocalGuidanceHandle, install_step_source
+from fg_intervene.installation import CarriedTerms, FocalGuidanceHandle, install_step_source
 
 _TRACKER = "fg_intervene_hunyuan_step_tracker"
 
@@ -159,9 +161,10 @@ def _norm_visual(block: torch.nn.Module, hidden: torch.Tensor, args: tuple) -> t
 class _BlockGuide:
     """The hooks of one weak single-stream block."""
 
-    def __init__(self, block, layer, guidance: HunyuanGuidance, config, cache, state, active, n_img):
+    def __init__(self, block, layer, guidance: HunyuanGuidance, config, cache, state, active, n_img, carried=None):
         self.block, self.layer, self.guidance, self.config = block, layer, guidance, config
         self.cache, self.state, self.active, self.n_img = cache, state, active, n_img
+        self.carried: CarriedTerms | None = carried
         self.call: dict[str, Any] = {}
 
     def delta(self, hidden: torch.Tensor, values: torch.Tensor) -> torch.Tensor | None:
@@ -226,6 +229,8 @@ class _BlockGuide:
         if change is None or self.config.inject_at != "hidden":
             return None
         hidden, encoder = output
+        if self.carried is not None:
+            self.carried.add(change.to(hidden.dtype))
         return hidden + change.to(hidden.dtype), encoder
 
     def install(self) -> list[Any]:
@@ -241,19 +246,50 @@ class _BlockGuide:
         return [h.remove for h in handles]
 
 
-def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: HunyuanGuidance):
-    """Install FSG and/or the Attention Cache on the weak single-stream blocks."""
+def _hook_carried_terms(blocks: list, carried: CarriedTerms, intrinsic: Any) -> list[Any]:
+    """Reset the carried sum at the first weak block; later blocks offer norm(z - carried) (lazily).
+
+    ``blocks``: the single blocks from the first weak one on.
+    """
+    removers = [blocks[0].register_forward_pre_hook(lambda module, args: carried.reset()).remove]
+    if intrinsic is None:
+        return removers
+    for block in blocks[1:]:
+
+        def offer(module, args, block=block):
+            total = carried.total
+            if total is not None:
+                hidden = args[0]
+                intrinsic.offer(block.attn, lambda: _norm_visual(block, hidden - total.to(hidden.dtype), args))
+
+        def withdraw(module, args, output, block=block):
+            intrinsic.withdraw(block.attn)
+
+        removers.append(block.register_forward_pre_hook(offer).remove)
+        removers.append(block.attn.register_forward_hook(withdraw).remove)
+    return removers
+
+
+def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: HunyuanGuidance, intrinsic: Any = None):
+    """Install FSG and/or the Attention Cache on the weak single-stream blocks.
+
+    ``intrinsic``: the recorder's channel for the later blocks' unguided attention inputs.
+    """
     check_single_stream(adapter, config.weak_layers)
     removers: list[Any] = []
+    carried = CarriedTerms() if config.inject_at == "hidden" else None
     try:
         state, cache, active = install_step_source(
             adapter, config, guidance.token_indices, guidance.grid, removers, _TRACKER
         )
         transformer = adapter.denoisers()[0]
         offset = len(transformer.transformer_blocks)
+        if carried is not None:
+            singles = list(transformer.single_transformer_blocks)
+            removers.extend(_hook_carried_terms(singles[min(config.weak_layers) - offset :], carried, intrinsic))
         for layer in config.weak_layers:
             block = transformer.single_transformer_blocks[layer - offset]
-            guide = _BlockGuide(block, layer, guidance, config, cache, state, active, adapter.image_rows())
+            guide = _BlockGuide(block, layer, guidance, config, cache, state, active, adapter.image_rows(), carried)
             removers.extend(guide.install())
     except BaseException:
         for remover in reversed(removers):

@@ -15,6 +15,33 @@ from fg_intervene.attention_cache import AttentionCache
 from fg_intervene.config import FocalGuidanceConfig
 
 
+class CarriedTerms:
+    """The sum of FG's terms now riding the residual stream, within one forward call.
+
+    Why: with ``inject_at="hidden"`` the term added at weak block l stays in the residual,
+    so every later block's input is ``z + carried``.  The intrinsic maps of those blocks
+    are computed on ``z + carried - carried`` (:class:`layerscope.interventions.IntrinsicInputs`);
+    this is the ``carried``.  The first weak block resets it at the start of each call
+    (every branch, guided or not), so nothing leaks from one call into the next.
+    """
+
+    def __init__(self) -> None:
+        self.total: Any = None
+
+    def reset(self) -> None:
+        self.total = None
+
+    def add(self, term: Any) -> None:
+        self.total = term if self.total is None else self.total + term
+
+
+def carried_layers(config: FocalGuidanceConfig, num_layers: int) -> list[int]:
+    """Blocks whose input carries FG's terms: every block after the first weak one (``inject_at="hidden"``)."""
+    if config.inject_at != "hidden" or not config.weak_layers:
+        return []
+    return list(range(min(config.weak_layers) + 1, num_layers))
+
+
 class FocalGuidanceHandle:
     """Installed hooks; :meth:`remove` restores the pipeline exactly."""
 

@@ -62,7 +62,7 @@ class FocalGuidance:
         self._resolve_sign(inputs)
         check_image_branch(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
-        return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
+        return apply_focal_guidance(inputs.adapter, self.config, self.guidance, getattr(inputs, "intrinsic", None))
 
     def _apply_hunyuan(self, inputs: Any) -> Any:
         from fg_intervene.hunyuan_video import apply_focal_guidance, check_single_stream, prepare_guidance
@@ -71,11 +71,17 @@ class FocalGuidance:
         self._resolve_sign(inputs)
         check_single_stream(inputs.adapter, self.config.weak_layers)  # before loading CLIP
         self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
-        return apply_focal_guidance(inputs.adapter, self.config, self.guidance)
+        return apply_focal_guidance(inputs.adapter, self.config, self.guidance, getattr(inputs, "intrinsic", None))
 
     def touched_layers(self) -> list[int]:
         """The blocks whose hidden state or values Focal Guidance changes (the weak layers)."""
         return list(self.config.weak_layers)
+
+    def carried_layers(self, num_layers: int) -> list[int]:
+        """The blocks after the first weak one, whose input carries the terms added before them."""
+        from fg_intervene.installation import carried_layers
+
+        return carried_layers(self.config, num_layers)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.config.to_dict()

@@ -12,6 +12,8 @@ Where each equation acts, in every weak block ``blocks.l`` of every expert:
   on ``attn2`` swaps its input for ``norm2(z + delta)``, a forward hook adds delta to
   ``attn2``'s output, so the residual carries delta into the feed-forward and every later
   block.  (Summation order differs from a literal ``z + delta`` by float rounding only.)
+  The recorder's intrinsic maps of every later block are computed on its input minus the
+  deltas carried in (``CarriedTerms`` offered through ``IntrinsicInputs``): norm2(z - carried).
   ``inject_at="attn-input"``: delta is added to ``norm2(z)``, the cross-attention's query
   input, only.
 * V_k^vis = ``attn2.add_v_proj`` (the image value projection, W_v^vis) of the projected
@@ -34,7 +36,7 @@ import torch
 from fg_intervene import fsg
 from fg_intervene.attention_cache import inject
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
-from fg_intervene.installation import FocalGuidanceHandle, install_step_source
+from fg_intervene.installation import CarriedTerms, FocalGuidanceHandle, install_step_source
 
 _TRACKER = "fg_intervene_step_tracker"
 
@@ -151,14 +153,24 @@ def _clip_pixels(pipe: Any, image: Any) -> torch.Tensor:
     return pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].float()
 
 
-def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Guidance) -> FocalGuidanceHandle:
-    """Install FSG and/or the Attention Cache on the weak layers of every denoiser."""
+def apply_focal_guidance(
+    adapter: Any, config: FocalGuidanceConfig, guidance: Guidance, intrinsic: Any = None
+) -> FocalGuidanceHandle:
+    """Install FSG and/or the Attention Cache on the weak layers of every denoiser.
+
+    ``intrinsic`` (:class:`layerscope.interventions.IntrinsicInputs`, from the recorder):
+    where every block after the first weak one offers its cross-attention input without
+    the deltas the residual carried in.
+    """
     removers: list[Any] = []
+    carried = CarriedTerms() if config.inject_at == "hidden" else None
     try:
         state, cache, active = install_step_source(
             adapter, config, guidance.token_indices, guidance.grid, removers, _TRACKER
         )
         for expert, denoiser in enumerate(adapter.denoisers()):
+            if carried is not None:
+                removers.extend(_hook_carried_terms(denoiser.blocks, min(config.weak_layers), carried, intrinsic))
             for layer in config.weak_layers:
                 block = denoiser.blocks[layer]
                 values = guidance.visual_values[(expert, layer)]
@@ -166,7 +178,7 @@ def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Gu
                     removers.append(_hook_text_values(block.attn2, guidance, values, config, active).remove)
                 delta = _delta_function(guidance, values, config, cache, state)
                 if config.inject_at == "hidden":
-                    removers.extend(_hook_hidden_state(block, delta, active))
+                    removers.extend(_hook_hidden_state(block, delta, active, carried))
                 else:
                     removers.append(_hook_attention_input(block.attn2, delta, active).remove)
     except BaseException:
@@ -204,7 +216,32 @@ def _delta_function(guidance: Guidance, values: torch.Tensor, config: FocalGuida
     return delta
 
 
-def _hook_hidden_state(block: torch.nn.Module, delta, active) -> list[Any]:
+def _hook_carried_terms(blocks: Any, first: int, carried: CarriedTerms, intrinsic: Any) -> list[Any]:
+    """Reset the carried sum at the first weak block; offer later blocks' unguided attention inputs.
+
+    The offer is lazy (computed only if a probe records this call) and calls
+    ``norm2.forward`` directly, so no hook (FG's own ``read_residual`` included) sees it.
+    """
+    removers = [blocks[first].norm2.register_forward_pre_hook(lambda module, args: carried.reset()).remove]
+    if intrinsic is None:
+        return removers
+    for block in list(blocks)[first + 1 :]:
+
+        def offer(module, args, block=block):
+            total = carried.total
+            if total is not None:
+                z = args[0]
+                intrinsic.offer(block.attn2, lambda: block.norm2.forward(z - total.to(z.dtype)))
+
+        def withdraw(module, args, output, block=block):
+            intrinsic.withdraw(block.attn2)
+
+        removers.append(block.norm2.register_forward_pre_hook(offer).remove)
+        removers.append(block.attn2.register_forward_hook(withdraw).remove)
+    return removers
+
+
+def _hook_hidden_state(block: torch.nn.Module, delta, active, carried: CarriedTerms | None = None) -> list[Any]:
     """Make the block compute ``(z + delta) + attn2(norm2(z + delta))`` (module docstring)."""
     seen: dict[str, torch.Tensor] = {}
 
@@ -223,7 +260,8 @@ def _hook_hidden_state(block: torch.nn.Module, delta, active) -> list[Any]:
             seen.clear()
             return None
         seen["delta"] = change
-        shifted = block.norm2((z.type_as(query) + change).float()).type_as(query)
+        # norm2.forward: calling the module would fire its pre-hooks (read_residual, probes) again
+        shifted = block.norm2.forward((z.type_as(query) + change).float()).type_as(query)
         if args:
             return (shifted, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": shifted}
@@ -233,6 +271,8 @@ def _hook_hidden_state(block: torch.nn.Module, delta, active) -> list[Any]:
         seen.clear()
         if change is None:
             return None
+        if carried is not None:
+            carried.add(change.to(output.dtype))
         return output + change.to(output.dtype)
 
     return [

@@ -252,8 +252,11 @@ def attention_mass_maps(
 class _SiteProbe:
     """Hooks on one block's probe site; emits one map block per recorded call."""
 
-    def __init__(self, site: ProbeSite, config: ProbeConfig, state: StepState, is_recorded, sink: MapSink):
+    def __init__(
+        self, site: ProbeSite, config: ProbeConfig, state: StepState, is_recorded, sink: MapSink, intrinsic=None
+    ):
         self.site = site
+        self.intrinsic = intrinsic  # an intervention's unguided inputs (layerscope.interventions.IntrinsicInputs)
         self.config = config
         self.state = state
         self.is_recorded = is_recorded
@@ -298,7 +301,9 @@ class _SiteProbe:
         if self._rerunning:
             return None
         if self._active():
-            self._scratch["visual"] = self.site.visual_input(args, kwargs)[0]
+            visual = self.site.visual_input(args, kwargs)
+            unguided = self.intrinsic.take(module) if self.intrinsic is not None else None
+            self._scratch["visual"] = (visual if unguided is None else unguided.to(visual.dtype))[0]
             if self.config.kind == "influence":
                 self._scratch["call"] = (args, kwargs)
             if self.site.joint_attention:
@@ -474,11 +479,15 @@ def apply_probes(
     sink: MapSink,
     state: StepState | None = None,
     tracker_name: str = _BRANCH_HOOK,
+    intrinsic: Any = None,
 ) -> ProbeHandle:
     """Attach probes for ``config`` to every denoiser of ``adapter``'s pipeline.
 
     Only the selected layers get hooks, and a hook on a step or branch that is not
-    recorded returns at once, so unrecorded work costs one comparison.
+    recorded returns at once, so unrecorded work costs one comparison.  ``intrinsic``
+    (:class:`layerscope.interventions.IntrinsicInputs`): where an intervention offers a
+    block's attention input without the terms it carried in from earlier blocks; the
+    probes read that instead of the observed input.
     """
     state = state or StepState()
     steps = None if config.steps is None else frozenset(config.steps)
@@ -494,7 +503,7 @@ def apply_probes(
         for denoiser in adapter.denoisers():
             for site in adapter.probe_sites(denoiser):
                 if layers is None or site.layer in layers:
-                    probes.append(_SiteProbe(site, config, state, is_recorded, sink))
+                    probes.append(_SiteProbe(site, config, state, is_recorded, sink, intrinsic))
     except BaseException:
         for probe in probes:
             probe.remove()

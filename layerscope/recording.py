@@ -293,6 +293,7 @@ def trace(
     Hooks are always removed, leaving the pipeline exactly as it was.
     """
     config = _config(config, options)
+    from layerscope.interventions import IntrinsicInputs
     from layerscope.probes import ProbeConfig, apply_probes
 
     adapter = resolve_adapter(pipe)
@@ -308,10 +309,12 @@ def trace(
     step_list = _as_indices(config.record_steps, config.num_inference_steps, "step")
     recorded_layers = layer_list if layer_list is not None else list(range(adapter.num_layers()))
     labels = adapter.layer_labels()
-    touched = sorted(set(intervention.touched_layers()) & set(recorded_layers)) if intervention is not None else []
+    guided = sorted(set(intervention.touched_layers()) & set(recorded_layers)) if intervention is not None else []
+    carried = sorted(set(_carried_layers(intervention, adapter.num_layers())) & set(recorded_layers) - set(guided))
+    touched = sorted(set(guided) | set(carried))  # layers with an injected view
     if touched and config.probe != "hidden":
         raise RecordError(
-            f"--probe {config.probe} cannot separate a layer's own map from the intervention's terms "
+            f"--probe {config.probe} cannot separate layer {touched[0]}'s own map from the intervention's terms "
             "(its attention already mixes them); record interventions with --probe hidden"
         )
     recorded_steps = step_list if step_list is not None else list(range(config.num_inference_steps))
@@ -357,13 +360,19 @@ def trace(
             "probe": probe_config.to_dict(),
             "probe_kind": config.probe,
             "branch": config.branch,
-            "similarity_view": "intrinsic: probes run before any intervention hook, so maps exclude its terms",
+            "similarity_view": (
+                "intrinsic: probes run before any intervention hook, and on later blocks read the hidden state "
+                "minus the terms the intervention carried in, so maps exclude its terms"
+            ),
             "injected_layers": touched,
+            "guided_layers": guided,
+            "carried_layers": carried,
             "package_versions": package_versions(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    remove_intervention = _apply_intervention(intervention, pipe, adapter, config, image, grid, attrs)
+    intrinsic = IntrinsicInputs() if intervention is not None else None
+    remove_intervention = _apply_intervention(intervention, pipe, adapter, config, image, grid, attrs, intrinsic)
     try:
         # after apply: an intervention may resolve settings (e.g. selected keywords) there
         layout.attrs["intervention"] = intervention.to_dict() if intervention is not None else "none"
@@ -373,7 +382,7 @@ def trace(
         raise
     handle = injected = None
     try:
-        handle = apply_probes(adapter, probe_config, writer.submit)
+        handle = apply_probes(adapter, probe_config, writer.submit, intrinsic=intrinsic)
         handle.state.on_step = writer.set_timestep
         if touched:
             # the same probe after the intervention's hooks, on the layers it changes
@@ -422,7 +431,14 @@ def _config(config: RecordConfig | None, options: dict[str, Any]) -> RecordConfi
     return config
 
 
-def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image, grid, attrs):
+def _carried_layers(intervention: Any, num_layers: int) -> list[int]:
+    """Blocks whose input carries the intervention's terms (optional protocol method)."""
+    if intervention is None or not hasattr(intervention, "carried_layers"):
+        return []
+    return [int(layer) for layer in intervention.carried_layers(num_layers)]
+
+
+def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image, grid, attrs, intrinsic=None):
     """Install ``intervention`` (validating it against this run); return its remover."""
     if intervention is None:
         return lambda: None
@@ -443,6 +459,7 @@ def _apply_intervention(intervention, pipe, adapter, config: RecordConfig, image
         grid=grid,
         model_dir=model_dir,
         extra={"model_id": model.get("model_id"), "base_model_id": model.get("base_model_id")},
+        intrinsic=intrinsic,
     )
     handle = intervention.apply(inputs)
     return handle.remove

@@ -147,9 +147,8 @@ def test_latent_injection_into_the_hidden_state_by_hand(tiny_pipe, example, mode
     finally:
         for h in handles:
             h.remove()
-    # norm2 runs twice: the block's own call on z, then FG's on z + delta
-    z, (after,) = seen["z"][0], seen["after"]
-    assert len(seen["z"]) == 2
+    # norm2's hooks fire once: FG computes norm2(z + delta) through norm2.forward, out of every hook's sight
+    (z,), (after,) = seen["z"], seen["after"]
     delta, region = _eq9_delta(fg, 0.75, z.shape[1])
     # by hand, with FG's hooks gone: the cross-attention sublayer run on z + delta
     encoder = _attn2_context(tiny_pipe, block, inputs)
@@ -282,14 +281,17 @@ def test_lambda_cache_zero_equals_fsg_only_and_no_self_credit(tiny_pipe, example
     np.testing.assert_array_equal(
         both.similarity.isel(step=0).sel(layer=upto).values, base.similarity.isel(step=0).sel(layer=upto).values
     )
-    # the injected view exists only on the touched layers and there it does contain FG's terms
-    assert both.attrs["injected_layers"] == WEAK
+    # the injected view exists on the guided layers and the later ones whose input carries FG's
+    # terms, and there it does contain them
+    assert both.attrs["guided_layers"] == WEAK and both.attrs["carried_layers"] == [6, 7]
+    assert both.attrs["injected_layers"] == [3, 4, 5, 6, 7]
     injected = both["similarity_injected"]
-    assert np.isnan(injected.sel(layer=[0, 1, 2, 6, 7]).values).all()
-    first = injected.isel(step=0).sel(layer=WEAK[0]).values
-    assert np.isfinite(first).all()
-    gap = np.abs(first - both.similarity.isel(step=0).sel(layer=WEAK[0]).values).mean()
-    assert gap > 1e-3, "the injected view must show the injected terms"
+    assert np.isnan(injected.sel(layer=[0, 1, 2]).values).all()
+    for layer in (WEAK[0], 6):
+        view = injected.isel(step=0).sel(layer=layer).values
+        assert np.isfinite(view).all()
+        gap = np.abs(view - both.similarity.isel(step=0).sel(layer=layer).values).mean()
+        assert gap > 1e-3, f"the injected view of layer {layer} must show the injected terms"
 
 
 def test_cache_ordering_policy(tiny_pipe, example, model_dir):

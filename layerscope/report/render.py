@@ -289,7 +289,7 @@ def render(
     delta = None
     groups: list[dict[str, Any]] = []
     if len(contexts) == 2:
-        touched = list(datasets[1].attrs.get("injected_layers") or weak)
+        touched = list(datasets[1].attrs.get("guided_layers") or datasets[1].attrs.get("injected_layers") or weak)
         groups = delta_by_role(contexts[0]["ranking"], contexts[1]["ranking"], touched)
         delta = figure_uri(figures.delta_curves(contexts[0]["ranking"], contexts[1]["ranking"], weak_layers=weak))
     from layerscope import __version__
