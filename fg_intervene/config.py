@@ -61,6 +61,12 @@ class FocalGuidanceConfig:
             each strong layer's most recent map, i.e. the current step's for layers
             that already ran and the previous step's for later layers (first step:
             earlier layers only, averaged over those available).
+        anchor_gradients: in a forward with autograd on (``layerscope finetune``), V_k^vis =
+            W_v^vis P_v(anchor) is computed inside the graph, so the trained layers' image
+            value projection (Wan ``attn2.add_v_proj``; HunyuanVideo the single block's
+            ``to_v``) learns through Eq. 8, 9 and 13 as well: the paper post-trains "with FG
+            on" so the layers learn the injection.  ``False`` (``--freeze-anchors``): the
+            anchors are constants of each step (the ablation).  Inference is unaffected.
         stopwords: words never selected automatically.
     """
 
@@ -78,6 +84,7 @@ class FocalGuidanceConfig:
     attention_cache: bool = True
     branch: str = "cond"
     cache_policy: str = "latest"
+    anchor_gradients: bool = True
     stopwords: list[str] = field(
         default_factory=lambda: ["a", "an", "the", "to", "of", "and", "while", "then", "on", "in", "at", "is"]
     )
@@ -104,6 +111,9 @@ class FocalGuidanceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} must be a number (got {value!r})")
+        for name in ("fsg", "attention_cache", "anchor_gradients"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.cache_policy not in CACHE_POLICIES:
             raise ConfigError(f"cache_policy must be one of {', '.join(CACHE_POLICIES)}")
         for name in ("lambda_txt", "lambda_lat", "lambda_cache"):

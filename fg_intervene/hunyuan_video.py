@@ -185,7 +185,8 @@ class _BlockGuide:
         if not self.active():
             return None
         hidden = args[0]
-        with torch.no_grad():
+        # in the graph when autograd is on (post-training) and anchors learn; a constant otherwise
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.anchor_gradients):
             values = block_visual_values(self.block, args, self.guidance.image_row_weights, self.n_img)
         self.call = {"values": values, "n_visual": hidden.shape[1]}
         change = self.delta(hidden, values)

@@ -49,8 +49,9 @@ class Guidance:
     token_indices: list[list[int]]  # DiT text-token rows of each keyword
     keyword_sims: torch.Tensor  # (K, N) S_k over CLIP patches
     region: torch.Tensor  # (K, H', W') Eq. 9 weights, zero outside R_k
-    visual_values: dict[tuple[int, int], torch.Tensor]  # (expert, weak layer) -> (K, D) V_k^vis
+    visual_values: dict[tuple[int, int], torch.Tensor]  # (expert, weak layer) -> (K, D) V_k^vis, constants
     grid: tuple[int, int, int]  # (F', H', W') of the run
+    projected: dict[int, torch.Tensor] = field(default_factory=dict)  # expert -> (K, dim) P_v(anchor)
     scores: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -104,24 +105,34 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
     _, height, width = inputs.grid
     region = fsg.region_weights(keyword_sims, (side, side), (height, width), config.tau_region)
     anchors = fsg.visual_anchors(keyword_sims, image_tokens)  # (K, D_img)
-    visual_values = {}
+    visual_values, projections = {}, {}
     with torch.no_grad():
         for expert, denoiser in enumerate(experts):  # each expert with its own P_v and W_v^vis
             embedder = denoiser.condition_embedder.image_embedder
             device, dtype = _param_device_dtype(embedder)
-            projected = embedder(anchors[None].to(device=device, dtype=dtype))[0]  # P_v: (K, dim)
+            projections[expert] = embedder(anchors[None].to(device=device, dtype=dtype))[0]  # P_v: (K, dim)
             for layer in config.weak_layers:
-                add_v = denoiser.blocks[layer].attn2.add_v_proj
-                visual_values[(expert, layer)] = add_v(projected.to(_param_device_dtype(add_v)[1]))
+                visual_values[(expert, layer)] = anchor_values(denoiser.blocks[layer], projections[expert])
     return Guidance(
         keywords=list(keywords),
         token_indices=[list(m.token_indices) for m in mapped],
         keyword_sims=keyword_sims,
         region=region,
         visual_values=visual_values,
+        projected=projections,
         grid=tuple(inputs.grid),
         scores=[{"word": s.word, "score": round(s.score, 6), "selected": s.selected} for s in scores],
     )
+
+
+def anchor_values(block: torch.nn.Module, projected: torch.Tensor) -> torch.Tensor:
+    """V_k^vis = W_v^vis P_v(anchor) with this block's ``attn2.add_v_proj`` (Eq. 7).
+
+    ``F.linear`` with the module's weights keeps every hook off it; under autograd the
+    result depends on ``add_v_proj``'s parameters, so post-training can learn through it.
+    """
+    add_v = block.attn2.add_v_proj
+    return torch.nn.functional.linear(projected.to(add_v.weight.dtype), add_v.weight, add_v.bias)
 
 
 def check_image_branch(pipe: Any, adapter: Any, weak_layers: list[int]) -> None:
@@ -173,7 +184,9 @@ def apply_focal_guidance(
                 removers.extend(_hook_carried_terms(denoiser.blocks, min(config.weak_layers), carried, intrinsic))
             for layer in config.weak_layers:
                 block = denoiser.blocks[layer]
-                values = guidance.visual_values[(expert, layer)]
+                values = _live_values(
+                    block, guidance.projected[expert], guidance.visual_values[(expert, layer)], config
+                )
                 if config.fsg:
                     removers.append(_hook_text_values(block.attn2, guidance, values, config, active).remove)
                 delta = _delta_function(guidance, values, config, cache, state)
@@ -188,20 +201,32 @@ def apply_focal_guidance(
     return FocalGuidanceHandle(removers, state, cache)
 
 
-def _hook_text_values(attn, guidance: Guidance, values: torch.Tensor, config: FocalGuidanceConfig, active):
+def _live_values(block: torch.nn.Module, projected: torch.Tensor, constant: torch.Tensor, config: FocalGuidanceConfig):
+    """V_k^vis for the current call: in the graph when autograd is on and anchors learn, else the constant."""
+
+    def values() -> torch.Tensor:
+        if config.anchor_gradients and torch.is_grad_enabled():
+            return anchor_values(block, projected)
+        return constant
+
+    return values
+
+
+def _hook_text_values(attn, guidance: Guidance, values, config: FocalGuidanceConfig, active):
     def hook(module, args, output):
         if not active():
             return None
-        return fsg.fuse_text_values(output, guidance.token_indices, values, config.lambda_txt)
+        return fsg.fuse_text_values(output, guidance.token_indices, values(), config.lambda_txt)
 
     return attn.to_v.register_forward_hook(hook)
 
 
-def _delta_function(guidance: Guidance, values: torch.Tensor, config: FocalGuidanceConfig, cache, state):
+def _delta_function(guidance: Guidance, values_of, config: FocalGuidanceConfig, cache, state):
     """delta(z) for one weak block: Eq. 9's reference-frame term plus Eq. 13's cache term, or None."""
 
     def delta(hidden: torch.Tensor) -> torch.Tensor | None:
         total = None
+        values = values_of()
         if config.fsg:
             zero = torch.zeros_like(hidden)
             total = fsg.inject_reference_frame(zero, guidance.region.to(hidden.device), values, config.lambda_lat)

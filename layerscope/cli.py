@@ -747,19 +747,24 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
         help="post-train the weak layers' cross-attention with Focal Guidance on (paper Table 3)",
-        description="Trains only blocks.<l>.attn2 of the ranked weak layers (or --layers) with the flow-matching "
-        "loss, Focal Guidance installed for every sample unless --no-fg. Writes the changed tensors and a "
+        description="Trains only the attention of the ranked weak layers (or --layers; Wan blocks.<l>.attn2, "
+        "HunyuanVideo-I2V single_transformer_blocks.<s>.attn) with the flow-matching loss, Focal Guidance "
+        "installed for every sample unless --no-fg, its anchors learning unless --freeze-anchors. "
+        "Writes the changed tensors and a "
         "provenance JSON to --out; `layerscope record --model OUT` merges them into the base on load. "
         "Multi-GPU: `accelerate launch -m layerscope finetune ...`.",
     )
-    p.add_argument("--model", default="default", help="'default', 'random' or a local Wan I2V pipeline dir")
+    p.add_argument("--model", default="default", help="'default', 'random' or a local Wan/HunyuanVideo I2V dir")
     p.add_argument("--data", required=True, help="training JSONL (video, caption, keywords, image), or shapes:N")
     p.add_argument("--ranking", help="ranking JSON from `layerscope rank`: its weak band is trained and guided")
     p.add_argument("--layers", help="train these layers instead, e.g. 11-26 (needed when the ranking has no band)")
     p.add_argument("--out", required=True, help="output directory, e.g. runs/finetuned")
     p.add_argument("--no-fg", dest="fg", action="store_false", help="train without Focal Guidance (ablation)")
+    p.add_argument("--freeze-anchors", action="store_true",
+                   help="FG's anchors V_k^vis as constants: no gradient through them (ablation)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, default=50, help="optimizer steps (default 50)")
-    p.add_argument("--lr", type=_positive_float, default=1e-5, help="AdamW learning rate (paper: 1e-5 for Wan)")
+    p.add_argument("--lr", type=_positive_float,
+                   help="AdamW learning rate (default the paper's: 1e-5 Wan, 1e-4 HunyuanVideo-I2V)")  # fmt: skip
     p.add_argument("--grad-accum", type=_positive_int, default=1, help="samples per step (paper batch: 8)")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="accelerate's (bf16 on GPUs)")
@@ -851,11 +856,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         from layerscope.interventions import load_intervention
 
         settings = {**dict(args.fg_set or []), "weak_layers": layers}
+        if args.freeze_anchors:
+            settings["anchor_gradients"] = False
         intervention = load_intervention(
             "focal-guidance", ranking=args.ranking, config=args.intervene_config, clip=args.clip, settings=settings
         )
-    elif args.fg_set or args.intervene_config or args.clip:
-        raise UsageError("--fg-set/--intervene-config/--clip configure Focal Guidance; drop them with --no-fg")
+    elif args.fg_set or args.intervene_config or args.clip or args.freeze_anchors:
+        raise UsageError(
+            "--fg-set/--intervene-config/--clip/--freeze-anchors configure Focal Guidance; drop them with --no-fg"
+        )
     if args.resume and latest_checkpoint(out) is None:
         print(f"note: no checkpoint in {out}; starting from step 0")
     from layerscope.sweep import process_device

@@ -1,24 +1,32 @@
-"""Post-training the semantic-weak layers' cross-attention with Focal Guidance on (paper §4.3).
+"""Post-training the semantic-weak layers' attention with Focal Guidance on (paper §4.3).
 
 The paper fine-tunes only the cross-attention of Wan2.1-I2V's weak layers (11-26; batch 8,
-lr 1e-5) with Focal Guidance applied throughout, and reports (Table 3) that post-training
-alone helps little, FG zero-shot helps, and both together help most.  This module does
-that for any Wan pipeline LayerScope can load:
+lr 1e-5) and HunyuanVideo-I2V's single-stream layers 17-32 (lr 1e-4) with Focal Guidance
+applied throughout, and reports (Table 3) that post-training alone helps little, FG
+zero-shot helps, and both together help most.  This module does that for any pipeline
+whose adapter implements the three post-training methods (Wan, HunyuanVideo-I2V):
 
-* **Trainable:** ``blocks.<l>.attn2.*`` of the chosen layers (``to_q/k/v``, ``to_out``,
-  ``add_k_proj``/``add_v_proj`` of the image context, their norms); everything else is
-  frozen and bit-identical in the output.  Only the first transformer (Wan2.1; Wan2.2's
-  high-noise expert) is trained.
+* **Trainable:** the attention tensors of the chosen layers (``adapter.finetune_prefixes``:
+  Wan ``blocks.<l>.attn2.*``; HunyuanVideo ``single_transformer_blocks.<s>.attn.*``);
+  everything else is frozen and bit-identical in the output.  Only the first transformer
+  (Wan2.1; Wan2.2's high-noise expert) is trained.
 * **Objective:** the rectified-flow loss the pipeline samples with: ``x_t = (1 - s) x0 +
   s e``, target ``e - x0``, timestep ``1000 s``; ``s`` uniform, then shifted with the
-  scheduler's ``shift`` as its sigmas are (``s' = shift s / (1 + (shift - 1) s)``).
-  Latents, conditions, prompt and image embeddings are computed once (VAE and encoders
-  never in the training graph) and cached on disk as safetensors, keyed by a data hash.
+  scheduler's ``shift`` as its sigmas are (``s' = shift s / (1 + (shift - 1) s)``); the
+  frames scored are the adapter's (HunyuanVideo token-replace: not frame 0, which the
+  pipeline never denoises).  Latents, conditions and text rows are computed once by the
+  adapter (VAE and encoders never in the training graph) and cached on disk as
+  safetensors, keyed by a data hash.
 * **Focal Guidance during training:** the intervention (``fg_intervene``, loaded through
   the entry-point protocol: the core does not import it) is installed for each sample's
   forward with that sample's caption and image, as at inference, inside the ``cond``
-  cache context its hooks act on.  Its anchors are computed without gradients (constants
-  for the step).  ``focal_guidance=False`` is the paper's "post-training only" ablation.
+  cache context its hooks act on.  Its anchors V_k^vis are computed inside the graph, so
+  the trained layers' image value projection learns through Eq. 8, 9 and 13
+  (``--freeze-anchors``: constants, the ablation).  The Attention Cache differs from
+  inference: a training forward is one step of one sample, so the cache holds only the
+  strong layers *before* the weak band (inference adds the later ones from step t-1);
+  a previous step would need a second, no-grad forward per sample at another noise level
+  the paper does not specify.  ``focal_guidance=False`` is the "post-training only" ablation.
 * **Engine:** Hugging Face ``accelerate`` (mixed precision, multi-process under
   ``accelerate launch``/``torchrun``, gradient accumulation).  Every random draw of step
   ``n`` comes from a generator seeded by (seed, n, micro-batch, process), so a run resumed
@@ -56,7 +64,7 @@ class FinetuneConfig:
 
     layers: list[int]
     steps: int = 50
-    lr: float = 1e-5
+    lr: float | None = None  # None: the model family's (adapter.finetune_lr; the paper's)
     grad_accum: int = 1
     seed: int = 0
     focal_guidance: bool = True
@@ -74,7 +82,7 @@ class FinetuneConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise FinetuneError(f"--{name.replace('_', '-')} must be an integer >= 1 (got {value!r})")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise FinetuneError(f"--lr must be > 0 (got {self.lr})")
         if self.mixed_precision not in MIXED_PRECISION:
             raise FinetuneError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
@@ -82,12 +90,12 @@ class FinetuneConfig:
             raise FinetuneError("no layers to train: the ranking names no weak band; pass --layers 11-26")
 
 
-def trainable_names(transformer: Any, layers: list[int]) -> list[str]:
-    """Parameter names of the chosen layers' cross-attention (``blocks.<l>.attn2.``)."""
-    prefixes = tuple(f"blocks.{layer}.attn2." for layer in layers)
+def trainable_names(transformer: Any, layers: list[int], prefixes: tuple[str, ...] | None = None) -> list[str]:
+    """Parameter names under ``prefixes`` (the adapter's; Wan's ``blocks.<l>.attn2.`` by default)."""
+    prefixes = prefixes or tuple(f"blocks.{layer}.attn2." for layer in layers)
     names = [name for name, _ in transformer.named_parameters() if name.startswith(prefixes)]
     if not names:
-        raise FinetuneError(f"layers {layers} have no cross-attention parameters in this transformer")
+        raise FinetuneError(f"layers {layers} have no attention parameters in this transformer")
     return names
 
 
@@ -104,31 +112,21 @@ def _clip_tensor(frames: Any, height: int, width: int) -> Any:
     return uint8_to_vae_input(resized[None])
 
 
-def encode_clips(pipe: Any, clips: list[Any], config: FinetuneConfig, cache: Path, device: Any) -> dict[str, Any]:
-    """x0 latents, I2V conditions, prompt and image embeddings of every clip, cached on disk."""
+def encode_clips(adapter: Any, clips: list[Any], config: FinetuneConfig, cache: Path, device: Any) -> dict[str, Any]:
+    """Every clip encoded once by the family's adapter (latents, conditions, text rows), cached on disk."""
     import torch
     from PIL import Image
     from safetensors.torch import load_file, save_file
 
     if cache.is_file():
         return load_file(cache)
-    vae = pipe.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(device)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(device)
-    data: dict[str, list[Any]] = {"x0": [], "condition": [], "prompt": [], "image": []}
+    data: dict[str, list[Any]] = {}
     h, w, f = config.height, config.width, config.num_frames
-    with torch.no_grad():
-        for clip in clips:
-            video = _clip_tensor(clip.frames[:f], h, w).to(device, vae.dtype)
-            x0 = (vae.encode(video).latent_dist.mode().float() - mean) / std
-            image = Image.fromarray(clip.image).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-            processed = pipe.video_processor.preprocess(image, height=h, width=w).to(device, torch.float32)
-            _, condition = pipe.prepare_latents(processed, 1, vae.config.z_dim, h, w, f, torch.float32, device)
-            prompt, _ = pipe.encode_prompt(clip.caption, negative_prompt="", device=device, max_sequence_length=512)
-            data["x0"].append(x0[0].float().cpu())
-            data["condition"].append(condition[0].float().cpu())
-            data["prompt"].append(prompt[0].float().cpu())
-            data["image"].append(pipe.encode_image(image, device=device)[0].float().cpu())
+    for clip in clips:
+        video = _clip_tensor(clip.frames[:f], h, w)
+        image = Image.fromarray(clip.image).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+        for key, tensor in adapter.encode_training_clip(video, image, clip.caption, device).items():
+            data.setdefault(key, []).append(tensor.float().cpu())
     tensors = {k: torch.stack(v).contiguous() for k, v in data.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")  # processes may encode at once
@@ -164,7 +162,7 @@ class Trainer:
         )
         transformer = pipe.transformer
         transformer.requires_grad_(False)
-        self.names = trainable_names(transformer, config.layers)
+        self.names = trainable_names(transformer, config.layers, adapter.finetune_prefixes(config.layers))
         parameters = dict(transformer.named_parameters())
         self.params = [parameters[name] for name in self.names]
         for param in self.params:
@@ -221,17 +219,13 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         sigma = _shifted(torch.rand(1, generator=generator), self.shift).to(self.device)
         noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
-        model_input = torch.cat([noisy, self.data["condition"][index : index + 1]], dim=1)
+        sample = {key: value[index : index + 1] for key, value in self.data.items()}
         inner = self.accelerator.unwrap_model(self.model)
         with self._guided(index), inner.cache_context("cond"), self.accelerator.autocast():
-            prediction = self.model(
-                hidden_states=model_input.to(inner.dtype),
-                timestep=sigma * 1000.0,
-                encoder_hidden_states=self.data["prompt"][index : index + 1].to(inner.dtype),
-                encoder_hidden_states_image=self.data["image"][index : index + 1].to(inner.dtype),
-                return_dict=False,
-            )[0]
-        return (prediction.float() - (noise - x0)).pow(2).mean()
+            prediction, scored = self.adapter.training_prediction(
+                self.model, inner.dtype, sample, noisy, sigma * 1000.0
+            )
+        return (prediction.float() - (noise - x0))[:, :, scored].pow(2).mean()
 
     def eval_loss(self) -> float:
         """Mean loss on a fixed set of (sample, noise, level): comparable before and after."""
@@ -362,6 +356,8 @@ def finetune(
     bad = [layer for layer in config.layers if not 0 <= layer < layers_available]
     if bad:
         raise FinetuneError(f"layer {bad[0]} is out of range; this model has layers 0-{layers_available - 1}")
+    if config.lr is None:
+        config.lr = float(adapter.finetune_lr)
     if config.focal_guidance and intervention is None:
         raise FinetuneError("Focal Guidance during training needs --intervene focal-guidance (or pass --no-fg)")
     digest = data_hash(clips)
@@ -371,7 +367,7 @@ def finetune(
     model_key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:8]
     shape = f"{config.num_frames}x{config.height}x{config.width}"
     cache = out / "cache" / f"encoded-{digest}-{model_key}-{shape}.safetensors"
-    data = encode_clips(pipe, clips, config, cache, pipe.device)
+    data = encode_clips(adapter, clips, config, cache, pipe.device)
     trainer = Trainer(pipe, adapter, clips, data, config, out, intervention, model_dir)
     start = 0
     if resume and (folder := latest_checkpoint(out)) is not None:

@@ -185,6 +185,27 @@ class ModelAdapter(ABC):
         """Frames the pipeline returns for ``num_frames`` requested."""
         return num_frames
 
+    # -- post-training (``layerscope finetune``) -------------------------------
+    #: the paper's learning rate for this family (§4.3), ``--lr``'s default
+    finetune_lr: float = 1e-5
+
+    def finetune_prefixes(self, layers: list[int]) -> tuple[str, ...]:
+        """Parameter-name prefixes of the attention tensors ``finetune`` trains in ``layers``."""
+        raise AdapterError(f"layerscope finetune does not support {self.name} pipelines yet")
+
+    def encode_training_clip(self, video: torch.Tensor, image: Any, caption: str, device: Any) -> dict[str, Any]:
+        """Everything a training forward needs from one clip, computed once (no grad) and cached.
+
+        ``video`` (1, 3, F, H, W) in [-1, 1]; ``image`` the conditioning frame (PIL, H x W).
+        Returns tensors without a batch dimension; ``x0`` is the clean latent the loss targets.
+        """
+        raise AdapterError(f"layerscope finetune does not support {self.name} pipelines yet")
+
+    def training_prediction(self, model: Any, dtype: Any, sample: dict[str, Any], noisy: torch.Tensor,
+                            timestep: torch.Tensor) -> tuple[torch.Tensor, slice]:  # fmt: skip
+        """The transformer's velocity for ``noisy`` latents (batch of 1), and the latent frames it is scored on."""
+        raise AdapterError(f"layerscope finetune does not support {self.name} pipelines yet")
+
     def hook_points(self) -> list[str]:
         """Names of every place a probe or intervention can attach, e.g. ``blocks.3.attn2``."""
         return [site.name for site in self.probe_sites(self.denoisers()[0])]

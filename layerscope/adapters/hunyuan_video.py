@@ -281,6 +281,85 @@ class HunyuanVideoAdapter(ModelAdapter):
     def runs_uncond(self, config: Any) -> bool:
         return float(getattr(config, "true_cfg_scale", 1.0)) > 1.0
 
+    # -- post-training ------------------------------------------------------------
+    finetune_lr = 1e-4  # paper §4.3: HunyuanVideo-I2V single-stream layers 17-32, lr 1e-4
+    #: the embedded guidance a training forward sees (diffusers' I2V default scale)
+    training_guidance = 1.0
+
+    def finetune_prefixes(self, layers: list[int]) -> tuple[str, ...]:
+        """Each layer's attention: ``attn.`` of its double (``transformer_blocks``) or single block.
+
+        A single block's ``proj_out`` is shared by attention and MLP, so it is not trained.
+        """
+        doubles = int(self.pipe.transformer.config.num_layers)
+        return tuple(
+            f"transformer_blocks.{layer}.attn."
+            if layer < doubles
+            else f"single_transformer_blocks.{layer - doubles}.attn."
+            for layer in layers
+        )
+
+    def encode_training_clip(self, video: torch.Tensor, image: Any, caption: str, device: Any) -> dict[str, Any]:
+        """HunyuanVideo-I2V: scaled VAE latents, the image latent, LLaVA rows with the image, pooled CLIP text.
+
+        The image latent and (latent_concat) the first-frame mask are built as diffusers'
+        pipeline builds them (``prepare_latents``: the image's VAE mode times the scaling
+        factor; ``__call__``: later frames zeroed, a mask channel 1 on frame 0).
+        """
+        pipe = self.pipe
+        vae = pipe.vae
+        frames, height, width = video.shape[2:]
+        scale = float(pipe.vae_scaling_factor)
+        with torch.no_grad():
+            x0 = vae.encode(video.to(device, vae.dtype)).latent_dist.mode().float() * scale
+            pixels = pipe.video_processor.preprocess(image, height, width).to(device, vae.dtype)
+            image_latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode().float() * scale  # (1, C, 1, h, w)
+            prompt, pooled, mask = pipe.encode_prompt(
+                image=image,
+                prompt=caption,
+                prompt_template=self.prompt_template(),
+                device=device,
+                max_sequence_length=PROMPT_TOKENS,
+                image_embed_interleave=self.image_embed_interleave(),
+            )
+        if self.condition_type() == "latent_concat":
+            condition = torch.zeros_like(x0)
+            condition[:, :, :1] = image_latent
+            first = torch.zeros_like(x0[:, :1])
+            first[:, :, :1] = 1.0
+            condition = torch.cat([condition, first], dim=1)
+        else:
+            condition = image_latent
+        return {
+            "x0": x0[0],
+            "condition": condition[0],
+            "prompt": prompt[0].float(),
+            "prompt_mask": mask[0].float(),
+            "pooled": pooled[0].float(),
+        }
+
+    def training_prediction(self, model: Any, dtype: Any, sample: dict[str, Any], noisy: torch.Tensor,
+                            timestep: torch.Tensor) -> tuple[torch.Tensor, slice]:  # fmt: skip
+        """latent_concat: [noisy; image latent; mask] on channels, every frame scored.  token_replace:
+        frame 0 is the image latent (the pipeline never denoises it), so frames 1: are scored."""
+        if self.condition_type() == "latent_concat":
+            hidden, scored = torch.cat([noisy, sample["condition"]], dim=1), slice(None)
+        else:
+            hidden, scored = torch.cat([sample["condition"], noisy[:, :, 1:]], dim=2), slice(1, None)
+        guidance = None
+        if self.pipe.transformer.config.guidance_embeds:
+            guidance = torch.full((1,), self.training_guidance * 1000.0, device=noisy.device, dtype=dtype)
+        prediction = model(
+            hidden_states=hidden.to(dtype),
+            timestep=timestep,
+            encoder_hidden_states=sample["prompt"].to(dtype),
+            encoder_attention_mask=sample["prompt_mask"].to(dtype),
+            pooled_projections=sample["pooled"].to(dtype),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return prediction, scored
+
     def video_frames(self, num_frames: int) -> int:
         # latent_concat decodes the image-latent frame too and diffusers drops 4 frames
         return num_frames - 4 if self.condition_type() == "latent_concat" else num_frames

@@ -96,6 +96,42 @@ class WanAdapter(ModelAdapter):
     def text_sequence_length(self) -> int:
         return WAN_TEXT_TOKENS
 
+    # -- post-training ------------------------------------------------------------
+    finetune_lr = 1e-5  # paper §4.3: Wan2.1-I2V layers 11-26, lr 1e-5
+
+    def finetune_prefixes(self, layers: list[int]) -> tuple[str, ...]:
+        """The cross-attention of each layer: ``to_q/k/v``, ``to_out``, ``add_k/v_proj``, their norms."""
+        return tuple(f"blocks.{layer}.attn2." for layer in layers)
+
+    def encode_training_clip(self, video: torch.Tensor, image: Any, caption: str, device: Any) -> dict[str, Any]:
+        """Wan: normalised VAE latents, the pipeline's I2V condition, T5 rows and CLIP image tokens."""
+        pipe = self.pipe
+        vae = pipe.vae
+        frames, height, width = video.shape[2:]
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(device)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(device)
+        with torch.no_grad():
+            x0 = (vae.encode(video.to(device, vae.dtype)).latent_dist.mode().float() - mean) / std
+            processed = pipe.video_processor.preprocess(image, height=height, width=width).to(device, torch.float32)
+            _, condition = pipe.prepare_latents(
+                processed, 1, vae.config.z_dim, height, width, frames, torch.float32, device
+            )
+            prompt, _ = pipe.encode_prompt(caption, negative_prompt="", device=device, max_sequence_length=512)
+            image_tokens = pipe.encode_image(image, device=device)
+        return {"x0": x0[0], "condition": condition[0], "prompt": prompt[0], "image": image_tokens[0]}
+
+    def training_prediction(self, model: Any, dtype: Any, sample: dict[str, Any], noisy: torch.Tensor,
+                            timestep: torch.Tensor) -> tuple[torch.Tensor, slice]:  # fmt: skip
+        """Wan's I2V input is [noisy latents; condition] along channels; every frame is scored."""
+        prediction = model(
+            hidden_states=torch.cat([noisy, sample["condition"]], dim=1).to(dtype),
+            timestep=timestep,
+            encoder_hidden_states=sample["prompt"].to(dtype),
+            encoder_hidden_states_image=sample["image"].to(dtype),
+            return_dict=False,
+        )[0]
+        return prediction, slice(None)
+
     def describe(self) -> dict[str, Any]:
         config = self.denoisers()[0].config
         return {
