@@ -16,6 +16,93 @@ from layerscope.errors import LayerScopeError, UsageError
 EXIT_USAGE = 2
 
 
+class _HelpAll(argparse.Action):
+    """``--help-all``: every option of the command, the groups ``--help`` folds included."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.show_all = True
+        parser.print_help()
+        parser.exit()
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Option names never broken at their hyphens; help text aligned at column 30."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=30)
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        text = " ".join(text.split())
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose ``--help`` fits on a screen.
+
+    Why: ``record`` alone has 30 options.  ``--help`` shows the options most runs need in
+    full and each further group as one line naming its options; ``--help-all`` shows every
+    option.  The usage line names only what is required (``[options]`` for the rest).
+    """
+
+    show_all = False
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        if kwargs.get("add_help", True):
+            self.add_argument("--help-all", action=_HelpAll, nargs=0, help="show every option, folded groups too")
+
+    def folded_group(self, title: str, description: str | None = None) -> argparse._ArgumentGroup:
+        """An option group ``--help`` folds into one line (``--help-all`` shows it)."""
+        group = self.add_argument_group(title, description)
+        group.folded = True
+        return group
+
+    def format_usage(self) -> str:
+        return f"usage: {self._compact_usage()}\n"
+
+    def _compact_usage(self) -> str:
+        if self.usage is not None:
+            return self.usage % {"prog": self.prog}
+        parts = [self.prog]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parts.append("COMMAND")
+            elif not action.option_strings:
+                name = action.metavar or action.dest.upper()
+                parts.append(
+                    f"[{name}]" if action.nargs in ("?", "*") else f"{name} ..." if action.nargs == "+" else name
+                )
+            elif action.required:
+                parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+        return " ".join([*parts, "[options]"])
+
+    def format_help(self) -> str:
+        formatter = self._get_formatter()
+        formatter.add_text(f"usage: {self._compact_usage()}")
+        formatter.add_text(self.description)
+        for group in self._action_groups:
+            if not group._group_actions:
+                continue
+            formatter.start_section(group.title)
+            if getattr(group, "folded", False) and not self.show_all:
+                names = ", ".join(a.option_strings[0] for a in group._group_actions if a.option_strings)
+                formatter.add_text(f"{names} (see --help-all)")
+            else:
+                formatter.add_text(group.description)
+                formatter.add_arguments(group._group_actions)
+            formatter.end_section()
+        formatter.add_text(self.epilog)
+        return formatter.format_help()
+
+
 def _fraction(option: str, upper_open: bool = False):
     """An argparse type for a share in [0, 1] (or [0, 1) with ``upper_open``)."""
 
@@ -98,44 +185,46 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_record)
 
 
-def _add_recording_options(p: argparse.ArgumentParser) -> None:
+def _add_recording_options(p: _Parser) -> None:
     """Options shared by ``record`` and ``sweep``: the model, the run's shape, probes, device."""
     p.add_argument(
         "--model",
         default="default",
         help="'default' (trained shapes-world model), 'random' (random tiny model) or a local diffusers pipeline dir",
     )
-    p.add_argument("--steps", type=_positive_int, help="denoising steps (default 6 for the default model, else 50)")
-    p.add_argument("--frames", type=_positive_int, help="video frames, 4n+1 (default 9 for the default model, else 81)")
-    p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the default model, else 480)")
-    p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the default model, else 832)")
+    p.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's; 6 testbed, 50 else)")
+    p.add_argument("--frames", type=_positive_int, help="video frames, 4n+1 (default 9 testbed, 81 else)")
+    p.add_argument("--height", type=_positive_int, help="pixels (default 256 testbed, 480 else)")
+    p.add_argument("--width", type=_positive_int, help="pixels (default 256 testbed, 832 else)")
     p.add_argument(
+        "--probe",
+        choices=("hidden", "output", "attention", "contrastive", "influence"),
+        default="hidden",
+        help="hidden: Eq. 10 (default); contrastive: minus the prompt's other words; influence: output "
+        "change when the keyword is replaced",
+    )
+    p.add_argument("--layers", help="blocks to record, e.g. 0-39 or 0-3,10 (default all)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under a launcher: one GPU each)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    more = p.folded_group("generation and recording")
+    more.add_argument(
         "--guidance",
         type=float,
         default=5.0,
         help="classifier-free guidance scale (HunyuanVideo-I2V: its embedded guidance, used with a guidance embedding)",
     )
-    p.add_argument(
+    more.add_argument(
         "--true-cfg",
         type=float,
         default=1.0,
         help="HunyuanVideo-I2V: true classifier-free guidance scale; > 1 runs cond and uncond calls each step",
     )
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument(
-        "--probe",
-        choices=("hidden", "output", "attention", "contrastive", "influence"),
-        default="hidden",
-        help="hidden: Eq. 10 (default); contrastive: minus the prompt's other words (0 where the text is "
-        "ignored); influence: output change when the keyword is replaced (one extra attn call per keyword)",
-    )
-    p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
-    p.add_argument("--layers", help="blocks to record, e.g. 0-39 or 0-3,10 (default all)")
-    p.add_argument("--record-steps", help="steps to record, e.g. 0-49 (default all)")
-    p.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under a launcher: one GPU each)")
-    p.add_argument(
+    more.add_argument("--negative-prompt", default=None)
+    more.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
+    more.add_argument("--record-steps", help="steps to record, e.g. 0-49 (default all)")
+    more.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
+    more.add_argument(
         "--cpu-offload",
         nargs="?",
         const="model",
@@ -143,12 +232,19 @@ def _add_recording_options(p: argparse.ArgumentParser) -> None:
         help="diffusers CPU offload: 'model' (bare flag; one component on the device at a time) or "
         "'sequential' (submodules streamed; for components larger than GPU memory)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("interventions (e.g. Focal Guidance from fg_intervene)")
-    g.add_argument("--intervene", help="intervention to apply while recording, e.g. focal-guidance")
+    _add_intervention_options(p)
+
+
+def _add_intervention_options(p: _Parser, clip_flag: str = "--clip") -> None:
+    """The one intervention option group (record, sweep, eval, bench): which, its ranking, its settings."""
+    g = p.folded_group("interventions (e.g. Focal Guidance from fg_intervene)")
+    g.add_argument("--intervene", help="intervention to apply, e.g. focal-guidance")
     g.add_argument("--ranking", help="ranking JSON from `layerscope rank` (its weak_layers are guided)")
     g.add_argument("--intervene-config", help="TOML file with the intervention's settings")
-    g.add_argument("--clip", help="open_clip checkpoint dir matching the image encoder (default: <model>/clip)")
+    g.add_argument(
+        clip_flag, dest="clip" if clip_flag == "--clip" else clip_flag.lstrip("-").replace("-", "_"),
+        help="open_clip checkpoint dir matching the image encoder (default: <model>/clip)",
+    )  # fmt: skip
     g.add_argument(
         "--fg-mode",
         choices=("fsg+cache", "fsg", "cache", "baseline"),
@@ -399,7 +495,9 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         default="token_replace",
         help="build-tiny, hunyuan-video-i2v: the released checkpoints' image conditioning (16 or 33 channels)",
     )
-    p.add_argument("--minutes", type=_positive_float, default=60.0, help="train: total time budget")
+    train = p.folded_group("train (shapes-world model)")
+    planting = p.folded_group("plant (known text-blind layers)")
+    train.add_argument("--minutes", type=_positive_float, default=60.0, help="train: total time budget")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="train: seed (data, init, batches)")
     p.add_argument(
         "--scenes",
@@ -407,70 +505,70 @@ def _add_testbed(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="train: number of training scenes (>= 8, default 480); prompts: number of prompts (default 20)",
     )
-    p.add_argument(
+    train.add_argument(
         "--replay",
         metavar="MODEL_JSON",
         help="train: repeat a finished run step for step from its layerscope_model.json (ignores the other "
         "options but --init, which a continued run needs again)",
     )
-    p.add_argument(
+    train.add_argument(
         "--init",
         metavar="MODEL_DIR",
         help="train: continue this trained shapes-world model (its VAE, CLIP and encoders kept, its DiT trained on)",
     )
-    p.add_argument(
+    train.add_argument(
         "--focus-weight",
         type=_non_negative_float,
         default=8.0,
         help="train: extra DiT loss weight where the clip changes or shows a shape (0: plain MSE; default 8)",
     )
-    p.add_argument(
+    train.add_argument(
         "--ema", type=_unit_interval, default=0.999, help="train: EMA decay of the saved DiT (0: last weights)"
     )
-    p.add_argument("--lr-dit", type=_positive_float, default=1e-3, help="train: peak DiT learning rate")
-    p.add_argument(
+    train.add_argument("--lr-dit", type=_positive_float, default=1e-3, help="train: peak DiT learning rate")
+    train.add_argument(
         "--lr-text",
         type=_non_negative_float,
         default=0.0,
         help="train: peak learning rate of the text encoder, trained with the DiT (default 0: frozen)",
     )
-    p.add_argument(
+    train.add_argument(
         "--text-role-heads",
         type=_non_negative_int,
         default=0,
         help="train: text-encoder heads per layer made to attend only before / only after each word, "
         "so word order reaches the DiT (even; default 0: none)",
     )
-    p.add_argument(
+    train.add_argument(
         "--push-scenes",
         type=_non_negative_int,
         default=0,
         help="train: extra interaction-only training scenes, on top of --scenes (default 0)",
     )
-    p.add_argument(
+    train.add_argument(
         "--push-swaps",
         action="store_true",
         help="train: add each training push scene's role-swapped twin (same first frame, 'the B pushes the A')",
     )
-    p.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
-    p.add_argument(
+    train.add_argument("--cache", help="train: cache encoded training clips here (reruns skip the encoding)")
+    train.add_argument(
         "--device",
         default="cpu",
         help="train: where to encode and train, e.g. cuda (recorded; a replay uses its run's device)",
     )
-    p.add_argument(
+    train.add_argument(
         "--dit-batch", type=_positive_int, default=4, help="train: DiT batch size (default 4; raise it on a GPU)"
     )
-    p.add_argument(
+    train.add_argument(
         "--grow-layers",
         type=_non_negative_int,
         default=0,
         help="train, with --init: append this many DiT blocks that start as the identity (default 0)",
     )
-    p.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
-    p.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
-    p.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
-    p.add_argument(
+    planting.add_argument("--layers", default="4-7", help="plant: blocks whose cross-attention never sees the text")
+    planting.add_argument("--steps", type=_non_negative_int, default=20, help="plant: fine-tune steps (batch 4)")
+    planting.add_argument("--clips", type=_positive_int, default=8, help="plant: training clips for the fine-tune")
+    planting.add_argument(
         "--tune-readout",
         action="store_true",
         help="plant: also choose the blind blocks' to_v.bias so their maps lack spatial structure "
@@ -633,20 +731,21 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--k", type=int, help="number of layers for bottom-k")
     p.add_argument("--threshold", type=float, help="cut for the threshold method")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the band test (default 0.05)")
-    p.add_argument(
+    stats = p.folded_group("the band test's thresholds and resampling")
+    stats.add_argument("--alpha", type=float, default=0.05, help="significance level of the band test (default 0.05)")
+    stats.add_argument(
         "--min-runs",
         type=_int_at_least(4, "each half of a split needs two units"),
         default=None,
         help="fewest independent prompts (or runs) for a verdict (default 10: 4 choose the band, 6 test it)",
     )
-    p.add_argument(
+    stats.add_argument(
         "--min-drop",
         type=_fraction("--min-drop", upper_open=True),
         default=None,
         help="smallest held-out relative drop below the weaker flank that counts (default 0.1; the paper's is 0.75)",
     )
-    p.add_argument(
+    stats.add_argument(
         "--min-distinct",
         type=_fraction("--min-distinct"),
         default=None,
@@ -658,21 +757,22 @@ def _add_rank(sub: argparse._SubParsersAction) -> None:
         default="prompt",
         help="independent unit: prompt (seeds of a prompt averaged; default) or run (a claim about one prompt's seeds)",
     )
-    p.add_argument("--splits", type=_int_at_least(10, "split p-values are combined by a quantile"), default=50)
-    p.add_argument("--bootstrap", type=_int_at_least(100, "percentile CIs need resamples"), default=1000)
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the splits and resamples")
-    p.add_argument("--expert", help="rank only this expert's steps (Wan2.2: transformer or transformer_2)")
-    p.add_argument(
+    stats.add_argument("--splits", type=_int_at_least(10, "split p-values are combined by a quantile"), default=50)
+    stats.add_argument("--bootstrap", type=_int_at_least(100, "percentile CIs need resamples"), default=1000)
+    stats.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the splits and resamples")
+    scope = p.folded_group("what is ranked, and where")
+    scope.add_argument("--expert", help="rank only this expert's steps (Wan2.2: transformer or transformer_2)")
+    scope.add_argument(
         "--stream",
         choices=("double", "single"),
         help="MMDiT (HunyuanVideo-I2V): rank only the double- or single-stream blocks (FG acts on single)",
     )
-    p.add_argument(
+    scope.add_argument(
         "--scheduler", help="dask.distributed scheduler address for the per-store work, e.g. tcp://host:8786"
     )
-    p.add_argument("--transformation", choices=("b", "r"), default="b", help="binary (paper) or row-standardised")
-    p.add_argument("--allow-partial", action="store_true", help="analyse interrupted stores (their written steps)")
-    p.add_argument("--recompute", action="store_true", help="recompute metrics even if the store has them")
+    stats.add_argument("--transformation", choices=("b", "r"), default="b", help="binary (paper) or row-standardised")
+    scope.add_argument("--allow-partial", action="store_true", help="analyse interrupted stores (their written steps)")
+    scope.add_argument("--recompute", action="store_true", help="recompute metrics even if the store has them")
     p.set_defaults(func=_cmd_rank)
 
 
@@ -765,22 +865,22 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=50, help="optimizer steps (default 50)")
     p.add_argument("--lr", type=_positive_float,
                    help="AdamW learning rate (default the paper's: 1e-5 Wan, 1e-4 HunyuanVideo-I2V)")  # fmt: skip
-    p.add_argument("--grad-accum", type=_positive_int, default=1, help="samples per step (paper batch: 8)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="accelerate's (bf16 on GPUs)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=25, help="steps between checkpoints")
+    t = p.folded_group("training engine")
+    t.add_argument("--grad-accum", type=_positive_int, default=1, help="samples per step (paper batch: 8)")
+    t.add_argument("--seed", type=_non_negative_int, default=0)
+    t.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="accelerate's (bf16 on GPUs)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (large models)")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=25, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--frames", type=_positive_int, help="clip frames, 4n+1 (default 9 for the testbed, else 81)")
     p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the testbed, else 480)")
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the testbed, else 832)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
+    t.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
     p.add_argument("--device", default="cpu", help="torch device (under a launcher each process takes its own)")
-    p.add_argument("--clip", help="open_clip checkpoint dir for Focal Guidance (default: <model>/clip)")
-    p.add_argument("--intervene-config", help="TOML with Focal Guidance settings")
+    t.add_argument("--clip", help="open_clip checkpoint dir for Focal Guidance (default: <model>/clip)")
+    t.add_argument("--intervene-config", help="TOML with Focal Guidance settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("Focal Guidance settings")
-    _add_fg_set(g)
+    _add_fg_set(t)
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -964,17 +1064,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="--compare: A and B are one model under other --steps/--guidance (a sampler comparison)",
     )
-    p.add_argument("--intervene", help="also evaluate with this intervention, e.g. focal-guidance")
     p.add_argument(
         "--skip-baseline",
         action="store_true",
         help="with --intervene: evaluate only the intervened variant (half the time; no paired test in the file)",
     )
-    p.add_argument("--ranking", help="ranking JSON for the intervention")
-    p.add_argument("--intervene-config", help="TOML settings for the intervention")
-    p.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
-    p.add_argument("--clip", help="open_clip directory for FSG keyword selection (default: the model's clip/)")
-    _add_fg_set(p)
+    _add_intervention_options(p)
     # --compare refuses generation options that differ from these (read from the parser, not copied)
     generation = ("model", "split", "guidance", "seed", "seeds")
     p.set_defaults(func=_cmd_eval, generation_defaults={name: p.get_default(name) for name in generation})
@@ -1123,17 +1218,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=_positive_int, help="frames, 4n+1 (default 9 for the testbed models, else 81)")
     p.add_argument("--height", type=_positive_int, help="pixels (default 256 for the testbed models, else 480)")
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 for the testbed models, else 832)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--true-cfg", type=float, default=1.0, help="HunyuanVideo-I2V: true CFG scale (> 1: cond + uncond)")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--fps", type=_positive_int, default=16, help="frame rate of the saved mp4 (Wan2.1: 16)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="generator dtype")
     p.add_argument("--device", default="cpu", help="torch device for generation, consistency and (default) the judge")
-    p.add_argument("--cpu-offload", nargs="?", const="model", choices=("model", "sequential"))
-    p.add_argument("--record", action="store_true", help="also record similarity maps (needs keywords per line)")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="generate every video again")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    j = p.add_argument_group("judge and consistency")
+    gen = p.folded_group("generation")
+    gen.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    gen.add_argument(
+        "--true-cfg", type=float, default=1.0, help="HunyuanVideo-I2V: true CFG scale (> 1: cond + uncond)"
+    )
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--fps", type=_positive_int, default=16, help="frame rate of the saved mp4 (Wan2.1: 16)")
+    gen.add_argument("--cpu-offload", nargs="?", const="model", choices=("model", "sequential"))
+    gen.add_argument("--record", action="store_true", help="also record similarity maps (needs keywords per line)")
+    gen.add_argument("--no-resume", dest="resume", action="store_false", help="generate every video again")
+    j = p.folded_group("judge, consistency, comparisons")
     j.add_argument("--judge-frames", type=_positive_int, default=8, help="vlm: frames sampled uniformly per video")
     j.add_argument("--judge-batch", type=_positive_int, default=8, help="vlm: questions per forward pass")
     j.add_argument("--judge-device", help="vlm: torch device (default --device)")
@@ -1149,13 +1247,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--judge-validity", action="store_true", help="score --judge against the shapes oracle on "
                    "ground-truth and shuffled shapes videos (--scenes of them, default 30)")  # fmt: skip
     j.add_argument("--scenes", type=_positive_int, help="--judge-validity: number of shapes scenes (default 30)")
-    g = p.add_argument_group("interventions (e.g. Focal Guidance from fg_intervene)")
-    g.add_argument("--intervene", help="intervention to apply while generating, e.g. focal-guidance")
-    g.add_argument("--ranking", help="ranking JSON from `layerscope rank` (its weak_layers are guided)")
-    g.add_argument("--intervene-config", help="TOML file with the intervention's settings")
-    g.add_argument("--fg-clip", help="open_clip folder for FG's keyword selection (default: <model>/clip)")
-    g.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"))
-    _add_fg_set(g)
+    _add_intervention_options(p, clip_flag="--fg-clip")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -1271,7 +1363,7 @@ def _testbed_export_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from layerscope import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layerscope",
         description="Record, rank and report per-layer text-visual similarity in I2V diffusion transformers.",
     )

@@ -16,6 +16,38 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+COMMANDS = ["record", "sweep", "rank", "report", "eval", "bench", "finetune", "testbed"]
+
+
+def _help(argv: list[str], monkeypatch, capsys) -> str:
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_fits_on_a_screen_and_help_all_shows_every_option(command, monkeypatch, capsys):
+    from layerscope.cli import build_parser
+
+    argv = [command] if command else []
+    short = _help([*argv, "--help"], monkeypatch, capsys)
+    lines = short.splitlines()
+    assert len(lines) <= 52, f"layerscope {command} --help is {len(lines)} lines"
+    assert lines[0].startswith("usage: layerscope") and lines[0].endswith("[options]")
+    everything = _help([*argv, "--help-all"], monkeypatch, capsys)
+    parser = build_parser()
+    if command:
+        parser = parser._subparsers._group_actions[0].choices[command]
+    flags = [a.option_strings[-1] for a in parser._actions if a.option_strings]
+    missing = [flag for flag in flags if flag not in everything]
+    assert not missing, f"--help-all lacks {missing}"
+    folded = [g for g in parser._action_groups if getattr(g, "folded", False)]
+    for group in folded:  # --help names every folded option, in one line per group
+        assert all(a.option_strings[0] in short for a in group._group_actions)
+
+
 def test_record_default_example_writes_complete_store(model_dir, tmp_path, capsys):
     out = tmp_path / "demo.zarr"
     assert main(["record", "--out", str(out), "--model", "random", "--frames", "5", "--steps", "2", "--quiet"]) == 0
