@@ -39,6 +39,8 @@ METRICS = ("moran_i", "std", "rms")
 #: statistics only some stores carry (``auroc``: written by ``layerscope testbed auroc`` on
 #: shapes-world stores, the maps' localisation of the keyword's object)
 OPTIONAL_METRICS = ("auroc",)
+#: how long ``--scheduler`` waits for a dask scheduler before saying it cannot connect
+SCHEDULER_TIMEOUT = "10s"
 ALL_METRICS = METRICS + OPTIONAL_METRICS
 METRIC_LABELS = {"moran_i": "Moran", "std": "std", "rms": "RMS", "auroc": "AUROC"}
 
@@ -798,7 +800,7 @@ def summarize_stores(
         except ImportError:  # pragma: no cover - it is a core dependency
             raise RankingError("--scheduler needs the 'distributed' package: pip install distributed") from None
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as error:
             raise RankingError(
                 f"--scheduler {scheduler}: cannot connect ({error}); start one with `dask scheduler`"

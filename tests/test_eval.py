@@ -50,6 +50,7 @@ def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     assert "random weights" in soup.select_one(".warning").text
 
 
+@pytest.mark.slow
 def test_quick_eval_with_focal_guidance(base_ranking, tmp_path):
     out = tmp_path / "eval.json"
     # random CLIP weights: no word clears the default tau_sel, so let every non-stopword through
@@ -110,6 +111,7 @@ def test_eval_usage_errors(argv, message, capsys):
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.slow
 def test_eval_with_five_seeds_reports_intervals_and_a_paired_test(model_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     argv = ["eval", "--model", "random", "--count", "3", "--steps", "2", "--seeds", "0-1", "--out", str(out)]
@@ -251,6 +253,7 @@ def test_vae_round_trip_scores_what_the_vae_gives_back(collapsed, expected):
         assert result["overall"]["first_frame_consistency"] == 1.0
 
 
+@pytest.mark.slow
 def test_eval_vae_ceiling_adds_a_reference_row_everywhere(model_dir, tmp_path):
     from bs4 import BeautifulSoup
 

@@ -162,6 +162,7 @@ def test_finetune_needs_layers_from_somewhere(tmp_path, capsys):
     assert "--ranking R.json (its weak band) or --layers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

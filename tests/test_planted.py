@@ -45,6 +45,7 @@ def _tensors(model_dir):
     return load_file(str(model_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights(planted, tmp_path):
     again = _build(tmp_path / "again")
     first, second = _tensors(planted), _tensors(again)

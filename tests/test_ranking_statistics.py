@@ -299,8 +299,11 @@ def test_unknown_expert_is_refused(tmp_path):
     assert "moran_i" not in layerscope.open_run(path)
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path, capsys):
+def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
+    from layerscope import ranking
     from layerscope.cli import main
+
+    monkeypatch.setattr(ranking, "SCHEDULER_TIMEOUT", "1s")  # nothing listens on port 9: no need to wait 10 s
     from layerscope.testbed.synthetic import write_synthetic_run
 
     path = write_synthetic_run(tmp_path / "a.zarr")

@@ -84,6 +84,7 @@ def _rescore(indices):
         assert [bool(a) for a in score_video(scene, video)["answers"]] == videos[n]["scorer"], n
 
 
+@pytest.mark.slow
 def test_stored_scorer_answers_are_reproduced():
     """Two videos regenerated as the eval makes them: the scorer answers as stored."""
     _rescore([0, 9])

@@ -122,6 +122,7 @@ def test_stage_clock_calibrates_then_fixes_the_step_count():
     assert [fixed.running(s) for s in range(9)] == [True] * 7 + [False, False]
 
 
+@pytest.mark.slow
 def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     """Same seed and step counts -> the same weights byte for byte, whatever the clock did."""
     from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
@@ -142,6 +143,7 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     assert "trained from scratch on" in card and "--init" not in card
 
 
+@pytest.mark.slow
 def test_push_scenes_from_scratch_keep_the_vae_check_on_the_base_clips(tmp_path, monkeypatch):
     """Push scenes follow the base set: the VAE check still sees the base set's last clips
     (all three events), and the card's command reproduces the run."""
@@ -325,6 +327,7 @@ def _assert_replays_byte_for_byte(child, parent, out):
         assert path.read_bytes() == (again / path.relative_to(child)).read_bytes(), path
 
 
+@pytest.mark.slow
 def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path, tiny_parent):
     """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
     recorded; a replay needs the same parent and gives the same weights byte for byte."""
@@ -542,6 +545,7 @@ def test_deepen_refuses_nothing_to_add():
         deepen(_tiny_wan(2), 0)
 
 
+@pytest.mark.slow
 def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path, tiny_parent):
     """--init P --grow-layers 1: the child has one block more, its recipe and card say so, the
     parent's encoders are kept, and a replay from the recipe gives the same bytes."""
@@ -600,6 +604,7 @@ def test_trainable_text_is_the_pipelines_encoding_and_passes_gradients_to_the_en
     assert len(text.parameters()) == len(list(pipe.text_encoder.parameters()))
 
 
+@pytest.mark.slow
 def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_replays(tmp_path, tiny_parent):
     """--lr-text: the text encoder changes (VAE, CLIP, image encoder stay the parent's), the
     recipe, the card's command and its component table say so, and a replay repeats it byte
@@ -630,6 +635,7 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
 # ---------------------------------------------------------------- --text-role-heads
 
 
+@pytest.mark.slow
 def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite_a_stale_cache(tmp_path, tiny_parent):
     """--text-role-heads: of the parent's encoders only the text encoder's position-bias
     tables change; recipe and card say so.  The prompt embeddings in a cache filled by the

@@ -81,6 +81,7 @@ def test_shipped_model_loads_through_the_wan_pipeline(trained_pipe):
     assert not np.allclose(trained_pipe.vae.config.latents_std, 1.0)
 
 
+@pytest.mark.slow
 def test_vae_reconstructs_the_shapes(trained_pipe, heldout_scenes):
     from layerscope.testbed.shapes import render_video
     from layerscope.testbed.shapes.train import reconstruction_check

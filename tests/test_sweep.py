@@ -168,6 +168,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_complete_stores(tmp_path, prompts):
     out = tmp_path / "sweep"
     argv = [str(BIN / "layerscope"), "sweep", str(prompts), "--out-dir", str(out), "--steps", "4", "--frames", "5"]
@@ -270,6 +271,7 @@ def _launched(command: list[str], out: Path) -> None:
     assert sorted(writers.values()) == [(0, 2), (0, 2), (1, 2)]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path, prompts):
     out = tmp_path / "sweep"
     launcher = [str(BIN / "torchrun"), "--nproc-per-node", "2", "-m", "layerscope"]

@@ -257,7 +257,21 @@ def set_readout(pipe: Any, layers: tuple[int, ...], scenes: list[Any], *, steps:
 
 
 def plant(config: PlantConfig) -> Path:
-    """Build the planted model (module docstring) into ``config.out``; returns the directory."""
+    """Build the planted model (module docstring) into ``config.out``; returns the directory.
+
+    Runs at ``config.threads`` torch threads (results depend on the count) and restores the
+    caller's count afterwards: a library call must not change the process's thread setting.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        return _plant(config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _plant(config: PlantConfig) -> Path:
     import torch
 
     from layerscope.loading import load_pipeline

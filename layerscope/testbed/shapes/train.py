@@ -823,6 +823,20 @@ def concatenate_encoded(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def train(config: TrainConfig) -> Path:
     """Run all stages and write a loadable pipeline directory (safetensors) to ``config.out``.
 
+    Runs at ``config.threads`` torch threads and restores the caller's count afterwards.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(config: TrainConfig) -> Path:
+    """The stages of :func:`train`.
+
     With ``config.init`` only the DiT trains, on from the parent's (module docstring); the
     model is then one version past its parent.
     """
