@@ -44,6 +44,7 @@ from typing import Any
 
 from _common import print_table, summary, write_json
 
+from layerscope.registry import PROBES
 from layerscope.testbed import (
     EXAMPLE_FRAMES,
     EXAMPLE_HEIGHT,
@@ -54,7 +55,7 @@ from layerscope.testbed import (
     example_image,
 )
 
-PROBE_KINDS = ("hidden", "output", "attention", "contrastive", "influence")
+PROBE_KINDS = tuple(PROBES.names())  # every registered probe kind
 #: the contrastive probe's reference rows and the influence probe's neutral (padding) row
 REALISTIC_REFERENCE_TOKENS = list(range(20, 40))
 REALISTIC_NEUTRAL_TOKEN = 511

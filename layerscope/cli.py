@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from layerscope.errors import LayerScopeError, UsageError
+from layerscope.registry import JUDGES, PROBES
 
 EXIT_USAGE = 2
 
@@ -198,7 +199,7 @@ def _add_recording_options(p: _Parser) -> None:
     p.add_argument("--width", type=_positive_int, help="pixels (default 256 testbed, 832 else)")
     p.add_argument(
         "--probe",
-        choices=("hidden", "output", "attention", "contrastive", "influence"),
+        choices=PROBES.names(),
         default="hidden",
         help="hidden: Eq. 10 (default); contrastive: minus the prompt's other words; influence: output "
         "change when the keyword is replaced",
@@ -1211,7 +1212,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompts", nargs="?", help="JSONL prompt file, e.g. runs/shapes-bench/prompts.jsonl")
     p.add_argument("--out", help="output directory (--compare: a JSON file, optional)")
-    p.add_argument("--judge", help="shapes (the shapes world's scorer) or vlm:PATH (a local transformers VLM folder)")
+    p.add_argument(
+        "--judge",
+        help=f"one of {', '.join(JUDGES.names())}: shapes (the shapes world's scorer) or vlm:PATH (a local "
+        "transformers VLM folder)",
+    )
     p.add_argument("--seeds", default="0", help="generation seeds per prompt, e.g. 0-4 (the paper's five)")
     p.add_argument("--model", default="default", help="'default', 'random' or a local diffusers pipeline dir")
     p.add_argument("--steps", type=_positive_int, help="denoising steps (default 12 for the testbed models, else 50)")
@@ -1252,11 +1257,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_judges() -> dict:
-    """The judge registry: the core's vlm judge plus the shapes world's scorer (the CLI may import the testbed)."""
-    from layerscope.bench.vlm import vlm_factory
-    from layerscope.testbed.shapes.bench import shapes_factory
+    """Every registered judge factory (:data:`layerscope.registry.JUDGES`: vlm, and the testbed's shapes)."""
+    from layerscope.registry import JUDGES
 
-    return {"shapes": shapes_factory, "vlm": vlm_factory}
+    return JUDGES.load_all()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """How ``layerscope record`` finds and applies interventions, without importing them.
 
 An intervention package registers a factory under the ``layerscope.interventions``
-entry-point group (``fg_intervene`` registers ``focal-guidance``).  LayerScope only
+entry-point group (``fg_intervene`` registers ``focal-guidance``), read through
+:data:`layerscope.registry.INTERVENTIONS` like every other open set.  LayerScope only
 knows this protocol: the dependency points from interventions to LayerScope, never
 back.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,15 +103,18 @@ class Intervention(Protocol):
         """The full configuration, stored verbatim in the run's attrs."""
 
 
-def available() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+def available() -> list[str]:
+    """Names of the installed interventions (:data:`layerscope.registry.INTERVENTIONS`)."""
+    from layerscope.registry import INTERVENTIONS
+
+    return INTERVENTIONS.names()
 
 
 def load_intervention(name: str, **options: Any) -> Intervention:
     """Create the intervention registered as ``name`` with ``options`` (e.g. ranking, config)."""
-    entry_points = available()
-    if name not in entry_points:
-        names = ", ".join(sorted(entry_points)) or "none installed"
+    from layerscope.registry import INTERVENTIONS
+
+    if name not in INTERVENTIONS:
+        names = ", ".join(available()) or "none installed"
         raise InterventionError(f"unknown intervention {name!r}; available: {names}")
-    factory = entry_points[name].load()
-    return factory(**options)
+    return INTERVENTIONS.load(name)(**options)

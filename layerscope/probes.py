@@ -6,29 +6,10 @@ release).  Which branch (cond/uncond) and which denoising step a forward call be
 is tracked by one stateful diffusers ``ModelHook`` per denoiser, bound to the pipeline's
 ``cache_context("cond"|"uncond")``.
 
-Probe kinds (README, "Recording"):
-
-* ``hidden`` (default): cos(V_k, z(u, v)), the paper's Eq. 10 literally: V_k is the
-  keyword's value vector from the text value projection (``attn2.to_v``), z the hidden
-  state entering the cross-attention.
-* ``output``: cos(V_k, O(u, v)) with O the attention output before ``to_out``.
-* ``attention``: softmax cross-attention mass of each visual token on the keyword's
-  tokens, averaged over heads.
-* ``contrastive``: cos(V_k, z) - cos(V_ref, z), V_ref the mean value vector of the
-  prompt's *non-keyword* words.  Why that reference: it removes what every token of the
-  prompt shares (the value bias and the common direction), which in a layer whose
-  cross-attention ignores the text is everything, so the map is zero there (exactly, up
-  to float rounding of the two means); what is left is what the keyword adds over the
-  rest of its own prompt.  A padding ("null") token would be the alternative; it is a
-  row the model hardly reads, and its value differs from the prompt's by the prompt's
-  whole content, not by the keyword's.
-* ``influence``: causal text influence.  At the same hidden state and timestep the
-  block's cross-attention is run again with the keyword's text rows replaced by a
-  neutral row (the text encoder's padding row); the map is ``|O(u) - O'(u)|`` per
-  visual token u, divided by the mean ``|O(u)|`` of that call so layers of different
-  output scale compare.  Zero exactly where the output does not depend on the keyword.
-  One extra cross-attention call per keyword, layer and recorded step (not a whole
-  forward); only blocks whose adapter can rebuild the call (cross-attention DiTs).
+Probe kinds (``hidden``, the paper's Eq. 10 and the default; ``output``; ``attention``;
+``contrastive``; ``influence``) live one file each in :mod:`layerscope.probe_kinds` and
+are found through :data:`layerscope.registry.PROBES`; this module holds the hooks that
+capture what a kind needs, shared by all of them.
 
 A keyword of several tokens averages its tokens' value vectors (``hidden``/``output``)
 or sums their attention mass (``attention``).
@@ -46,7 +27,6 @@ import torch.nn.functional as F
 
 from layerscope.adapters.base import ModelAdapter, ProbeSite
 
-PROBE_KINDS = ("hidden", "output", "attention", "contrastive", "influence")
 BRANCHES = ("cond", "uncond", "both")
 VIEWS = ("intrinsic", "injected")
 _BRANCH_HOOK = "layerscope_branch_tracker"
@@ -76,17 +56,22 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise ValueError(f"unknown view {self.view!r}; choose one of {', '.join(VIEWS)}")
-        if self.kind not in PROBE_KINDS:
-            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {', '.join(PROBE_KINDS)}")
+        from layerscope.registry import PROBES
+
+        if self.kind not in PROBES:
+            raise ValueError(f"unknown probe kind {self.kind!r}; choose one of {', '.join(PROBES.names())}")
         if self.branch not in BRANCHES:
             raise ValueError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)}")
         if not self.keyword_tokens or any(len(t) == 0 for t in self.keyword_tokens):
             raise ValueError("every keyword needs at least one token index")
-        if self.kind == "contrastive" and not self.reference_tokens:
-            raise ValueError("the contrastive probe needs the prompt's non-keyword tokens (reference_tokens)")
-        if self.kind == "influence" and self.neutral_token is None:
-            raise ValueError("the influence probe needs a neutral text row (neutral_token)")
+        self.probe_kind().check_config(self)
         self.grid = tuple(int(g) for g in self.grid)
+
+    def probe_kind(self) -> Any:
+        """The :class:`~layerscope.probe_kinds.ProbeKind` named by ``kind``."""
+        from layerscope.registry import PROBES
+
+        return PROBES.load(self.kind)
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -250,38 +235,42 @@ def attention_mass_maps(
 
 
 class _SiteProbe:
-    """Hooks on one block's probe site; emits one map block per recorded call."""
+    """Hooks on one block's probe site; emits one map block per recorded call.
+
+    Which hooks are installed follows the probe kind's ``needs_*`` flags; the kind turns
+    the captured ``scratch`` tensors into maps (:mod:`layerscope.probe_kinds`).
+    """
 
     def __init__(
         self, site: ProbeSite, config: ProbeConfig, state: StepState, is_recorded, sink: MapSink, intrinsic=None
     ):
         self.site = site
-        self.intrinsic = intrinsic  # an intervention's unguided inputs (layerscope.interventions.IntrinsicInputs)
         self.config = config
+        self.kind = config.probe_kind()
         self.state = state
         self.is_recorded = is_recorded
         self.sink = sink
+        self.intrinsic = intrinsic  # an intervention's unguided inputs (layerscope.interventions.IntrinsicInputs)
         self.calls = 0
         self.seconds = 0.0  # host time spent computing maps (a lower bound on GPUs)
-        self._scratch: dict[str, torch.Tensor] = {}
+        self.scratch: dict[str, Any] = {}
+        self.rerunning = False  # a kind re-running the attention (influence): hooks stand aside
         self._flat, self._avg = keyword_average_matrix(config.keyword_tokens)
         self._device_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.handles: list[Any] = []
-        kind = config.kind
+        kind = self.kind
+        kind.check_site(site)
         attn = site.attention
         first = config.view == "intrinsic"  # run before an intervention's hooks on the same module
         self.handles.append(attn.register_forward_pre_hook(self._on_attention_input, with_kwargs=True, prepend=first))
         self.handles.append(attn.register_forward_hook(self._on_attention_done, prepend=first))
-        if kind in ("hidden", "output", "contrastive"):
+        if kind.needs_text_values or kind.needs_reference_value:
             self.handles.append(site.text_value.register_forward_hook(self._on_text_value, prepend=first))
-        if kind == "influence" and site.replace_text_rows is None:
-            raise ValueError(f"{site.name}: the influence probe cannot rebuild this block's attention call")
-        self._rerunning = False
-        if kind == "output":
+        if kind.needs_attention_output:
             self.handles.append(
                 site.attention_output.register_forward_pre_hook(self._on_attention_output, prepend=first)
             )
-        if kind == "attention":
+        if kind.needs_query_key:
             self.handles.append(site.query_norm.register_forward_hook(self._keep("query"), prepend=first))
             self.handles.append(site.key_norm.register_forward_hook(self._keep("key"), prepend=first))
             if site.visual_key_norm is not None and site.visual_key_norm is not site.key_norm:
@@ -298,151 +287,78 @@ class _SiteProbe:
         return self._device_cache[key]
 
     def _on_attention_input(self, module, args, kwargs):
-        if self._rerunning:
+        if self.rerunning:
             return None
         if self._active():
             visual = self.site.visual_input(args, kwargs)
             unguided = self.intrinsic.take(module) if self.intrinsic is not None else None
-            self._scratch["visual"] = (visual if unguided is None else unguided.to(visual.dtype))[0]
-            if self.config.kind == "influence":
-                self._scratch["call"] = (args, kwargs)
+            self.scratch["visual"] = (visual if unguided is None else unguided.to(visual.dtype))[0]
+            if self.kind.needs_call:
+                self.scratch["call"] = (args, kwargs)
             if self.site.joint_attention:
-                self._scratch["rotary"] = kwargs.get("image_rotary_emb")
+                self.scratch["rotary"] = kwargs.get("image_rotary_emb")
             mask = kwargs.get("attention_mask")
             if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-                self._scratch["mask"] = mask.reshape(mask.shape[0], -1)[0]  # over [visual; text] keys
+                self.scratch["mask"] = mask.reshape(mask.shape[0], -1)[0]  # over [visual; text] keys
         return None
 
     def _text_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The text rows of a (S, ...) tensor: after the visual rows in single-stream blocks."""
         if self.site.text_follows_visual:
-            rows = rows[self._scratch["visual"].shape[0] :]
+            rows = rows[self.scratch["visual"].shape[0] :]
         return rows[self.site.text_value_tokens]
 
     def _on_text_value(self, module, args, output):
-        if "visual" in self._scratch:
+        if "visual" in self.scratch:
             values = self._text_rows(output[0])
             flat, avg = self._index(values.device, values.dtype)
-            self._scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
-            if self.config.kind == "contrastive":
+            self.scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
+            if self.kind.needs_reference_value:
                 rows = torch.tensor(self.config.reference_tokens, device=values.device)
-                self._scratch["reference_value"] = values.index_select(0, rows).float().mean(0, keepdim=True)
+                self.scratch["reference_value"] = values.index_select(0, rows).float().mean(0, keepdim=True)
 
     def _on_attention_output(self, module, args):
-        if "visual" in self._scratch:
-            visual = self._scratch["visual"]
+        if "visual" in self.scratch:
+            visual = self.scratch["visual"]
             reader = self.site.attention_output_reader
             data = args[0][0]
-            self._scratch["attention_output"] = (
+            self.scratch["attention_output"] = (
                 data if reader is None else reader(data, visual.shape[0], visual.shape[-1])
             )
-            if self._scratch.pop("deferred", False):  # the output module runs after attention returned
+            if self.scratch.pop("deferred", False):  # the output module runs after attention returned
                 self._finish()
 
     def _keep(self, name: str):
         def hook(module, args, output):
-            if "visual" in self._scratch:
-                self._scratch[name] = output[0]
+            if "visual" in self.scratch:
+                self.scratch[name] = output[0]
 
         return hook
 
     def _on_attention_done(self, module, args, output):
-        if self._rerunning:
+        if self.rerunning:
             return None
-        if self.config.kind == "influence" and "call" in self._scratch:
-            self._scratch["influence"] = self._influence_maps(output)
-        if self.config.kind == "output" and "visual" in self._scratch and "attention_output" not in self._scratch:
+        if "visual" in self.scratch:
+            self.kind.after_attention(self, output)
+        if self.kind.needs_attention_output and "visual" in self.scratch and "attention_output" not in self.scratch:
             # HunyuanVideo's single blocks: proj_out (the output site) runs after attention returns
-            self._scratch["deferred"] = True
+            self.scratch["deferred"] = True
             return None
         self._finish()
         return None
 
     def _finish(self) -> None:
         """Compute this call's maps from the scratch tensors and hand them to the sink."""
-        scratch, self._scratch = self._scratch, {}
+        scratch, self.scratch = self.scratch, {}
         if "visual" not in scratch:
             return None
-        grid = self.config.grid
         started = time.perf_counter()
         with torch.no_grad():
-            if self.config.kind == "hidden":
-                maps = cosine_maps(scratch["visual"], scratch["keyword_values"], grid)
-            elif self.config.kind == "output":
-                maps = cosine_maps(scratch["attention_output"], scratch["keyword_values"], grid)
-            elif self.config.kind == "contrastive":
-                visual = scratch["visual"]
-                maps = cosine_maps(visual, scratch["keyword_values"], grid) - cosine_maps(
-                    visual, scratch["reference_value"], grid
-                )
-            elif self.config.kind == "influence":
-                maps = scratch["influence"]
-            elif self.site.joint_attention:
-                maps = self._joint_attention_maps(scratch, grid)
-            else:
-                n_visual = scratch["visual"].shape[0]
-                query = scratch["query"].reshape(scratch["query"].shape[0], -1)  # (S, H, d) -> (S, D)
-                key = scratch["key"].reshape(scratch["key"].shape[0], -1)
-                if self.site.text_follows_visual:
-                    query, key = query[:n_visual], key[n_visual:]
-                key_tokens = key[self.site.text_value_tokens]
-                mask = scratch.get("mask")
-                key_mask = None
-                if mask is not None and mask.shape[0] == n_visual + key.shape[0]:
-                    key_mask = mask[n_visual:][self.site.text_value_tokens]
-                maps = attention_mass_maps(
-                    query, key_tokens, self.config.keyword_tokens, self.site.heads, grid, key_mask=key_mask
-                )
+            maps = self.kind.maps(self, scratch, self.config.grid)
         self.calls += 1
         self.seconds += time.perf_counter() - started
         self.sink(self.state.step, self.site.layer, self.state.branch, maps)
         return None
-
-    def _influence_maps(self, output: Any) -> torch.Tensor:
-        """``|O - O'_k|`` per visual token for each keyword k, over the call's mean ``|O|``.
-
-        The re-run calls the attention module's ``forward`` (its own hooks do not fire
-        again) with this probe's hooks switched off, so nothing is recorded twice.
-        """
-        args, kwargs = self._scratch["call"]
-        reference = (output[0] if isinstance(output, tuple) else output)[0].float()  # (N, D), batch 0
-        scale = reference.norm(dim=-1).mean().clamp_min(torch.finfo(torch.float32).tiny)
-        maps = []
-        self._rerunning = True
-        try:
-            with torch.no_grad():
-                for tokens in self.config.keyword_tokens:
-                    new_args, new_kwargs = self.site.replace_text_rows(args, kwargs, tokens, self.config.neutral_token)
-                    changed = self.site.attention.forward(*new_args, **new_kwargs)
-                    changed = (changed[0] if isinstance(changed, tuple) else changed)[0].float()
-                    maps.append((reference - changed).norm(dim=-1) / scale)
-        finally:
-            self._rerunning = False
-        return torch.stack(maps).reshape(len(maps), *self.config.grid)
-
-    def _joint_attention_maps(self, scratch: dict[str, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
-        """MMDiT: the mass each visual query puts on the keyword rows, softmax over all keys."""
-        n = scratch["visual"].shape[0]
-        query, key = scratch["query"], scratch["key"]  # (S, H, d) from the norms
-        if self.site.text_follows_visual:  # single stream: one norm over [visual; text]
-            query, visual_key, text_key = query[:n], key[:n], key[n:]
-        else:  # double stream: visual keys from norm_k, text keys from norm_added_k
-            visual_key, text_key = scratch["visual_key"], key
-        rotary = scratch.get("rotary")
-        if rotary is not None:
-            from diffusers.models.embeddings import apply_rotary_emb
-
-            query = apply_rotary_emb(query[None], rotary, sequence_dim=1)[0]
-            visual_key = apply_rotary_emb(visual_key[None], rotary, sequence_dim=1)[0]
-        keys = torch.cat([visual_key, text_key[self.site.text_value_tokens]], dim=0)
-        mask = scratch.get("mask")
-        if mask is not None and mask.shape[0] != keys.shape[0]:
-            mask = None
-        shifted = [[n + index for index in tokens] for tokens in self.config.keyword_tokens]
-        heads = query.shape[1]
-        return attention_mass_maps(
-            query.reshape(n, -1), keys.reshape(keys.shape[0], -1), shifted, heads, grid, key_mask=mask, chunk=2048
-        )
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -70,7 +70,8 @@ class RecordConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from layerscope.probes import BRANCHES, PROBE_KINDS
+        from layerscope.probes import BRANCHES
+        from layerscope.registry import PROBES
 
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise RecordError("the prompt is empty; pass --prompt 'a red circle moves left' with --keywords")
@@ -100,8 +101,8 @@ class RecordConfig:
             or self.true_cfg_scale < 0
         ):
             raise RecordError(f"--true-cfg must be a finite number >= 0 (got {self.true_cfg_scale!r})")
-        if self.probe not in PROBE_KINDS:
-            raise RecordError(f"unknown probe kind {self.probe!r}; choose one of {', '.join(PROBE_KINDS)}")
+        if self.probe not in PROBES:
+            raise RecordError(f"unknown probe kind {self.probe!r}; choose one of {', '.join(PROBES.names())}")
         if self.branch not in BRANCHES:
             raise RecordError(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)}")
         if self.dtype not in ("float16", "float32"):

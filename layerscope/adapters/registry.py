@@ -1,8 +1,9 @@
-"""The model families LayerScope knows, and how a pipeline finds its adapter.
+"""How a pipeline finds its model family's adapter.
 
-pyvene's pattern: family modules (``wan.py``, ...) are wiring and never import this
-file; this file imports them all.  Adding a family is one new module plus one entry in
-:data:`ADAPTERS`.
+pyvene's pattern: family modules (``wan.py``, ...) are wiring and never import this file.
+The families themselves are a :class:`layerscope.registry.Registry`
+(:data:`~layerscope.registry.MODEL_FAMILIES`): adding one is one new module plus one
+line there, or an entry point in group ``layerscope.model_families`` from another package.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from layerscope.adapters.base import AdapterError, ModelAdapter
-from layerscope.adapters.hunyuan_video import HunyuanVideoAdapter
-from layerscope.adapters.wan import WanAdapter
+from layerscope.registry import MODEL_FAMILIES
 
-#: Every adapter, in the order a pipeline is matched against them.
-ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter, HunyuanVideoAdapter)
+
+def adapter_classes() -> list[type[ModelAdapter]]:
+    """Every adapter class, in the order a pipeline is matched against them."""
+    return list(MODEL_FAMILIES.load_all().values())
 
 
 def supported_pipeline_classes() -> list[str]:
     """Pipeline class names some adapter accepts (for error messages and model-folder checks)."""
-    return [name for adapter in ADAPTERS for name in adapter.pipeline_classes]
+    return [name for adapter in adapter_classes() for name in adapter.pipeline_classes]
 
 
 def resolve_adapter(pipe: Any) -> ModelAdapter:
     """Pick the adapter for ``pipe`` or fail with the list of supported classes."""
-    for adapter_cls in ADAPTERS:
+    for adapter_cls in adapter_classes():
         if adapter_cls.supports(pipe):
             return adapter_cls(pipe)
     raise AdapterError(
