@@ -8,12 +8,12 @@ RUNS ?= runs
 
 .PHONY: demo test test-all lint format bench clean install
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml testbed/pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned here (served from this machine's disk); the rest via the lock file.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[test]" -e ./testbed
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hunyuan_overhead.py
 	$(BIN)/python benchmarks/bench_judge.py
 	$(BIN)/python benchmarks/fsg_localisation.py
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[peers]"
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info

@@ -1,7 +1,7 @@
 """Benchmark: `layerscope bench` judges (questions/s, peak memory) and the bench's cost beyond generation.
 
 1. Judge throughput: the shapes judge and the `vlm` judge (the tiny random Qwen2.5-VL
-   of :mod:`layerscope.testbed.tiny_vlm`, 8 frames) over N shapes-world mp4s (256x256,
+   of :mod:`layerscope_testbed.tiny_vlm`, 8 frames) over N shapes-world mp4s (256x256,
    9 frames), each in a fresh process: questions per second (median of repeats) and
    the process's peak RSS (VmHWM).  Run for two N: peak memory must not grow with the
    number of videos (they are streamed from disk, one at a time).
@@ -41,7 +41,7 @@ def child_judge(judge_spec: str, prompts_file: str, videos_dir: str, count: int,
     """In a fresh process: judge ``count`` videos ``repeats`` times; questions/s and peak RSS."""
     from layerscope.bench.prompts import read_bench_prompts
     from layerscope.bench.vlm import vlm_factory
-    from layerscope.testbed.shapes.bench import shapes_factory
+    from layerscope_testbed.shapes.bench import shapes_factory
 
     prompts = read_bench_prompts(prompts_file)[:count]
     factories = {"shapes": shapes_factory, "vlm": vlm_factory}
@@ -89,10 +89,10 @@ def _run_child(*args: str) -> dict[str, Any]:
 def make_inputs(tmp: Path, count: int) -> tuple[Path, Path, Path, Path]:
     """Shapes prompts + ground-truth mp4s, the tiny VLM, and one Wan-size mp4."""
     from layerscope.bench.video_io import write_mp4
-    from layerscope.testbed.shapes.bench import export_bench
-    from layerscope.testbed.shapes.evaluate import eval_scenes
-    from layerscope.testbed.shapes.render import render_video
-    from layerscope.testbed.tiny_vlm import build_tiny_qwen2_5_vl
+    from layerscope_testbed.shapes.bench import export_bench
+    from layerscope_testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed.shapes.render import render_video
+    from layerscope_testbed.tiny_vlm import build_tiny_qwen2_5_vl
 
     prompts = export_bench(tmp / "set", count)
     videos = tmp / "videos"
@@ -107,7 +107,7 @@ def make_inputs(tmp: Path, count: int) -> tuple[Path, Path, Path, Path]:
 
 def bench_overhead(tmp: Path, prompts_count: int) -> dict[str, Any]:
     from layerscope.cli import main
-    from layerscope.testbed.shapes.bench import export_bench
+    from layerscope_testbed.shapes.bench import export_bench
 
     prompts = export_bench(tmp / "overhead-set", prompts_count)
     out = tmp / "overhead-run"

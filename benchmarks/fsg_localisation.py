@@ -40,8 +40,8 @@ def scene_ious(pipe, clip, scene, tau_region: float) -> dict[str, list[float]]:
     from fg_intervene import fsg
     from fg_intervene.wan import _clip_pixels
     from layerscope.clip import image_patch_features, text_token_features
-    from layerscope.testbed.shapes.localisation import token_masks
-    from layerscope.testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.localisation import token_masks
+    from layerscope_testbed.shapes.render import reference_image
 
     image = Image.fromarray(reference_image(scene))
     _, patches = image_patch_features(clip, _clip_pixels(pipe, image))
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from layerscope.clip import load_open_clip
     from layerscope.loading import load_pipeline
     from layerscope.proportions import paired_sign_flip_test
-    from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed import shipped_model_dir
+    from layerscope_testbed.shapes.evaluate import eval_scenes
 
     started = time.perf_counter()
     pipe, _ = load_pipeline(shipped_model_dir())

@@ -45,7 +45,7 @@ from typing import Any
 from _common import print_table, summary, write_json
 
 from layerscope.registry import PROBES
-from layerscope.testbed import (
+from layerscope_testbed import (
     EXAMPLE_FRAMES,
     EXAMPLE_HEIGHT,
     EXAMPLE_KEYWORDS,
@@ -147,7 +147,7 @@ def bench_default_model(repeats: int) -> dict[str, Any]:
     import shutil
 
     from layerscope.loading import load_pipeline
-    from layerscope.testbed import resolve_model
+    from layerscope_testbed import resolve_model
 
     pipe, model_dir = load_pipeline(resolve_model("default"))
     pipe.set_progress_bar_config(disable=True)
@@ -356,7 +356,7 @@ def _vm_hwm_bytes() -> int | None:
 def child_rss(steps: int) -> dict[str, Any]:
     """Record the example with ``steps`` steps in this (fresh) process; report peak RSS."""
     from layerscope.loading import load_pipeline
-    from layerscope.testbed import resolve_model
+    from layerscope_testbed import resolve_model
 
     pipe, _ = load_pipeline(resolve_model("default"))
     with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from metrics import write_synthetic_store
 
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.loading import load_pipeline
     from layerscope.recording import record
 

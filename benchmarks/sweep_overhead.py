@@ -24,7 +24,7 @@ from _common import print_table, summary, verdict, write_json
 
 
 def plain_loop(prompts: Path, out: Path, seeds: list[int]) -> float:
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.loading import load_image, load_pipeline
     from layerscope.recording import record
     from layerscope.sweep import read_prompts
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/sweep_overhead.json")
     args = parser.parse_args(argv)
-    from layerscope.testbed.shapes.evaluate import write_prompt_file
+    from layerscope_testbed.shapes.evaluate import write_prompt_file
 
     seeds = list(range(max(1, args.runs // 3)))
     plain_times, sweep_times = [], []

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from layerscope.cli import main as layerscope
-    from layerscope.testbed.shapes.plant import parse_layers
+    from layerscope_testbed.shapes.plant import parse_layers
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

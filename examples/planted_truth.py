@@ -6,7 +6,7 @@ by construction, and does Focal Guidance on them help?
 
 Steps (the first four are `layerscope` commands, each reproducible on its own):
   1. `testbed plant --layers 4-7`: the shipped model with blocks 4-7 text-blind
-     (layerscope/testbed/shapes/plant.py says how and why);
+     (testbed/layerscope_testbed/shapes/plant.py says how and why);
   2. `testbed prompts`: held-out sweep prompts;
   3. `sweep` the unplanted default and the planted model over prompts x seeds;
   4. `rank` both: verdict, split-sample p, drop, band, Jaccard overlap with the planted layers;
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from layerscope.cli import main as layerscope
-    from layerscope.testbed.shapes.plant import parse_layers
+    from layerscope_testbed.shapes.plant import parse_layers
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def evaluate(model: Path, planted: list[int], control: list[int], *, count: int,
     from layerscope.interventions import load_intervention
     from layerscope.loading import load_pipeline
     from layerscope.sweep import parse_seeds
-    from layerscope.testbed.shapes.evaluate import check_intervention, evaluate_pipeline, paired_comparison
+    from layerscope_testbed.shapes.evaluate import check_intervention, evaluate_pipeline, paired_comparison
 
     pipe, _ = load_pipeline(model)
     common = {"count": count, "steps": steps, "seeds": parse_seeds(seeds)}
@@ -173,7 +173,7 @@ def table(results: dict) -> dict:
 
 
 def report(result: dict, evals: dict) -> str:
-    from layerscope.testbed.shapes.evaluate import format_comparisons
+    from layerscope_testbed.shapes.evaluate import format_comparisons
 
     lines = [f"# Planted truth: layers {result['planted_layers']} text-blind", ""]
     lines += ["| model | verdict | p | band | Jaccard with planted | n_runs |", "| --- | --- | --- | --- | --- | --- |"]

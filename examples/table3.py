@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name the layers: --ranking R.json (its weak band) or --layers L-M, not both")
 
     from layerscope.cli import main as layerscope
-    from layerscope.testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison, read_results
+    from layerscope_testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison, read_results
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ranking:
         fg, chosen = ["--intervene", "focal-guidance", "--ranking", args.ranking], ["--ranking", args.ranking]
     else:
-        from layerscope.testbed.shapes.plant import parse_layers
+        from layerscope_testbed.shapes.plant import parse_layers
 
         layers = list(parse_layers(args.layers))
         fg = ["--intervene", "focal-guidance", "--fg-set", f"weak_layers={layers}"]
@@ -132,7 +132,7 @@ def check_finished_finetune(directory: Path, **wanted: float) -> None:
 
 def protocol(row: dict) -> str:
     """What must match for two eval rows to be paired prompt x seed by prompt x seed (PROTOCOL_KEYS)."""
-    from layerscope.testbed.shapes.evaluate import PROTOCOL_KEYS
+    from layerscope_testbed.shapes.evaluate import PROTOCOL_KEYS
 
     return ", ".join(f"{key}={row.get(key)}" for key in PROTOCOL_KEYS)
 

@@ -3,8 +3,8 @@
 No model hub is ever contacted: a model is a local diffusers pipeline directory, loaded
 with ``local_files_only=True`` and safetensors weights only.  The directory is checked
 before anything heavy is imported, so a broken folder costs one line, not a traceback
-from deep inside ``from_pretrained``.  (The testbed's ``default``/``random`` names are
-resolved to directories by :func:`layerscope.testbed.resolve_model`, outside the core.)
+from deep inside ``from_pretrained``.  (Model names such as the testbed's ``default``/``random``
+are resolved to directories by :data:`layerscope.registry.MODELS`, outside the core.)
 """
 
 from __future__ import annotations

@@ -92,3 +92,32 @@ JUDGES = Registry("judges", {"vlm": "layerscope.bench.vlm:vlm_factory"}, noun="j
 
 #: Interventions of ``record --intervene`` (``fg_intervene`` registers ``focal-guidance``).
 INTERVENTIONS = Registry("interventions", {}, noun="intervention")
+
+#: Commands of ``layerscope``: ``add_parser(subparsers)`` functions; the testbed adds ``testbed`` and ``eval``.
+COMMANDS = Registry(
+    "commands",
+    {
+        "record": "layerscope.cli.record:add_parser",
+        "sweep": "layerscope.cli.sweep:add_parser",
+        "finetune": "layerscope.cli.finetune:add_parser",
+        "rank": "layerscope.cli.rank:add_parser",
+        "report": "layerscope.cli.report:add_parser",
+        "bench": "layerscope.cli.bench:add_parser",
+    },
+    noun="command",
+)
+
+#: Model names ``--model`` accepts besides a directory: ``() -> Path`` (the testbed: default, random).
+MODELS = Registry("models", {}, noun="model name")
+
+#: ``record``'s inputs when none are given: ``() -> (image, prompt, keywords)`` (the testbed's ``default``).
+EXAMPLES = Registry("examples", {}, noun="example")
+
+#: Generated training sets for ``finetune --data NAME:N``: ``(out_dir, count, seed, frames, size) -> jsonl``.
+DATASETS = Registry("datasets", {}, noun="dataset")
+
+#: HTML pages ``layerscope report FILE.json`` renders: ``(json_path, html_path) -> Path`` (the testbed's eval).
+REPORT_PAGES = Registry("report_pages", {}, noun="report page")
+
+#: Judge-validity harnesses of ``bench --judge-validity``: ``(judge, out, count, log) -> dict``.
+JUDGE_CHECKS = Registry("judge_checks", {}, noun="judge check")

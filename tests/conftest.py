@@ -27,7 +27,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_dir(_isolated_cache):
-    from layerscope.testbed import ensure_default_model
+    from layerscope_testbed import ensure_default_model
 
     return ensure_default_model()
 
@@ -44,7 +44,7 @@ def tiny_pipe(model_dir):
 @pytest.fixture(scope="session")
 def example():
     """Small but valid generation settings (16x16 tokens per latent frame)."""
-    from layerscope import testbed
+    import layerscope_testbed as testbed
 
     return {
         "image": testbed.example_image(),

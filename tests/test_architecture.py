@@ -20,8 +20,8 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Every module of ours that ``path`` imports, at any depth of the file (lazy imports count)."""
+def _imports(path: Path, module: str, roots: tuple[str, ...] = PACKAGES) -> set[str]:
+    """Every module under ``roots`` that ``path`` imports, at any depth of the file (lazy imports count)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -34,7 +34,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+    return {name for name in found if name.split(".")[0] in roots}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -46,34 +46,126 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def _is_testbed(module: str) -> bool:
-    return module == "layerscope.testbed" or module.startswith("layerscope.testbed.")
+TESTBED = "layerscope_testbed"
 
 
-# The CLI is the one core module allowed to reach the testbed (it resolves --model default).
-CORE_EXEMPT = {"layerscope.cli"}
+def _reaches(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    """``module -> target`` for every import in ``package`` of a module under ``forbidden``."""
+    roots = (*PACKAGES, TESTBED)
+    return [
+        f"{_module_name(path)} -> {target}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for target in _imports(path, _module_name(path), roots)
+        if any(target == name or target.startswith(name + ".") for name in forbidden)
+    ]
 
 
 def test_core_never_imports_the_testbed_or_fg_intervene():
-    offenders = [
-        f"{module} -> {target}"
-        for module, targets in import_graph().items()
-        if module.startswith("layerscope") and not _is_testbed(module) and module not in CORE_EXEMPT
-        for target in targets
-        if _is_testbed(target) or target.startswith("fg_intervene")
-    ]
-    assert offenders == []
+    """No exemption: the CLI too reaches the testbed only through entry points (registries)."""
+    assert (ROOT / "testbed" / TESTBED / "__init__.py").is_file()  # the check below can see it
+    assert _reaches("layerscope", (TESTBED, "fg_intervene")) == []
 
 
 def test_fg_intervene_uses_only_the_core():
-    offenders = [
-        f"{module} -> {target}"
-        for module, targets in import_graph().items()
-        if module.startswith("fg_intervene")
-        for target in targets
-        if _is_testbed(target) or target == "layerscope.cli"
-    ]
-    assert offenders == []
+    assert _reaches("fg_intervene", (TESTBED, "layerscope.cli")) == []
+
+
+def test_the_core_wheel_holds_no_weights_and_no_testbed(tmp_path):
+    """``pip install ./`` of the core is code and templates: under 1 MB, no safetensors, no testbed."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("layerscope-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert wheel.stat().st_size <= 1_000_000, f"{wheel.name}: {wheel.stat().st_size} bytes"
+    assert not [n for n in names if n.endswith((".safetensors", ".json")) and "testbed" in n]
+    assert not [n for n in names if n.startswith(("layerscope/testbed", TESTBED))]
+    assert not [n for n in names if "model_video_labels" in n]
+    # the testbed's own wheel: its package and the shipped model, not the archived labels of old models
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT / "testbed"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (testbed_wheel,) = tmp_path.glob("layerscope_testbed-*.whl")
+    names = zipfile.ZipFile(testbed_wheel).namelist()
+    assert f"{TESTBED}/models/shapes-wan-i2v/transformer/diffusion_pytorch_model.safetensors" in names
+    assert f"{TESTBED}/shapes/model_video_labels.json" in names
+    assert not [n for n in names if "model_video_labels_v" in n or n.startswith("archive")]
+
+
+CORE_ALONE = """
+import sys
+from importlib import metadata
+
+sys.modules["layerscope_testbed"] = None  # importing it now fails, as without the distribution
+real = metadata.entry_points
+
+
+def core_only(**selection):
+    found = real(**selection)
+    if not selection:
+        return found
+    return metadata.EntryPoints(ep for ep in found if not ep.value.startswith("layerscope_testbed"))
+
+
+metadata.entry_points = core_only
+from layerscope.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_core_alone_records_and_ranks_a_local_checkpoint(model_dir, example, tmp_path):
+    """Without the testbed: record and rank a local pipeline folder; --model default says what is missing."""
+    from PIL import Image
+
+    image = tmp_path / "ref.png"
+    Image.fromarray(example["image"]).save(image)
+    run = [sys.executable, "-c", CORE_ALONE]
+    store = tmp_path / "run.zarr"
+    record = [*run, "record", "--model", str(model_dir), "--out", str(store), "--image", str(image)]
+    record += ["--prompt", example["prompt"], "--keywords", "red,circle", "--steps", "2", "--frames", "5", "--quiet"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(record, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranked = subprocess.run([*run, "rank", str(store)], capture_output=True, text=True, env=env)
+    assert ranked.returncode == 0 and "too few runs for a verdict" in ranked.stdout, ranked.stderr[-2000:]
+    refused = subprocess.run([*run, "record", "--out", str(tmp_path / "x.zarr")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "pass --image, --prompt and --keywords" in refused.stderr
+    named = [*record[: record.index("--model")], "--model", "default", *record[record.index("--out") :]]
+    named[named.index(str(store))] = str(tmp_path / "x.zarr")
+    refused = subprocess.run(named, capture_output=True, text=True)
+    assert refused.returncode == 2 and "no testbed is installed" in refused.stderr
+    assert not (tmp_path / "x.zarr").exists()
+    listed = subprocess.run([*run, "--help"], capture_output=True, text=True).stdout
+    assert "testbed" not in listed.split("positional arguments")[1].split("\n")[1]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

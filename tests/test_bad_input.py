@@ -172,7 +172,7 @@ def test_other_commands_bad_input(command, message, store, tmp_path, capsys):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from layerscope import testbed
+import layerscope_testbed as testbed
 from layerscope.loading import load_pipeline
 from layerscope.recording import record
 from layerscope.store import StoreWriter

@@ -266,9 +266,9 @@ def test_consistency_matches_hand_computed_cosines():
 
 def test_clip_consistency_of_an_mp4_streams_frames_and_equals_the_feature_formula(tmp_path):
     from layerscope.bench.consistency import ClipFeatures
-    from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.evaluate import eval_scenes
-    from layerscope.testbed.shapes.render import render_video
+    from layerscope_testbed import shipped_model_dir
+    from layerscope_testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed.shapes.render import render_video
 
     clip = ClipFeatures(shipped_model_dir() / "clip")
     video = render_video(eval_scenes(2)[1], 9, 64, 64)  # a motion scene
@@ -295,7 +295,7 @@ def test_uniform_frame_sampling_keeps_first_and_last():
 
 
 def test_export_bench_and_shapes_judge_agree_with_the_oracle_on_truth_and_shuffled(tmp_path):
-    from layerscope.testbed.shapes.bench import ShapesJudge, judge_validity
+    from layerscope_testbed.shapes.bench import ShapesJudge, judge_validity
 
     result = judge_validity(ShapesJudge(), tmp_path / "validity", count=6, log=lambda _: None)
     assert result["ground truth"]["oracle_all_correct"] == 1.0  # through the mp4 files, as the bench reads them
@@ -390,7 +390,7 @@ def test_bad_json_line_names_file_and_line(tmp_path, capsys):
 
 
 def test_fg_options_without_intervene(tmp_path, capsys):
-    from layerscope.testbed.shapes.bench import export_bench
+    from layerscope_testbed.shapes.bench import export_bench
 
     prompts = export_bench(tmp_path / "set", 1)
     out = tmp_path / "out"
@@ -447,7 +447,7 @@ def test_bench_report_renders_in_headless_chromium(four_prompts, tmp_path):
 def test_focal_guidance_with_zero_strength_equals_the_baseline_and_compares_as_no_difference(
     base_ranking, tmp_path, capsys
 ):
-    from layerscope.testbed.shapes.bench import export_bench
+    from layerscope_testbed.shapes.bench import export_bench
 
     prompts = export_bench(tmp_path / "set", 2)
     common = ["bench", str(prompts), "--judge", "shapes", "--model", "random", "--quiet", "--no-consistency"]

@@ -22,7 +22,7 @@ from layerscope.bench.prompts import BenchPrompt
 from layerscope.bench.video_io import write_mp4
 from layerscope.bench.vlm import VLMJudge
 from layerscope.cli import main
-from layerscope.testbed.tiny_vlm import build_tiny_qwen2_5_vl
+from layerscope_testbed.tiny_vlm import build_tiny_qwen2_5_vl
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,14 @@ def tiny_vlm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shapes_set(tmp_path_factory) -> Path:
-    from layerscope.testbed.shapes.bench import export_bench
+    from layerscope_testbed.shapes.bench import export_bench
 
     return export_bench(tmp_path_factory.mktemp("shapes-set"), 3)
 
 
 def _video(tmp_path: Path) -> Path:
-    from layerscope.testbed.shapes.evaluate import eval_scenes
-    from layerscope.testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed.shapes.render import render_video
 
     return write_mp4(tmp_path / "v.mp4", render_video(eval_scenes(3)[2], 9, 64, 64))
 

@@ -108,7 +108,7 @@ def test_wan_carried_terms_are_removed_at_a_second_weak_and_a_downstream_layer(t
 @pytest.fixture(scope="module", params=["token_replace", "latent_concat"])
 def hunyuan(request, tmp_path_factory):
     from layerscope.loading import load_pipeline
-    from layerscope.testbed.hunyuan_video import save_tiny_pipeline
+    from layerscope_testbed.hunyuan_video import save_tiny_pipeline
 
     folder = save_tiny_pipeline(tmp_path_factory.mktemp("hunyuan") / request.param, request.param)
     pipe, _ = load_pipeline(folder)

@@ -244,7 +244,7 @@ def test_vae_round_trip_scores_what_the_vae_gives_back(collapsed, expected):
     one gives grey, in which no shape is found (0.0)."""
     from types import SimpleNamespace
 
-    from layerscope.testbed.shapes.evaluate import vae_round_trip
+    from layerscope_testbed.shapes.evaluate import vae_round_trip
 
     result = vae_round_trip(SimpleNamespace(vae=_Vae(collapsed)), count=6)
     assert result["overall"]["count"] == 6 and result["overall"]["all_correct"] == expected

@@ -1,4 +1,4 @@
-"""The HTML section of `layerscope eval` (layerscope/testbed/shapes/eval_report.py), parsed and in a browser."""
+"""The HTML section of `layerscope eval` (testbed/layerscope_testbed/shapes/eval_report.py), parsed and in a browser."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from layerscope.cli import main
-from layerscope.testbed.shapes.eval_report import outcome_grid, render_eval_html
+from layerscope_testbed.shapes.eval_report import outcome_grid, render_eval_html
 
 PROMPTS = [
     ("the red square turns green.", "dynamic_attribute", ["the red square is visible", "the red square is green"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import layerscope
-from layerscope import testbed
+import layerscope_testbed as testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_ID = testbed.model_info(testbed.shipped_model_dir())["model_id"]
@@ -65,7 +65,7 @@ def test_table3_quick_writes_four_rows_with_intervals_and_paired_tests(tmp_path,
     import json
     import subprocess
 
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     # any ranking of the shipped model's 12 layers with a band; here one planted in synthetic stores
     stores = [

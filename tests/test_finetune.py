@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
 
 
 def test_finetune_changes_only_the_chosen_cross_attention(trained):
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.loading import load_pipeline
 
     out, record = trained
@@ -84,11 +84,11 @@ def test_resume_equals_an_uninterrupted_run(trained, tmp_path):
 
 
 def test_focal_guidance_is_installed_for_every_sample_and_removed(tmp_path):
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.finetune import FinetuneConfig, finetune
     from layerscope.loading import load_pipeline
-    from layerscope.testbed.shapes.evaluate import write_training_data
     from layerscope.training_data import read_training_data
+    from layerscope_testbed.shapes.evaluate import write_training_data
 
     clips = read_training_data(write_training_data(tmp_path / "data", 2, frames=5, size=128))
     pipe, model_dir = load_pipeline(testbed.resolve_model("default"))
@@ -122,7 +122,7 @@ def test_finetuned_model_records_with_focal_guidance(tmp_path):
 
     ds = layerscope.open_run(store)
     assert ds.attrs["status"] == "complete" and ds.attrs["weights"] == "finetuned"
-    from layerscope import testbed
+    import layerscope_testbed as testbed
 
     assert ds.attrs["model_id"].startswith(testbed.model_info(testbed.shipped_model_dir())["model_id"] + "+")
 

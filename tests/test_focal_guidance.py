@@ -361,7 +361,7 @@ def test_record_with_focal_guidance_cli(base_ranking, tmp_path, capsys):
 
 
 def test_selection_sign_follows_the_model_folder_then_the_user(tmp_path):
-    from layerscope.testbed import shipped_model_dir
+    from layerscope_testbed import shipped_model_dir
 
     declared = json.loads((shipped_model_dir() / "layerscope_model.json").read_text())["focal_guidance"]
     assert declared["selection_sign"] == 1  # measured by benchmarks/fsg_localisation.py for its CLIP

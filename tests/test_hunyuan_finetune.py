@@ -17,7 +17,7 @@ SIZE = ["--frames", "9", "--height", "64", "--width", "64", "--quiet"]
 
 @pytest.fixture(scope="module")
 def hunyuan_dir(tmp_path_factory):
-    from layerscope.testbed.hunyuan_video import save_tiny_pipeline
+    from layerscope_testbed.hunyuan_video import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("hunyuan") / "model", "token_replace")
 

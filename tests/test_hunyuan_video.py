@@ -21,7 +21,7 @@ SIZE = dict(height=64, width=64, num_frames=9, num_inference_steps=2)
 @pytest.fixture(scope="module", params=["token_replace", "latent_concat"])
 def hunyuan(request, tmp_path_factory):
     from layerscope.loading import load_pipeline
-    from layerscope.testbed.hunyuan_video import save_tiny_pipeline
+    from layerscope_testbed.hunyuan_video import save_tiny_pipeline
 
     folder = save_tiny_pipeline(tmp_path_factory.mktemp("hunyuan") / request.param, request.param)
     pipe, _ = load_pipeline(folder)

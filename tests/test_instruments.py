@@ -20,7 +20,7 @@ HAND_LAYER = 2
 def blind_pipe(model_dir):
     """The shipped model with blocks 4-5 text-blind, as `testbed plant` makes them (no fine-tune)."""
     from layerscope.loading import load_pipeline
-    from layerscope.testbed.shapes.plant import blind_text
+    from layerscope_testbed.shapes.plant import blind_text
 
     pipe, _ = load_pipeline(model_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -143,7 +143,7 @@ def test_contrastive_needs_non_keyword_words(tiny_pipe, example, tmp_path, capsy
 
 
 def test_auroc_by_hand_with_ties():
-    from layerscope.testbed.shapes.localisation import auroc
+    from layerscope_testbed.shapes.localisation import auroc
 
     maps = np.array([[[1.0, 2.0], [2.0, 3.0]]])  # one frame
     mask = np.array([[[False, True], [False, True]]])
@@ -157,9 +157,9 @@ def test_auroc_by_hand_with_ties():
 def test_token_masks_match_the_rendered_first_frame():
     from dataclasses import replace
 
-    from layerscope.testbed.shapes.localisation import token_masks
-    from layerscope.testbed.shapes.render import COLOURS, reference_image
-    from layerscope.testbed.shapes.world import Event, sample_scenes
+    from layerscope_testbed.shapes.localisation import token_masks
+    from layerscope_testbed.shapes.render import COLOURS, reference_image
+    from layerscope_testbed.shapes.world import Event, sample_scenes
 
     for scene in sample_scenes(6, split="heldout", seed=4):
         masks = token_masks(scene, (3, 16, 16), 9)

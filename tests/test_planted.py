@@ -1,4 +1,4 @@
-"""Planted truth (layerscope/testbed/shapes/plant.py): a small planted model built in the test.
+"""Planted truth (testbed/layerscope_testbed/shapes/plant.py): a small planted model built in the test.
 
 What is checked, each against a computation that does not use the builder's code path:
 the build is bit-for-bit deterministic; the planted blocks' cross-attention output does
@@ -19,7 +19,7 @@ LAYERS = (4, 5)
 
 
 def _build(out):
-    from layerscope.testbed.shapes.plant import PlantConfig, plant
+    from layerscope_testbed.shapes.plant import PlantConfig, plant
 
     config = PlantConfig(str(out), layers=LAYERS, seed=3, clips=1, steps=2, calibration_scenes=1, calibration_steps=2)
     return plant(config)
@@ -95,7 +95,7 @@ def test_planted_cross_attention_ignores_the_text(planted_pipe):
 
 def test_planted_maps_are_cos_of_the_constant_value(planted_pipe, tmp_path):
     import layerscope
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.recording import record
 
     pipe = planted_pipe
@@ -142,7 +142,7 @@ def test_readout_ratio_is_esda_moran():
     from esda.moran import Moran
     from libpysal.weights import lat2W
 
-    from layerscope.testbed.shapes.plant import lagged_moments
+    from layerscope_testbed.shapes.plant import lagged_moments
 
     rng = np.random.default_rng(0)
     height = width = 6
@@ -161,7 +161,7 @@ def test_readout_ratio_is_esda_moran():
 
 
 def test_white_readout_finds_the_unstructured_direction():
-    from layerscope.testbed.shapes.plant import lagged_moments, white_readout
+    from layerscope_testbed.shapes.plant import lagged_moments, white_readout
 
     rng = np.random.default_rng(1)
     height = width = 16
@@ -182,7 +182,7 @@ def test_white_readout_finds_the_unstructured_direction():
 def test_retarget_keeps_the_block_function(planted_pipe):
     import copy
 
-    from layerscope.testbed.shapes.plant import retarget_text_value
+    from layerscope_testbed.shapes.plant import retarget_text_value
 
     attn = copy.deepcopy(planted_pipe.transformer.blocks[LAYERS[0]].attn2)
     generator = torch.Generator().manual_seed(2)
@@ -212,7 +212,7 @@ def test_planted_value_bias_is_the_parents_bit_for_bit(planted):
     # only the cause is planted: nothing of the blind blocks was chosen by looking at maps
     import json
 
-    from layerscope.testbed import shipped_model_dir
+    from layerscope_testbed import shipped_model_dir
 
     parent, child = _tensors(shipped_model_dir()), _tensors(planted)
     for layer in LAYERS:

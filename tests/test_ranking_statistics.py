@@ -176,7 +176,7 @@ def _prompts_and_seeds(tmp_path, prompts: int, seeds: int, band=(4, 7)):
     """Synthetic runs whose prompts repeat over seeds, as a sweep's do."""
     import zarr
 
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     paths = []
     for p in range(prompts):
@@ -199,7 +199,7 @@ def test_seeds_of_one_prompt_are_one_unit(tmp_path):
 
 
 def test_ranking_of_synthetic_sweeps(tmp_path):
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     planted = [write_synthetic_run(tmp_path / f"p{i}.zarr", seed=i, band=(4, 7), steps=2) for i in range(12)]
     ranking = rank_stores(planted)
@@ -227,7 +227,7 @@ def test_ranking_of_synthetic_sweeps(tmp_path):
 
 def test_one_run_has_no_verdict_in_json_or_cli(tmp_path, capsys):
     from layerscope.cli import main
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     path = write_synthetic_run(tmp_path / "a.zarr", band=(4, 7))
     assert main(["rank", str(path), "--out", str(tmp_path / "r.json")]) == 0
@@ -241,7 +241,7 @@ def test_one_run_has_no_verdict_in_json_or_cli(tmp_path, capsys):
 
 def test_record_refuses_to_choose_layers_from_a_ranking_without_a_band(tmp_path):
     from fg_intervene.config import ConfigError, FocalGuidanceConfig
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     none = [write_synthetic_run(tmp_path / f"n{i}.zarr", seed=i, band=None) for i in range(4)]
     path = rank_stores(none).save(tmp_path / "none.json")
@@ -255,7 +255,7 @@ def test_record_refuses_to_choose_layers_from_a_ranking_without_a_band(tmp_path)
 
 def test_cli_refusal_is_one_line_before_any_store(tmp_path, capsys):
     from layerscope.cli import main
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     none = [write_synthetic_run(tmp_path / f"n{i}.zarr", seed=i, band=None, layers=30) for i in range(3)]
     ranking = rank_stores(none).save(tmp_path / "none.json")
@@ -270,7 +270,7 @@ def test_cli_refusal_is_one_line_before_any_store(tmp_path, capsys):
 def test_ranking_json_is_strict_with_constant_maps(tmp_path):
     import zarr
 
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     path = write_synthetic_run(tmp_path / "a.zarr", band=None)
     group = zarr.open_group(path, mode="r+")
@@ -288,7 +288,7 @@ def test_ranking_json_is_strict_with_constant_maps(tmp_path):
 
 
 def test_unknown_expert_is_refused(tmp_path):
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     path = write_synthetic_run(tmp_path / "a.zarr")
     with pytest.raises(RankingError, match="not in this model"):
@@ -304,7 +304,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     from layerscope.cli import main
 
     monkeypatch.setattr(ranking, "SCHEDULER_TIMEOUT", "1s")  # nothing listens on port 9: no need to wait 10 s
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     path = write_synthetic_run(tmp_path / "a.zarr")
     assert main(["rank", str(path), "--scheduler", "tcp://127.0.0.1:9"]) == 2
@@ -314,7 +314,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_local_cluster_analysis_equals_local(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     paths = [
         write_synthetic_run(tmp_path / f"r{i:02d}.zarr", seed=i, layers=8, steps=2, grid=(1, 6, 6), band=(3, 4))
@@ -354,7 +354,7 @@ def test_validity_benchmark_writes_the_issue_keys(tmp_path):
 
 
 def test_two_recorded_layers_rank_without_a_band(tmp_path):
-    from layerscope.testbed.synthetic import write_synthetic_run
+    from layerscope_testbed.synthetic import write_synthetic_run
 
     stores = [write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i, layers=2, band=None, steps=2) for i in range(3)]
     ranking = rank_stores(stores)

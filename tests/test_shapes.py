@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from layerscope.testbed.shapes import (
+from layerscope_testbed.shapes import (
     COLOURS,
     DIMENSIONS,
     HELD_OUT,
@@ -26,9 +26,9 @@ from layerscope.testbed.shapes import (
     sample_scenes,
     score_video,
 )
-from layerscope.testbed.shapes.render import background
-from layerscope.testbed.shapes.scorer import ANSWER, colour_labels, connected_components
-from layerscope.testbed.shapes.world import DIRECTIONS, subject_key
+from layerscope_testbed.shapes.render import background
+from layerscope_testbed.shapes.scorer import ANSWER, colour_labels, connected_components
+from layerscope_testbed.shapes.world import DIRECTIONS, subject_key
 
 SIZE = 128  # the scorer works in frame fractions; half resolution keeps the tests fast
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -262,7 +262,7 @@ def test_shuffled_pairs_and_chance_level(scenes, videos):
 def test_question_rates_locate_the_failing_step_of_a_push():
     """The glide of the test above passes 'approached' only, ground truth all three steps: over the
     two videos, approached 1.0, contact 0.5, pushed 0.5."""
-    from layerscope.testbed.shapes.scorer import summarise
+    from layerscope_testbed.shapes.scorer import summarise
 
     scene = next(s for s in sample_scenes(9, "train", seed=5) if s.dimension == "interaction")
     ux, uy = DIRECTIONS[scene.event.direction]
@@ -288,7 +288,7 @@ def test_question_rates_locate_the_failing_step_of_a_push():
 def test_swap_roles_keeps_the_first_frame_and_reverses_who_moves():
     """The twin starts from the same pixels, the object becomes the subject and pushes the
     other way; its own ground truth passes, and the prompt names the others iff the original's did."""
-    from layerscope.testbed.shapes.world import make_prompt, swap_roles
+    from layerscope_testbed.shapes.world import make_prompt, swap_roles
 
     pushes = sample_scenes(60, "train", seed=3, dimensions=("interaction",))
     pairs = [(scene, swap_roles(scene)) for scene in pushes]
@@ -306,7 +306,7 @@ def test_swap_roles_keeps_the_first_frame_and_reverses_who_moves():
 
 
 def test_swap_roles_never_makes_a_held_out_subject_and_ignores_other_events():
-    from layerscope.testbed.shapes.world import swap_roles
+    from layerscope_testbed.shapes.world import swap_roles
 
     pushes = sample_scenes(300, "train", seed=11, dimensions=("interaction",))
     twins = [swap_roles(scene) for scene in pushes]
@@ -321,7 +321,7 @@ def test_swap_roles_never_makes_a_held_out_subject_and_ignores_other_events():
 def test_a_swapped_video_is_scored_as_roles_reversed():
     """Scored against the original prompt, the twin's ground truth (the object pushing the
     subject) fails and is flagged roles_reversed; the original's ground truth is not."""
-    from layerscope.testbed.shapes.world import swap_roles
+    from layerscope_testbed.shapes.world import swap_roles
 
     original, twin = next(
         (s, t)

@@ -1,4 +1,4 @@
-"""The scorer against human labels of the shipped model's own videos (layerscope/testbed/shapes/labels.py).
+"""The scorer against human labels of the shipped model's own videos (testbed/layerscope_testbed/shapes/labels.py).
 
 The labels file holds, per video, the verdict a person gave each question by looking at
 the video's frames and the scorer's answers at labelling time.  Checked here: the file
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerscope.testbed.shapes.labels import ARCHIVED_LABEL_FILES, JOBS, LABEL_FILE, agreement, load_labels
+from layerscope_testbed.shapes.labels import ARCHIVED_LABEL_FILES, JOBS, LABEL_FILE, agreement, load_labels
 
 
 def test_agreement_counts_by_hand():
@@ -33,8 +33,8 @@ def test_agreement_counts_by_hand():
 
 @pytest.mark.parametrize("path", [LABEL_FILE, *ARCHIVED_LABEL_FILES], ids=lambda p: p.name)
 def test_label_file_describes_the_eval_videos(path):
-    from layerscope.testbed.shapes.evaluate import eval_scenes
-    from layerscope.testbed.shapes.world import questions
+    from layerscope_testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed.shapes.world import questions
 
     videos = load_labels(path)
     assert len(videos) >= 30
@@ -50,10 +50,11 @@ def test_label_file_describes_the_eval_videos(path):
 
 def test_current_labels_are_of_the_shipped_model():
     """A new shipped model needs new labels: the scorer is validated on the videos it scores."""
-    from layerscope.testbed import model_info, shipped_model_dir
-    from layerscope.testbed.shapes.labels import labelled_model
+    from layerscope_testbed import model_info, shipped_model_dir
+    from layerscope_testbed.shapes.labels import labelled_model
 
     assert labelled_model() == model_info(shipped_model_dir())["model_id"]
+    assert len(ARCHIVED_LABEL_FILES) == 5  # v2-v6, in the checkout's testbed/archive/ (no wheel ships them)
     assert all(labelled_model(path) != labelled_model() for path in ARCHIVED_LABEL_FILES)
 
 
@@ -72,9 +73,9 @@ def test_agreement_of_the_shipped_models_labels():
 
 def _rescore(indices):
     from layerscope.loading import load_pipeline
-    from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.labels import generate_job
-    from layerscope.testbed.shapes.scorer import score_video
+    from layerscope_testbed import shipped_model_dir
+    from layerscope_testbed.shapes.labels import generate_job
+    from layerscope_testbed.shapes.scorer import score_video
 
     pipe, _ = load_pipeline(shipped_model_dir())
     pipe.set_progress_bar_config(disable=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layerscope.errors import UsageError
-from layerscope.testbed.shapes.roles import ROLE_BIAS, direction_buckets, set_directional_heads
+from layerscope_testbed.shapes.roles import ROLE_BIAS, direction_buckets, set_directional_heads
 
 
 def _encoder(heads: int = 4, buckets: int = 8):
@@ -103,8 +103,8 @@ def _role_cosines(pipe) -> list[float]:
 def test_directional_heads_make_the_role_of_a_word_visible_in_the_testbed_encoder():
     """The reason for the option: in the seeded random encoder a word reads the same as
     subject and as object (cosine > 0.98); with all heads directional it no longer does."""
-    from layerscope import testbed
-    from layerscope.testbed.shapes.world import VOCABULARY
+    import layerscope_testbed as testbed
+    from layerscope_testbed.shapes.world import VOCABULARY
 
     pipe = testbed.build_default_pipeline(0, vocabulary=VOCABULARY)
     assert pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("the red circle pushes the blue square.").input_ids)[
@@ -119,7 +119,7 @@ def test_directional_heads_make_the_role_of_a_word_visible_in_the_testbed_encode
 def test_a_built_pipeline_encodes_prompts_deterministically():
     """A built pipeline is ready for inference, like a loaded one: its UMT5 (dropout 0.1) is in
     eval mode, so a prompt has one embedding (training from scratch encodes its prompts so)."""
-    from layerscope import testbed
+    import layerscope_testbed as testbed
 
     pipe = testbed.build_default_pipeline(0)
     assert not any(module.training for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.image_encoder))

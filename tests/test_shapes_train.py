@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from layerscope.testbed.shapes import render_video, sample_scenes
-from layerscope.testbed.shapes.train import _shape_crop_origin, reconstruction_check, shape_mask
+from layerscope_testbed.shapes import render_video, sample_scenes
+from layerscope_testbed.shapes.train import _shape_crop_origin, reconstruction_check, shape_mask
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def tiny_parent(tmp_path_factory):
     Why shared: four tests need the same parent (2 scenes, 2 blocks, one step a stage) and
     only read it; training it once saves three trainings of the default suite's time.
     """
-    from layerscope.testbed.shapes.train import TrainConfig, train
+    from layerscope_testbed.shapes.train import TrainConfig, train
 
     steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 1}
     return train(
@@ -101,7 +101,7 @@ def test_reconstruction_check_tells_a_collapsed_vae_from_a_perfect_one(videos):
 
 
 def test_stage_clock_calibrates_then_fixes_the_step_count():
-    from layerscope.testbed.shapes.train import CALIBRATION_STEPS, StageClock
+    from layerscope_testbed.shapes.train import CALIBRATION_STEPS, StageClock
 
     now = [0.0]
     clock = StageClock("dit", seconds=100.0, clock=lambda: now[0])
@@ -125,7 +125,7 @@ def test_stage_clock_calibrates_then_fixes_the_step_count():
 @pytest.mark.slow
 def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
     """Same seed and step counts -> the same weights byte for byte, whatever the clock did."""
-    from layerscope.testbed.shapes.train import TrainConfig, replay_config, train
+    from layerscope_testbed.shapes.train import TrainConfig, replay_config, train
 
     steps = {"vae_frames": 2, "vae_clips": 1, "clip": 2, "dit": 2}
     first = train(TrainConfig(out=str(tmp_path / "a"), train_scenes=2, dit_layers=2, steps=steps))
@@ -147,7 +147,7 @@ def test_replayed_training_is_identical_and_writes_a_model_card(tmp_path):
 def test_push_scenes_from_scratch_keep_the_vae_check_on_the_base_clips(tmp_path, monkeypatch):
     """Push scenes follow the base set: the VAE check still sees the base set's last clips
     (all three events), and the card's command reproduces the run."""
-    from layerscope.testbed.shapes import train as train_module
+    from layerscope_testbed.shapes import train as train_module
 
     seen = []
     real_check = train_module.reconstruction_check
@@ -221,7 +221,7 @@ def test_train_rejects_impossible_numbers(argv, tmp_path):
 
 
 def test_replay_refuses_a_json_without_steps(tmp_path):
-    from layerscope.testbed.shapes.train import replay_config
+    from layerscope_testbed.shapes.train import replay_config
 
     path = tmp_path / "layerscope_model.json"
     path.write_text(json.dumps({"name": "x", "train_config": {"seed": 0}}))
@@ -235,8 +235,8 @@ def test_replay_refuses_a_json_without_steps(tmp_path):
 
 def test_the_shipped_model_replays_only_from_its_recorded_parent(tmp_path):
     """v7 continued v6: its recipe names v6 by weight hashes, and a replay asks for that parent."""
-    from layerscope.testbed import SHIPPED_MODEL_DIR
-    from layerscope.testbed.shapes.train import replay_config
+    from layerscope_testbed import SHIPPED_MODEL_DIR
+    from layerscope_testbed.shapes.train import replay_config
 
     info = json.loads((SHIPPED_MODEL_DIR / "layerscope_model.json").read_text())
     assert info["version"] == 7 and info["init_model"]["version"] == 6 and info["steps"]["dit"] > 0
@@ -255,7 +255,7 @@ def test_the_shipped_model_replays_only_from_its_recorded_parent(tmp_path):
 
 def test_focus_mask_marks_changed_and_shape_positions_per_latent_frame():
     """Latent frame 0 <- pixel frame 0, latent frame k <- pixel frames 4(k-1)+1 .. 4k (Wan's causal VAE)."""
-    from layerscope.testbed.shapes.train import focus_mask
+    from layerscope_testbed.shapes.train import focus_mask
 
     video = np.full((1, 9, 16, 24, 3), 128, dtype=np.uint8)
     video[0, :, 1, 1] = (220, 40, 40)  # a shape pixel in every frame: block (0, 0), all latent frames
@@ -272,7 +272,7 @@ def test_focus_mask_marks_changed_and_shape_positions_per_latent_frame():
 def test_weighted_mse_against_hand_values():
     import torch
 
-    from layerscope.testbed.shapes.train import weighted_mse
+    from layerscope_testbed.shapes.train import weighted_mse
 
     prediction = torch.zeros(1, 2, 1, 1, 2)
     target = torch.tensor([[[[[1.0, 2.0]]], [[[3.0, 0.0]]]]])  # squared errors: c0 (1, 4), c1 (9, 0)
@@ -286,7 +286,7 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones():
     """One step with decay d saves d * start + (1 - d) * (weights after the step)."""
     import torch
 
-    from layerscope.testbed.shapes.train import TrainConfig, train_dit
+    from layerscope_testbed.shapes.train import TrainConfig, train_dit
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -320,7 +320,7 @@ def test_ema_weights_are_the_moving_average_of_the_trained_ones():
 
 def _assert_replays_byte_for_byte(child, parent, out):
     """A continued run's recipe, replayed from ``parent`` into ``out``, gives ``child``'s weight files exactly."""
-    from layerscope.testbed.shapes.train import replay_config, train
+    from layerscope_testbed.shapes.train import replay_config, train
 
     again = train(replay_config(child / "layerscope_model.json", str(out), init=str(parent)))
     for path in child.rglob("*.safetensors"):
@@ -331,14 +331,14 @@ def _assert_replays_byte_for_byte(child, parent, out):
 def test_continued_training_keeps_the_parent_and_replays_only_with_it(tmp_path, tiny_parent):
     """--init: VAE, CLIP and encoders byte-identical to the parent's; the parent's hashes are
     recorded; a replay needs the same parent and gives the same weights byte for byte."""
-    from layerscope.testbed.shapes.train import (
+    from layerscope_testbed.shapes.train import (
         TrainConfig,
         replay_config,
         train,
         training_scene_sets,
         weight_hashes,
     )
-    from layerscope.testbed.shapes.world import swap_roles
+    from layerscope_testbed.shapes.world import swap_roles
 
     parent = tiny_parent
     config = TrainConfig(
@@ -411,7 +411,7 @@ def test_training_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_pat
 
 def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
     from layerscope.cli import main
-    from layerscope.testbed.shapes.train import replay_config
+    from layerscope_testbed.shapes.train import replay_config
 
     recipe = tmp_path / "layerscope_model.json"
     # a recipe from before --device existed: it trained on the CPU, and its replay does too
@@ -428,7 +428,7 @@ def test_a_replay_takes_device_and_batch_from_its_recipe(tmp_path, capsys):
 
 def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeypatch):
     from layerscope.cli import main
-    from layerscope.testbed.shapes import train as train_module
+    from layerscope_testbed.shapes import train as train_module
 
     seen = {}
 
@@ -447,7 +447,7 @@ def test_device_and_batch_are_recorded_and_the_card_names_them(tmp_path, monkeyp
 def test_training_on_cuda_draws_the_same_batches_as_on_the_cpu(tmp_path):
     """Same recipe on both devices: the first DiT loss (same clips, noise and levels) agrees to
     float tolerance, the weights come back to the CPU, and the recipe and card name the device."""
-    from layerscope.testbed.shapes.train import TrainConfig, train
+    from layerscope_testbed.shapes.train import TrainConfig, train
 
     steps = {"vae_frames": 1, "vae_clips": 1, "clip": 1, "dit": 3}
     runs = {}
@@ -507,7 +507,7 @@ def test_deepen_computes_exactly_what_the_parent_computes_and_then_learns(depth,
     (the new blocks receive gradient) and the output differs from the parent's."""
     import torch
 
-    from layerscope.testbed.shapes.grow import RESIDUAL_OUTPUTS, deepen
+    from layerscope_testbed.shapes.grow import RESIDUAL_OUTPUTS, deepen
 
     parent = _tiny_wan(depth)
     grown = deepen(parent, added)
@@ -539,7 +539,7 @@ def test_deepen_computes_exactly_what_the_parent_computes_and_then_learns(depth,
 
 
 def test_deepen_refuses_nothing_to_add():
-    from layerscope.testbed.shapes.grow import deepen
+    from layerscope_testbed.shapes.grow import deepen
 
     with pytest.raises(ValueError, match="added must be >= 1"):
         deepen(_tiny_wan(2), 0)
@@ -549,7 +549,7 @@ def test_deepen_refuses_nothing_to_add():
 def test_grown_training_is_recorded_carded_and_replays_byte_for_byte(tmp_path, tiny_parent):
     """--init P --grow-layers 1: the child has one block more, its recipe and card say so, the
     parent's encoders are kept, and a replay from the recipe gives the same bytes."""
-    from layerscope.testbed.shapes.train import TrainConfig, train
+    from layerscope_testbed.shapes.train import TrainConfig, train
 
     parent = tiny_parent
     with pytest.raises(ValueError, match="needs init"):
@@ -580,9 +580,9 @@ def test_trainable_text_is_the_pipelines_encoding_and_passes_gradients_to_the_en
     unconditional branch), with gradients reaching exactly the prompt's word embeddings."""
     import torch
 
-    from layerscope import testbed
-    from layerscope.testbed.shapes.train import TrainableText
-    from layerscope.testbed.shapes.world import VOCABULARY
+    import layerscope_testbed as testbed
+    from layerscope_testbed.shapes.train import TrainableText
+    from layerscope_testbed.shapes.world import VOCABULARY
 
     pipe = testbed.build_default_pipeline(0, vocabulary=VOCABULARY)
     prompts = ["the red circle pushes the blue square.", "the blue square pushes the red circle."]
@@ -609,7 +609,7 @@ def test_continued_training_with_lr_text_trains_the_text_encoder_records_and_rep
     """--lr-text: the text encoder changes (VAE, CLIP, image encoder stay the parent's), the
     recipe, the card's command and its component table say so, and a replay repeats it byte
     for byte; the default (0) keeps it frozen (see the continued-training test above)."""
-    from layerscope.testbed.shapes.train import TrainConfig, train
+    from layerscope_testbed.shapes.train import TrainConfig, train
 
     parent = tiny_parent
     child = train(
@@ -643,7 +643,7 @@ def test_text_role_heads_change_only_the_position_bias_record_and_replay_despite
     import torch
     from safetensors.torch import load_file
 
-    from layerscope.testbed.shapes.train import TrainConfig, train
+    from layerscope_testbed.shapes.train import TrainConfig, train
 
     parent = tiny_parent
     cache = str(tmp_path / "cache")
@@ -693,7 +693,7 @@ def test_the_cli_refuses_a_head_count_the_text_encoder_cannot_have(tmp_path, cap
 def test_the_cli_passes_training_options_into_the_recipe(tmp_path, monkeypatch, argv, field, given, default):
     """The option reaches the TrainConfig (and so the recipe); without it the default holds."""
     from layerscope.cli import main
-    from layerscope.testbed.shapes import train as train_module
+    from layerscope_testbed.shapes import train as train_module
 
     seen = []
     monkeypatch.setattr(train_module, "train", lambda config: seen.append(config) or config.out)
@@ -704,7 +704,7 @@ def test_the_cli_passes_training_options_into_the_recipe(tmp_path, monkeypatch, 
 
 
 def test_a_set_without_push_scenes_gets_no_twin_set():
-    from layerscope.testbed.shapes import train as train_module
+    from layerscope_testbed.shapes import train as train_module
 
     no_pushes = train_module.TrainConfig(out="x", train_scenes=2, push_swaps=True)
     assert [len(group) for group in train_module.training_scene_sets(no_pushes)] == [2]

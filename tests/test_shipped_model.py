@@ -1,6 +1,6 @@
 """The trained shapes-world model that ships in the package: present, safe, loadable, trained.
 
-These tests use the real shipped weights (``layerscope/testbed/models/shapes-wan-i2v``), loaded
+These tests use the real shipped weights (``testbed/layerscope_testbed/models/shapes-wan-i2v``), loaded
 the way ``layerscope record`` loads them: ``from_pretrained(local_dir)``, safetensors only.
 The thresholds sit between what the shipped model measures and what a random or
 collapsed model would, so an untrained or collapsed model fails them.
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from layerscope import testbed
+import layerscope_testbed as testbed
 
 UNSAFE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz"}
 
@@ -21,7 +21,9 @@ UNSAFE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".
 @pytest.fixture(scope="module")
 def shipped_dir():
     path = testbed.shipped_model_dir()
-    assert path is not None, "layerscope/testbed/models/shapes-wan-i2v is missing: the trained default model must ship"
+    assert path is not None, (
+        "testbed/layerscope_testbed/models/shapes-wan-i2v is missing: the trained default model must ship"
+    )
     return path
 
 
@@ -37,7 +39,7 @@ def trained_pipe(shipped_dir):
 
 @pytest.fixture(scope="module")
 def heldout_scenes():
-    from layerscope.testbed.shapes import sample_scenes
+    from layerscope_testbed.shapes import sample_scenes
 
     return sample_scenes(12, split="heldout", seed=1000)
 
@@ -83,8 +85,8 @@ def test_shipped_model_loads_through_the_wan_pipeline(trained_pipe):
 
 @pytest.mark.slow
 def test_vae_reconstructs_the_shapes(trained_pipe, heldout_scenes):
-    from layerscope.testbed.shapes import render_video
-    from layerscope.testbed.shapes.train import reconstruction_check
+    from layerscope_testbed.shapes import render_video
+    from layerscope_testbed.shapes.train import reconstruction_check
 
     videos = np.stack([render_video(s, num_frames=9, height=256, width=256) for s in heldout_scenes[:3]])
     check = reconstruction_check(trained_pipe.vae, videos)
@@ -102,9 +104,9 @@ def test_clip_matches_images_to_their_subjects_colour(shipped_dir, heldout_scene
     import torch
 
     from layerscope.clip import load_open_clip, tokenizer_for
-    from layerscope.testbed.shapes.render import reference_image
-    from layerscope.testbed.shapes.train import _clip_pixels
-    from layerscope.testbed.shapes.world import COLOURS
+    from layerscope_testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.train import _clip_pixels
+    from layerscope_testbed.shapes.world import COLOURS
 
     clip = load_open_clip(shipped_dir / testbed.CLIP_SUBFOLDER)
     tokenizer = tokenizer_for(clip)

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from layerscope.store import is_store
-from layerscope.testbed.synthetic import write_synthetic_run
+from layerscope_testbed.synthetic import write_synthetic_run
 
 
 def test_a_recording_killed_while_creating_its_store_leaves_nothing_under_the_name(tmp_path, monkeypatch):

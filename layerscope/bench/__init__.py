@@ -15,7 +15,8 @@ I2V subject/background consistency, and all-correct rates with intervals.  The p
 * :mod:`.run` ties them together for the CLI.
 
 The core never imports the testbed: the shapes-world judge lives in
-:mod:`layerscope.testbed.shapes.bench` and reaches the judge registry from the CLI.
+:mod:`layerscope_testbed.shapes.bench` (a separate distribution) and reaches the judge
+registry, :data:`layerscope.registry.JUDGES`, through an entry point.
 Importing this package imports nothing heavy.
 """
 

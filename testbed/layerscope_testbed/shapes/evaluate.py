@@ -1,7 +1,7 @@
 """Instruction-following benchmark on held-out shapes-world prompts (``layerscope eval``).
 
 Generates one video per held-out scene from its reference frame and prompt, with or
-without an intervention, and scores it programmatically (:mod:`layerscope.testbed.shapes.scorer`)
+without an intervention, and scores it programmatically (:mod:`layerscope_testbed.shapes.scorer`)
 with the paper's rule: a prompt counts only if *all* its questions are answered
 correctly.  Reported per dimension (dynamic attribute, motion, interaction) and overall,
 with first-frame consistency.
@@ -23,7 +23,7 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
     from PIL import Image
 
     from layerscope.recording import to_uint8
-    from layerscope.testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.render import reference_image
 
     image = Image.fromarray(reference_image(scene, height=256, width=256))
     output = pipe(
@@ -42,7 +42,7 @@ def generate(pipe: Any, scene: Any, *, steps: int, seed: int, guidance: float, f
 
 def eval_scenes(count: int, split: str = "heldout", seed: int = 0) -> list[Any]:
     """The benchmark's prompts: offset from the training seeds so a train-split eval sees fresh scenes."""
-    from layerscope.testbed.shapes.world import sample_scenes
+    from layerscope_testbed.shapes.world import sample_scenes
 
     return sample_scenes(count, split=split, seed=seed + 1000)
 
@@ -58,7 +58,7 @@ def apply_intervention(pipe: Any, scene: Any, intervention: Any) -> Any:
     from layerscope.adapters.registry import resolve_adapter
     from layerscope.interventions import RunInputs
     from layerscope.recording import describe_model, pipeline_dir
-    from layerscope.testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.render import reference_image
 
     adapter = resolve_adapter(pipe)
     image = Image.fromarray(reference_image(scene, height=256, width=256))
@@ -107,8 +107,8 @@ def evaluate_pipeline(
     from tqdm.auto import tqdm
 
     from layerscope.proportions import prompt_bootstrap_interval, wilson_interval
-    from layerscope.testbed.shapes.render import reference_image
-    from layerscope.testbed.shapes.scorer import score_video, summarise
+    from layerscope_testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.scorer import score_video, summarise
 
     scenes = eval_scenes(count, split, seed)
     references = [reference_image(s, height=256, width=256) for s in scenes]
@@ -174,12 +174,12 @@ def reference_points(*, count: int = 30, split: str = "heldout", seed: int = 0, 
     """The scorer on the same scenes :func:`evaluate_pipeline` uses, fed known videos.
 
     ``ground truth`` is the ceiling (the scorer's own accuracy, ~1.0); ``static``,
-    ``reversed`` and ``shuffled`` (see :func:`~layerscope.testbed.shapes.scorer.chance_level`) are
+    ``reversed`` and ``shuffled`` (see :func:`~layerscope_testbed.shapes.scorer.chance_level`) are
     the chance level a model has to beat.  Rendered at ``size`` px: the scorer is
     resolution-independent and this keeps it to a second or two.
     """
-    from layerscope.testbed.shapes.render import render_video
-    from layerscope.testbed.shapes.scorer import chance_level, evaluate, summarise
+    from layerscope_testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.scorer import chance_level, evaluate, summarise
 
     scenes = eval_scenes(count, split, seed)
     truth = [render_video(s, 9, size, size) for s in scenes]
@@ -197,8 +197,8 @@ def vae_round_trip(pipe: Any, *, count: int = 30, split: str = "heldout", seed: 
     import torch
 
     from layerscope.recording import to_uint8, uint8_to_vae_input
-    from layerscope.testbed.shapes.render import render_video
-    from layerscope.testbed.shapes.scorer import evaluate
+    from layerscope_testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.scorer import evaluate
 
     vae = pipe.vae
     parameter = next(vae.parameters())
@@ -352,8 +352,8 @@ def write_prompt_file(out_dir: str | Path, count: int, split: str = "heldout", s
     from PIL import Image
 
     from layerscope.outputs import check_output_path, write_text_atomic
-    from layerscope.testbed.shapes.render import reference_image
-    from layerscope.testbed.shapes.world import questions
+    from layerscope_testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.world import questions
 
     out_dir = check_output_path(out_dir, "--out", directory=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -386,8 +386,8 @@ def write_training_data(out_dir: str | Path, count: int, seed: int = 0, frames: 
     from PIL import Image
 
     from layerscope.outputs import check_output_path, write_text_atomic
-    from layerscope.testbed.shapes.render import render_video
-    from layerscope.testbed.shapes.world import sample_scenes
+    from layerscope_testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.world import sample_scenes
 
     out_dir = check_output_path(out_dir, "--data", directory=True)
     lines = []

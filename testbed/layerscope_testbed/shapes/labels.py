@@ -2,7 +2,7 @@
 
 Why: the scorer was checked on rendered ground truth (1.00) and on chance videos, but the
 model's videos drift and grow coloured blobs, which is exactly where a colour-segmenting
-scorer can go wrong.  ``python -m layerscope.testbed.shapes.labels render OUT`` generates
+scorer can go wrong.  ``python -m layerscope_testbed.shapes.labels render OUT`` generates
 the labelled videos exactly as ``layerscope eval`` does (same scenes, steps, guidance and
 noise seeds) and writes one contact sheet per video (every frame, the prompt and the
 questions) to look at; the labels, one verdict per question given by a person looking at
@@ -21,10 +21,12 @@ import numpy as np
 
 #: Labels of the shipped model's videos (its ``model`` key names the model they were made on).
 LABEL_FILE = Path(__file__).resolve().parent / "model_video_labels.json"
-#: Labels of earlier shipped models, kept as data: their agreement is still reported, but
-#: their videos can only be regenerated with those weights (in the repository's history).
+#: Labels of earlier shipped models, kept as data in the repository's ``testbed/archive/``
+#: (never in a wheel: their videos can only be regenerated with those weights, in the
+#: repository's history).  Empty outside a source checkout.
+ARCHIVE = Path(__file__).resolve().parents[2] / "archive"
 ARCHIVED_LABEL_FILES = tuple(
-    Path(__file__).resolve().parent / f"model_video_labels_v{version}.json" for version in (2, 3, 4, 5, 6)
+    path for path in (ARCHIVE / f"model_video_labels_v{version}.json" for version in (2, 3, 4, 5, 6)) if path.is_file()
 )
 #: (eval prompt index, generation seed): the 30 eval prompts under generation seed 0, i.e. the
 #: videos ``layerscope eval`` (and ``--seeds 0-4``'s first seed) scores.
@@ -34,7 +36,7 @@ STEPS, GUIDANCE, COUNT = 12, 5.0, 30  # layerscope eval's defaults
 
 def generate_job(pipe: Any, index: int, seed: int) -> tuple[Any, np.ndarray]:
     """The video ``layerscope eval --seeds SEED`` scores for eval prompt ``index`` (scene seed 0)."""
-    from layerscope.testbed.shapes.evaluate import eval_scenes, generate
+    from layerscope_testbed.shapes.evaluate import eval_scenes, generate
 
     scene = eval_scenes(COUNT)[index]
     return scene, generate(pipe, scene, steps=STEPS, seed=10_000 * seed + index, guidance=GUIDANCE)
@@ -44,7 +46,7 @@ def contact_sheet(scene: Any, video: np.ndarray, title: str) -> Any:
     """All frames side by side at 160 px with the prompt and the questions above them."""
     from PIL import Image, ImageDraw
 
-    from layerscope.testbed.shapes.world import questions
+    from layerscope_testbed.shapes.world import questions
 
     size = 160
     frames = [Image.fromarray(frame).resize((size, size), Image.Resampling.NEAREST) for frame in video]
@@ -64,8 +66,8 @@ def render(out_dir: str | Path, pipe: Any = None, model: str | Path | None = Non
     The videos come from ``pipe``, else from ``model`` (a model directory), else from the shipped model.
     """
     from layerscope.loading import load_pipeline
-    from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.scorer import score_video
+    from layerscope_testbed import shipped_model_dir
+    from layerscope_testbed.shapes.scorer import score_video
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def agreement(videos: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # python -m layerscope.testbed.shapes.labels render OUT_DIR [MODEL_DIR]
+if __name__ == "__main__":  # python -m layerscope_testbed.shapes.labels render OUT_DIR [MODEL_DIR]
     if len(sys.argv) not in (3, 4) or sys.argv[1] != "render":
-        sys.exit("usage: python -m layerscope.testbed.shapes.labels render OUT_DIR [MODEL_DIR]")
+        sys.exit("usage: python -m layerscope_testbed.shapes.labels render OUT_DIR [MODEL_DIR]")
     print(render(sys.argv[2], model=sys.argv[3] if len(sys.argv) == 4 else None))

@@ -42,7 +42,7 @@ def token_masks(
 
     ``pixels`` (height, width) of the video: each token cell is ``pixels / grid`` pixels.
     """
-    from layerscope.testbed.shapes.world import shape_mask, shape_state
+    from layerscope_testbed.shapes.world import shape_mask, shape_state
 
     frames, height, width = grid
     if pixels[0] % height or pixels[1] % width:
@@ -88,7 +88,7 @@ def auroc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def scene_of(ds: Any, where: str) -> Any:
     """The shapes-world scene a store was recorded from (its ``prompt_meta``), or one clear line."""
-    from layerscope.testbed.shapes.world import Scene
+    from layerscope_testbed.shapes.world import Scene
 
     meta = ds.attrs.get("prompt_meta") or {}
     if not isinstance(meta, dict) or "scene" not in meta:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET
+from layerscope_testbed.shapes.world import PUSH_SEED_OFFSET
 
 _COMPONENTS = (
     ("transformer", "WanTransformer3DModel", "rectified flow"),
@@ -168,7 +168,7 @@ def render_model_card(model_dir: str | Path) -> str:
     return f"""# {info["name"]} (v{info["version"]})
 
 A small image-to-video model with the **Wan2.1-I2V architecture**, {origin}
-{where} on LayerScope's procedural shapes world (`layerscope.testbed.shapes`). It exists so that
+{where} on LayerScope's procedural shapes world (`layerscope_testbed.shapes`). It exists so that
 LayerScope and Focal Guidance can be run and measured where no model hub and no GPU are
 available. It is not a general video model.
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from layerscope.bench.judges import Answer
 from layerscope.bench.prompts import BenchInputError, BenchPrompt
-from layerscope.testbed.shapes.world import Question, Scene, questions
+from layerscope_testbed.shapes.world import Question, Scene, questions
 
 
 def question_text(scene: Scene, question: Question) -> str:
@@ -65,8 +65,8 @@ def export_bench(out_dir: str | Path, count: int = 30, split: str = "heldout", s
     from PIL import Image
 
     from layerscope.outputs import check_output_path, write_text_atomic
-    from layerscope.testbed.shapes.evaluate import eval_scenes
-    from layerscope.testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.evaluate import eval_scenes
+    from layerscope_testbed.shapes.render import reference_image
 
     out_dir = check_output_path(out_dir, "--out", directory=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ class ShapesJudge:
     name = "shapes"
 
     def describe(self) -> dict[str, Any]:
-        return {"judge": "shapes", "scorer": "layerscope.testbed.shapes.scorer"}
+        return {"judge": "shapes", "scorer": "layerscope_testbed.shapes.scorer"}
 
     def judge(self, video: Path, prompt: BenchPrompt) -> list[Answer]:
         from layerscope.bench.video_io import read_video
@@ -96,7 +96,7 @@ class ShapesJudge:
         return self.judge_frames(read_video(video), prompt)
 
     def judge_frames(self, frames: np.ndarray, prompt: BenchPrompt) -> list[Answer]:
-        from layerscope.testbed.shapes.scorer import Tracks, answer
+        from layerscope_testbed.shapes.scorer import Tracks, answer
 
         tracks = Tracks(frames)
         checks = questions(_scene(prompt))
@@ -148,7 +148,7 @@ def judge_validity(
     from layerscope.bench.prompts import read_bench_prompts
     from layerscope.bench.video_io import write_mp4
     from layerscope.outputs import write_text_atomic
-    from layerscope.testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.render import render_video
 
     out_dir = Path(out_dir)
     prompts = read_bench_prompts(export_bench(out_dir, count, split, seed))

@@ -32,7 +32,7 @@ its gradients clipped together with the DiT's.  Measured (README, 2026-12-03): a
 the model gained nothing over v6 (+0.000, p=1); kept as a recorded, replayable option.
 ``text_role_heads`` (``--text-role-heads``) instead makes word order visible by
 construction: that many heads per encoder layer get a hand-set directional position bias
-before training (:mod:`~layerscope.testbed.shapes.roles`); the cached clip encodings are
+before training (:mod:`~layerscope_testbed.shapes.roles`); the cached clip encodings are
 reused and the prompts encoded afresh.
 
 Continuing a finished model (``--init DIR``): the VAE, CLIP and encoders of ``DIR`` are
@@ -50,7 +50,7 @@ whose hashes differ.  Three DiT options exist for such runs
 * ``ema_decay``: the saved DiT is an exponential moving average of the trained one, the
   usual remedy for a noisy last iterate when sampling with few steps.
 * ``grow_layers``: that many blocks are appended to the parent's DiT, starting as the
-  identity, before it trains on (:mod:`layerscope.testbed.shapes.grow` says why).
+  identity, before it trains on (:mod:`layerscope_testbed.shapes.grow` says why).
 
 ``push_scenes`` (off by default) adds that many interaction-only scenes to the training
 set, drawn from a seed stream of their own (``world.PUSH_SEED_OFFSET``), so the base 480
@@ -109,7 +109,7 @@ class TrainConfig:
     #: Extra interaction-only training scenes (see the module docstring).
     push_scenes: int = 0
     #: Add the role-swapped twin of every training interaction scene that has one in the
-    #: training split (:func:`~layerscope.testbed.shapes.world.swap_roles`); see the module docstring.
+    #: training split (:func:`~layerscope_testbed.shapes.world.swap_roles`); see the module docstring.
     push_swaps: bool = False
     vae_share: float = 0.28
     clip_share: float = 0.06
@@ -131,14 +131,14 @@ class TrainConfig:
     #: (:class:`TrainableText`); 0 keeps it frozen and its prompt embeddings cached.
     lr_text: float = 0.0
     #: Heads per text-encoder layer given a hand-set directional position bias
-    #: (:mod:`~layerscope.testbed.shapes.roles`); 0 leaves the encoder as it is.
+    #: (:mod:`~layerscope_testbed.shapes.roles`); 0 leaves the encoder as it is.
     text_role_heads: int = 0
     dit_warmup: int = 100
     prompt_dropout: float = 0.1
     dit_focus_weight: float = 0.0
     ema_decay: float = 0.0
     #: Continued runs only: blocks appended to the parent's DiT before training, starting
-    #: as the identity (see :mod:`layerscope.testbed.shapes.grow`); 0 keeps its depth.
+    #: as the identity (see :mod:`layerscope_testbed.shapes.grow`); 0 keeps its depth.
     grow_layers: int = 0
     threads: int = 2
     #: Where the DiT (and, from scratch, the VAE and CLIP) train and the clips are encoded:
@@ -205,7 +205,7 @@ class _Log:
 
 
 def _videos(scenes: list[Any]) -> np.ndarray:
-    from layerscope.testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.render import render_video
 
     return np.stack([render_video(s, num_frames=9, height=256, width=256) for s in scenes])
 
@@ -702,7 +702,7 @@ def _encoded_training_set(pipe: Any, scenes: list[Any], videos: np.ndarray, conf
 
 def _load_parent(init: str) -> tuple[Any, Any]:
     """The pipeline and open_clip model of a finished shapes-world model, in float32 on the CPU."""
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.clip import load_open_clip
     from layerscope.loading import load_pipeline
 
@@ -715,9 +715,9 @@ def _train_from_scratch(config: TrainConfig, scenes: list[Any], videos: np.ndarr
     import torch
     from diffusers import WanTransformer3DModel
 
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.clip import vision_tower_to_transformers
-    from layerscope.testbed.shapes.world import VOCABULARY
+    from layerscope_testbed.shapes.world import VOCABULARY
 
     clip = testbed.build_default_clip(config.seed)
     pipe = testbed.build_default_pipeline(config.seed, clip=clip, vocabulary=VOCABULARY)
@@ -795,7 +795,7 @@ def training_scene_sets(config: TrainConfig) -> list[list[Any]]:
     Separate sets, not one list, so that each is encoded and cached on its own: adding push
     scenes or swaps leaves the earlier sets' cache entries valid.
     """
-    from layerscope.testbed.shapes.world import PUSH_SEED_OFFSET, sample_scenes, swap_roles
+    from layerscope_testbed.shapes.world import PUSH_SEED_OFFSET, sample_scenes, swap_roles
 
     sets = [sample_scenes(config.train_scenes, split="train", seed=config.seed)]
     if config.push_scenes:
@@ -842,7 +842,7 @@ def _train(config: TrainConfig) -> Path:
     """
     import torch
 
-    from layerscope import testbed
+    import layerscope_testbed as testbed
     from layerscope.clip import save_open_clip
 
     torch.manual_seed(config.seed)
@@ -862,7 +862,7 @@ def _train(config: TrainConfig) -> Path:
     if config.init:
         pipe, clip, parent, check = _continue_from(config.init, videos[: config.train_scenes], log)
         if config.grow_layers:
-            from layerscope.testbed.shapes.grow import deepen
+            from layerscope_testbed.shapes.grow import deepen
 
             depth = pipe.transformer.config.num_layers
             pipe.transformer = deepen(pipe.transformer, config.grow_layers)
@@ -875,7 +875,7 @@ def _train(config: TrainConfig) -> Path:
             raise ValueError("grow_layers deepens a parent's DiT; it needs init (from scratch, set dit_layers)")
         pipe, clip, steps, check = _train_from_scratch(config, scenes, videos, budget, log)
     if config.text_role_heads:
-        from layerscope.testbed.shapes.roles import ROLE_BIAS, set_directional_heads
+        from layerscope_testbed.shapes.roles import ROLE_BIAS, set_directional_heads
 
         set_directional_heads(pipe.text_encoder, config.text_role_heads)
         log("text_roles", heads=config.text_role_heads, bias=ROLE_BIAS)
@@ -908,6 +908,7 @@ def _train(config: TrainConfig) -> Path:
                 "seed": config.seed,
                 "weights": "trained",
                 "note": "trained on the procedural shapes world (see MODEL_CARD.md)",
+                "generation_defaults": testbed.GENERATION_DEFAULTS,
                 "train_config": recipe(config),
                 **({"init_model": parent} if parent else {}),
                 # replay: layerscope testbed train --replay layerscope_model.json --out DIR [--init PARENT]
@@ -918,7 +919,7 @@ def _train(config: TrainConfig) -> Path:
             indent=2,
         )
     )
-    from layerscope.testbed.shapes.model_card import write_model_card
+    from layerscope_testbed.shapes.model_card import write_model_card
 
     write_model_card(out)
     log("done", seconds=round(time.perf_counter() - log.started, 1))

@@ -1,7 +1,7 @@
 """Render a shapes-world scene to its ground-truth video (uint8, frame 0 = the reference image).
 
 The dynamics (where each shape is, in which colour, at time t / (T - 1)) live in
-:func:`layerscope.testbed.shapes.world.shape_state`; this module only paints them.  Why no
+:func:`layerscope_testbed.shapes.world.shape_state`; this module only paints them.  Why no
 anti-aliasing: every shape pixel is then an exact palette colour and every background
 pixel an exact grey, which keeps training targets crisp and the ground truth trivially
 segmentable.  At the default 9 frames x 256x256 a motion covers 77 pixels, a push 31.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerscope.testbed.shapes.world import COLOURS, Scene, shape_box, shape_mask, shape_state
+from layerscope_testbed.shapes.world import COLOURS, Scene, shape_box, shape_mask, shape_state
 
 PLAIN_GREY = (128, 128, 128)
 #: Textured background: grey levels 128 +- this, in tiles of 1/32 of the frame.  Any grey

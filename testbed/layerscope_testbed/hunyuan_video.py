@@ -132,7 +132,7 @@ def build_tiny_pipeline(condition_type: str = "token_replace", seed: int = 0, cl
     )
 
     from layerscope.clip import vision_tower_to_transformers
-    from layerscope.testbed import _IMAGE_SIZE, build_default_clip
+    from layerscope_testbed import _IMAGE_SIZE, build_default_clip
 
     if condition_type not in CONDITION_TYPES:
         raise ValueError(f"condition type {condition_type!r}; choose one of {', '.join(CONDITION_TYPES)}")
@@ -229,7 +229,7 @@ def save_tiny_pipeline(out: str | os.PathLike, condition_type: str = "token_repl
     import shutil
 
     from layerscope.clip import save_open_clip
-    from layerscope.testbed import CLIP_CONFIG, build_default_clip
+    from layerscope_testbed import CLIP_CONFIG, build_default_clip
 
     target = Path(out)
     staging = target.with_name(f".{target.name}.partial-{os.getpid()}")

@@ -8,9 +8,9 @@ questions.  Importing needs numpy only (PIL is loaded when a reference must be r
 
 from __future__ import annotations
 
-from layerscope.testbed.shapes.render import reference_image, render_video
-from layerscope.testbed.shapes.scorer import chance_level, evaluate, score_video
-from layerscope.testbed.shapes.world import (
+from layerscope_testbed.shapes.render import reference_image, render_video
+from layerscope_testbed.shapes.scorer import chance_level, evaluate, score_video
+from layerscope_testbed.shapes.world import (
     COLOURS,
     DIMENSIONS,
     HELD_OUT,

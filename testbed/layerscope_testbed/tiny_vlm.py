@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-VL for the ``vlm`` judge: ``python -m layerscope.testbed.tiny_vlm OUT_DIR``.
+"""A tiny random Qwen2.5-VL for the ``vlm`` judge: ``python -m layerscope_testbed.tiny_vlm OUT_DIR``.
 
 Only tests, benchmarks and the README's offline example use it; a real judge is a
 downloaded checkpoint folder (e.g. Qwen2.5-VL-7B-Instruct) passed as ``--judge vlm:PATH``.
@@ -38,7 +38,7 @@ def build_tiny_qwen2_5_vl(directory: str | Path, seed: int = 0) -> Path:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    from layerscope.testbed.shapes.world import VOCABULARY
+    from layerscope_testbed.shapes.world import VOCABULARY
 
     prompts = JUDGE_PROMPT + " " + JUDGE_PROMPT_WITHOUT_INSTRUCTION
     words = re.findall(r"\w+|[^\w\s]+", prompts + " Is there at start of video Has turned by end Does move")
@@ -80,5 +80,5 @@ def build_tiny_qwen2_5_vl(directory: str | Path, seed: int = 0) -> Path:
 
 if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m layerscope.testbed.tiny_vlm OUT_DIR")
+        sys.exit("usage: python -m layerscope_testbed.tiny_vlm OUT_DIR")
     print(build_tiny_qwen2_5_vl(sys.argv[1]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerscope.testbed.shapes.world import DIMENSIONS
+from layerscope_testbed.shapes.world import DIMENSIONS
 
 
 def _complete(result: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ makes the chosen blocks' cross-attention *text-blind*, then fine-tunes the rest:
    every keyword.  This is a weight-level mask: the result is an ordinary diffusers
    checkpoint that ``from_pretrained`` loads with no special code.
 2. **Fine-tune** the transformer for ``steps`` rectified-flow steps on training-split
-   clips (:func:`layerscope.testbed.shapes.train.train_dit`) with the blinded tensors
+   clips (:func:`layerscope_testbed.shapes.train.train_dit`) with the blinded tensors
    frozen, so the other blocks can take over what the planted ones used to do.
 3. **Set the probe's readout (off by default, ``--tune-readout``).** It makes the
    recovery circular: the readout is chosen by looking at the maps the ranking then
@@ -96,7 +96,7 @@ def check_plant(config: PlantConfig) -> None:
     """Refuse a configuration in one line before anything is loaded or written."""
     base = Path(config.base) if config.base else None
     if base is None:
-        from layerscope.testbed import shipped_model_dir
+        from layerscope_testbed import shipped_model_dir
 
         base = shipped_model_dir()
     if base is None or not (base / "transformer" / "config.json").is_file():
@@ -229,7 +229,7 @@ def set_readout(pipe: Any, layers: tuple[int, ...], scenes: list[Any], *, steps:
     import torch
 
     from layerscope.adapters.registry import resolve_adapter
-    from layerscope.testbed.shapes.evaluate import generate
+    from layerscope_testbed.shapes.evaluate import generate
 
     transformer = pipe.transformer
     grid = resolve_adapter(pipe).token_grid(9, 256, 256)
@@ -275,8 +275,8 @@ def _plant(config: PlantConfig) -> Path:
     import torch
 
     from layerscope.loading import load_pipeline
-    from layerscope.testbed import shipped_model_dir
-    from layerscope.testbed.shapes.train import (
+    from layerscope_testbed import shipped_model_dir
+    from layerscope_testbed.shapes.train import (
         TrainConfig,
         _Log,
         _videos,
@@ -284,7 +284,7 @@ def _plant(config: PlantConfig) -> Path:
         encode_training_set,
         train_dit,
     )
-    from layerscope.testbed.shapes.world import sample_scenes
+    from layerscope_testbed.shapes.world import sample_scenes
 
     torch.set_num_threads(config.threads)  # results depend on the thread count: fixed and recorded
     torch.manual_seed(config.seed)
@@ -345,6 +345,7 @@ def _plant(config: PlantConfig) -> Path:
                 "readout": readout,
                 # the same CLIP as the parent: its measured Focal Guidance defaults hold here too
                 **({"focal_guidance": info["focal_guidance"]} if "focal_guidance" in info else {}),
+                **({"generation_defaults": info["generation_defaults"]} if "generation_defaults" in info else {}),
             },
             indent=2,
         )
@@ -391,7 +392,7 @@ constant text value b) was then set to the direction with the least spatial
 autocorrelation on {config.calibration_scenes} calibration videos, with `to_out.0.bias` compensating, so
 the network's function is unchanged by that step. Built by
 `layerscope testbed plant --layers {config.layers[0]}-{config.layers[-1]} --seed {config.seed}`
-(see `layerscope/testbed/shapes/plant.py` for why each step is there).
+(see `testbed/layerscope_testbed/shapes/plant.py` for why each step is there).
 
 | planted block | mean Moran ratio of cos(b, z) on calibration maps, trained b | chosen b |
 | --- | --- | --- |
@@ -416,7 +417,7 @@ fine-tune loss {loss}. Only the cause is planted: nothing was chosen by looking 
 recorded maps, so whether an instrument (Eq. 10's map, the contrastive map, the causal
 influence) finds these blocks is an open question that `examples/instrument_study.py`
 measures. Built by `layerscope testbed plant --layers {config.layers[0]}-{config.layers[-1]}
---seed {config.seed}` (see `layerscope/testbed/shapes/plant.py`).
+--seed {config.seed}` (see `testbed/layerscope_testbed/shapes/plant.py`).
 
 This is a test instrument for LayerScope's instruments and for Focal Guidance, not a
 better model.

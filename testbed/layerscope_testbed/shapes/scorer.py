@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from layerscope.testbed.shapes.world import COLOURS, DIMENSIONS, DIRECTIONS, Question, Scene, questions
+from layerscope_testbed.shapes.world import COLOURS, DIMENSIONS, DIRECTIONS, Question, Scene, questions
 
 #: A pixel is a shape colour if this close to it (RGB distance) and nearer to it than to the background.
 COLOUR_DISTANCE = 70.0
@@ -326,7 +326,7 @@ def score_video(scene: Scene, video: np.ndarray, reference: np.ndarray | None = 
         )
     video = video.astype(np.uint8, copy=False)
     if reference is None:
-        from layerscope.testbed.shapes.render import reference_image
+        from layerscope_testbed.shapes.render import reference_image
 
         reference = reference_image(scene, *video.shape[1:3])
     tracks = Tracks(video)
@@ -413,7 +413,7 @@ def chance_level(
     ``videos`` default to the ground truth rendered at ``size`` x ``size``.  Returns
     :func:`summarise` dicts (no per-video scores).
     """
-    from layerscope.testbed.shapes.render import render_video
+    from layerscope_testbed.shapes.render import render_video
 
     if videos is None:
         videos = [render_video(s, num_frames, size, size) for s in scenes]

@@ -7,8 +7,8 @@ are built from the *real* diffusers/transformers classes at small sizes
 ``CLIPVisionModel``, ``FlowMatchEulerDiscreteScheduler``):
 
 * ``--model default``: the *trained* shapes-world model shipped in
-  ``layerscope/testbed/models/shapes-wan-i2v`` (see its ``MODEL_CARD.md``;
-  :mod:`layerscope.testbed.shapes.train` made it);
+  ``testbed/layerscope_testbed/models/shapes-wan-i2v`` (see its ``MODEL_CARD.md``;
+  :mod:`layerscope_testbed.shapes.train` made it);
 * ``--model random``: the same architecture family with random weights, deterministic
   from a seed, for fast tests.  It is written once with ``save_pretrained``
   (safetensors) into a cache directory; every store and report made with it says so
@@ -46,6 +46,12 @@ EXAMPLE_HEIGHT = 256
 EXAMPLE_WIDTH = 256
 EXAMPLE_FRAMES = 9
 EXAMPLE_STEPS = 6
+#: What ``record``/``bench``/``finetune`` use on the testbed's models unless told otherwise
+#: (``layerscope_model.json`` -> ``generation_defaults``, read by the core's CLI).
+GENERATION_DEFAULTS = {
+    "record": {"steps": EXAMPLE_STEPS, "frames": EXAMPLE_FRAMES, "height": EXAMPLE_HEIGHT, "width": EXAMPLE_WIDTH},
+    "bench": {"steps": 12, "frames": EXAMPLE_FRAMES, "height": EXAMPLE_HEIGHT, "width": EXAMPLE_WIDTH},
+}
 
 # Words the tiny tokenizer is trained on.  Anything else still tokenizes (into
 # characters), so arbitrary prompts work; these words become single pieces.
@@ -92,6 +98,25 @@ SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "shapes-wan-i2v
 def shipped_model_dir() -> Path | None:
     """The trained default model's directory, if this installation ships it."""
     return SHIPPED_MODEL_DIR if (SHIPPED_MODEL_DIR / "model_index.json").exists() else None
+
+
+def example() -> tuple[np.ndarray, str, list[str]]:
+    """``layerscope record`` without inputs: the packaged example (image, prompt, keywords)."""
+    return example_image(), EXAMPLE_PROMPT, list(EXAMPLE_KEYWORDS)
+
+
+def random_model_dir() -> Path:
+    """``--model random``: the tiny random model, built once into the cache.
+
+    A copy built before models declared their ``generation_defaults`` gets them added, so
+    it keeps the testbed's small sizes.
+    """
+    path = ensure_default_model()
+    marker = path / MODEL_INFO_FILE
+    info = json.loads(marker.read_text(encoding="utf-8"))
+    if "generation_defaults" not in info:
+        marker.write_text(json.dumps({**info, "generation_defaults": GENERATION_DEFAULTS}, indent=2))
+    return path
 
 
 def default_model_dir() -> Path:
@@ -260,6 +285,7 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
                 "seed": DEFAULT_SEED,
                 "weights": "random",
                 "note": RANDOM_WEIGHTS_NOTE,
+                "generation_defaults": GENERATION_DEFAULTS,
             },
             indent=2,
         )
@@ -275,7 +301,7 @@ def ensure_default_model(path: str | os.PathLike | None = None) -> Path:
 
 def example_scene() -> Any:
     """The packaged example as a shapes-world scene: a red circle (moving left) and a blue square."""
-    from layerscope.testbed.shapes.world import Event, Scene, Shape
+    from layerscope_testbed.shapes.world import Event, Scene, Shape
 
     shapes = [Shape("circle", "red", 0.62, 0.62, 0.09), Shape("square", "blue", 0.3, 0.22, 0.08)]
     return Scene(shapes, Event("motion", 0, direction="left"), prompt=EXAMPLE_PROMPT)
@@ -287,6 +313,6 @@ def example_image(height: int = EXAMPLE_HEIGHT, width: int = EXAMPLE_WIDTH) -> n
     Drawn procedurally so the repository ships no binary image and the picture matches
     the example prompt exactly.
     """
-    from layerscope.testbed.shapes.render import reference_image
+    from layerscope_testbed.shapes.render import reference_image
 
     return reference_image(example_scene(), height=height, width=width)
