@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(model: Path, planted: list[int], control: list[int], *, count: int, steps: int, seeds: str) -> dict:
     """No guidance / FG on the planted band / FG on the control band, one pipeline, same prompts and seeds."""
     from layerscope.interventions import load_intervention
+    from layerscope.launching import parse_seeds
     from layerscope.loading import load_pipeline
-    from layerscope.sweep import parse_seeds
     from layerscope_testbed.shapes.evaluate import check_intervention, evaluate_pipeline, paired_comparison
 
     pipe, _ = load_pipeline(model)

@@ -193,20 +193,18 @@ class FocalGuidanceConfig:
         ``keep_layers``: the user named ``weak_layers`` explicitly (``--fg-set``); they
         win, and the ranking is kept only as provenance and for the model checks.
         """
-        from layerscope.ranking import Ranking
+        from layerscope.ranking import Ranking, RankingError
 
         ranking = Ranking.load(path)
         data = asdict(self)
         if not keep_layers:
-            if not ranking.weak_layers:
-                # the ranking's verdict is "no significant weak band": choosing layers from it
-                # would guide layers the data does not single out
-                verdict = ranking.verdict or "it names no weak layers"
-                raise ConfigError(
-                    f"--ranking {path}: {verdict}; nothing to guide. Rank more runs (`layerscope sweep`), "
-                    f"or force layers with --fg-set weak_layers={json.dumps(ranking.candidate_layers())}"
+            try:
+                data["weak_layers"] = ranking.layers_to_guide(
+                    source=f"--ranking {path}",
+                    hint="Rank more runs (`layerscope sweep`), or force layers with --fg-set weak_layers={layers}",
                 )
-            data["weak_layers"] = ranking.weak_layers
+            except RankingError as error:
+                raise ConfigError(str(error)) from None
         data["ranking_source"] = {
             "path": str(path),
             "model": ranking.model,

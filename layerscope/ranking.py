@@ -162,6 +162,25 @@ class Ranking:
         except TypeError as error:
             raise RankingError(f"{option} {path}: {error}; {fix}") from None
 
+    def layers_to_guide(
+        self, forced: list[int] | None = None, *, source: str = "the ranking", hint: str = ""
+    ) -> list[int]:
+        """The layers Focal Guidance guides and ``finetune`` trains: ``forced`` if given, else the verdict's band.
+
+        Why one rule: guiding or training layers the data does not single out would claim a
+        band the test did not find, so without a band (and without ``forced``) this refuses
+        in one line that names the verdict and a candidate the user could force (``hint``
+        says how, e.g. ``--layers {A}-{B}``).
+        """
+        if forced:
+            return sorted({int(layer) for layer in forced})
+        if self.weak_layers:
+            return list(self.weak_layers)
+        candidate = self.candidate_layers()
+        first, last = (candidate[0], candidate[-1]) if candidate else ("A", "B")
+        how = (hint or "force layers, e.g. {A}-{B}").format(A=first, B=last, layers=candidate)
+        raise RankingError(f"{source}: {self.verdict or 'it names no weak layers'}; nothing to guide. {how}")
+
     def candidate_layers(self) -> list[int]:
         """Layers a user could force when there is no verdict: the best candidate band if the
         test named one, else the middle third of the recorded layers (never beyond the model)."""

@@ -29,21 +29,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerscope.errors import LayerScopeError
+from layerscope.launching import parse_seeds, process_device, process_state, shard  # noqa: F401  (re-exported)
+from layerscope.prompt_files import check_prompt_id, prompt_image
 
 #: The plan (every run the sweep will make), written once when a sweep starts.
 PLAN_FILE = "sweep.json"
 #: The index of runs and their statuses, rewritten after every run and at the end.
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "layerscope-sweep/1"
-#: torch.Generator.manual_seed takes 64-bit seeds; we stay in the signed range.
-MAX_SEED = 2**63 - 1
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _KNOWN_KEYS = {"image", "prompt", "keywords", "id", "dimension", "questions", "meta"}
 
 
@@ -98,31 +96,6 @@ class SweepRun:
 def _entry_id(line: int, image: str, prompt: str, keywords: list[str]) -> str:
     digest = hashlib.sha1(json.dumps([image, prompt, keywords]).encode()).hexdigest()[:8]
     return f"p{line:04d}-{digest}"
-
-
-def prompt_image(base: Path, value: str, where: str, error: type[LayerScopeError]) -> tuple[Path, str]:
-    """A prompt line's image (relative to the prompt file) and its sha1, or one line of ``error``.
-
-    Shared by the sweep's and the bench's prompt files (one format, two sets of required keys).
-    """
-    try:
-        image = (base / value).resolve()
-        digest = hashlib.sha1(image.read_bytes()).hexdigest() if image.is_file() else None
-    except (OSError, ValueError) as problem:  # NUL bytes, permissions, too-long names
-        raise error(f"{where}: image {value!r} cannot be read ({problem})") from None
-    if digest is None:
-        raise error(f"{where}: image {value} not found (paths are relative to {base or '.'}); fix the path")
-    return image, digest
-
-
-def check_prompt_id(entry_id: Any, where: str, number: int, seen: dict[str, int], error: type[LayerScopeError]) -> str:
-    """A prompt line's id: safe as a file name and unique in the file (``seen`` is updated)."""
-    if not isinstance(entry_id, str) or not _ID_PATTERN.match(entry_id):
-        raise error(f"{where}: id {entry_id!r} must be letters, digits, '.', '_' or '-' (it names files)")
-    if entry_id in seen:
-        raise error(f"{where}: id {entry_id!r} is also on line {seen[entry_id]}; ids must be unique")
-    seen[entry_id] = number
-    return entry_id
 
 
 def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
@@ -185,37 +158,9 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     return entries
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` and mixes work too."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        low, dash, high = part.partition("-")
-        try:
-            span = range(int(low), int(high) + 1) if dash else range(int(low), int(low) + 1)
-        except ValueError:
-            raise SweepError(f"cannot read --seeds {text!r}; use e.g. 0-4 or 0,3,7") from None
-        if not span or span.start < 0 or span.stop - 1 > MAX_SEED:
-            raise SweepError(f"--seeds {text!r}: seeds are integers from 0 to 2**63-1 and ranges go up, e.g. 0-4")
-        if len(span) > 100_000:
-            raise SweepError(f"--seeds {text!r} names {len(span):,} seeds; a sweep takes at most 100,000")
-        seeds.extend(span)
-    if not seeds:
-        raise SweepError(f"--seeds {text!r} names no seed; use e.g. 0-4")
-    return sorted(set(seeds))
-
-
 def plan_runs(entries: list[PromptEntry], seeds: list[int]) -> list[SweepRun]:
     """Every (prompt, seed) in a fixed order: prompts in file order, seeds ascending."""
     return [SweepRun(entry, seed) for entry in entries for seed in seeds]
-
-
-def shard(runs: list[SweepRun], rank: int, world_size: int) -> list[SweepRun]:
-    """The runs process ``rank`` of ``world_size`` records: a strided split, so every
-    process gets a mix of prompts and the shards cover each run exactly once."""
-    return runs[rank::world_size]
 
 
 @dataclass
@@ -379,26 +324,6 @@ class _Job:
     skip: bool
 
 
-def _process_state(device: str) -> Any:
-    """accelerate's view of the launcher (one process without one); CPU-only when asked.
-
-    The process-group timeout is a week: the final barrier waits for the slowest shard,
-    which may finish hours after the others (torch's default would abort after 10-30 min).
-    """
-    from datetime import timedelta
-
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu", timeout=timedelta(days=7))
-
-
-def process_device(device: str, state: Any) -> str:
-    """Under a launcher each process takes its own GPU: ``cuda`` -> ``cuda:<local rank>``."""
-    if device == "cuda" and state.num_processes > 1:
-        return f"cuda:{state.local_process_index}"
-    return device
-
-
 def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config, run_attrs) -> list[_Job]:
     """Check every run of this process before any model loads: configs, targets, resumability."""
     from layerscope.store import check_store_target
@@ -450,7 +375,7 @@ def run_sweep(options: SweepOptions, *, make_config, model_dir, model_attrs, int
     directory = model_dir()
     fg = intervention()
     base_attrs = {**model_attrs(directory), "sweep_intervention": fg.to_dict() if fg is not None else "none"}
-    state = _process_state(options.device)
+    state = process_state(options.device)
     mine = shard(runs, state.process_index, state.num_processes)
     jobs = _plan_jobs(mine, out_dir, options.resume, make_config, lambda run: {**base_attrs, **run.attrs()})
     images = {job.run.entry.image: None for job in jobs if not job.skip}

@@ -99,3 +99,21 @@ def test_rank_cli_writes_json_with_verdict(recorded_run, tmp_path, capsys):
     assert "one run gives no verdict" in printed and "p=" not in printed
     assert main(["rank", str(copy), "--method", "threshold"]) == 2
     assert main(["rank", str(copy), "--alpha", "1.5"]) == 2
+
+
+def test_layers_to_guide_is_the_band_or_the_forced_layers_and_refuses_otherwise(base_ranking):
+    """One rule for Focal Guidance and finetune: forced layers win, else the verdict's band, else one line."""
+    import dataclasses
+
+    from layerscope.ranking import Ranking
+
+    forced_by_method = Ranking.load(base_ranking)  # bottom-k names layers although one run has no verdict
+    assert forced_by_method.layers_to_guide() == forced_by_method.weak_layers != []
+    ranking = dataclasses.replace(forced_by_method, weak_layers=[])
+    assert ranking.layers_to_guide([5, 3, 3]) == [3, 5]
+    with pytest.raises(RankingError) as refused:
+        ranking.layers_to_guide(source="--ranking r.json", hint="pass --layers {A}-{B}")
+    candidate = ranking.candidate_layers()
+    message = str(refused.value)
+    assert message.startswith(f"--ranking r.json: {ranking.verdict}") and "nothing to guide" in message
+    assert message.endswith(f"pass --layers {candidate[0]}-{candidate[-1]}")

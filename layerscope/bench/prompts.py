@@ -63,7 +63,7 @@ def _strings(value: Any) -> bool:
 def read_bench_prompts(path: str | os.PathLike) -> list[BenchPrompt]:
     """Read and check a benchmark prompt file (see the module docstring for the format)."""
     from layerscope.outputs import read_jsonl_objects
-    from layerscope.sweep import check_prompt_id, prompt_image
+    from layerscope.prompt_files import check_prompt_id, prompt_image
 
     base = Path(path).parent
     entries: list[BenchPrompt] = []

@@ -53,8 +53,8 @@ class Checked:
 
 def check_inputs(options: BenchOptions, factories: Mapping[str, JudgeFactory]) -> Checked:
     """Every check that needs no model; raises :class:`BenchInputError` (nothing is created)."""
+    from layerscope.launching import parse_seeds
     from layerscope.outputs import check_output_path
-    from layerscope.sweep import parse_seeds
 
     out_dir = check_output_path(options.out_dir, "--out", directory=True)
     prompts = read_bench_prompts(options.prompts)
@@ -170,9 +170,9 @@ def run_bench(
     # under `accelerate launch`/`torchrun` each process makes its share (the sweep's strided split) on
     # its own GPU; the main process then judges everything
     from layerscope.bench.generation import saved_state
-    from layerscope.sweep import _process_state, process_device, shard
+    from layerscope.launching import process_device, process_state, shard
 
-    state = _process_state(options.device)
+    state = process_state(options.device)
     mine = shard(checked.jobs, state.process_index, state.num_processes)
     device = process_device(options.device, state)
     where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""

@@ -80,16 +80,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     _, default_frames, default_height, default_width = model_defaults(args.model, "finetune")
     frames, height, width = args.frames or default_frames, args.height or default_height, args.width or default_width
     ranking = Ranking.load(args.ranking) if args.ranking else None
-    if args.layers:
-        layers = parse_index_ranges(args.layers, 10_000, "--layers") or []
-    elif ranking is not None:
-        layers = list(ranking.weak_layers)
-        if not layers:
-            candidate = ranking.candidate_layers()
-            example = f"{candidate[0]}-{candidate[-1]}" if candidate else "A-B"
-            raise UsageError(
-                f"--ranking {args.ranking}: {ranking.verdict or 'no weak layers'}; pass --layers {example}"
-            )
+    forced = parse_index_ranges(args.layers, 10_000, "--layers") if args.layers else None
+    if ranking is not None:
+        layers = ranking.layers_to_guide(forced, source=f"--ranking {args.ranking}", hint="pass --layers {A}-{B}")
+    elif forced:
+        layers = forced
     else:
         raise UsageError("name the layers to train: --ranking R.json (its weak band) or --layers 11-26")
     config = FinetuneConfig(
@@ -138,7 +133,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         )
     if args.resume and latest_checkpoint(out) is None:
         print(f"note: no checkpoint in {out}; starting from step 0")
-    from layerscope.sweep import process_device
+    from layerscope.launching import process_device
 
     pipe, model_dir = load_pipeline(model_dir, dtype=args.dtype, device=process_device(args.device, state))
     pipe.set_progress_bar_config(disable=True)

@@ -330,9 +330,9 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from layerscope.launching import parse_seeds
     from layerscope.loading import load_pipeline, model_info
     from layerscope.outputs import check_output_path
-    from layerscope.sweep import parse_seeds
     from layerscope_testbed.shapes.evaluate import (
         check_intervention,
         evaluate_pipeline,
