@@ -281,7 +281,17 @@ def std_normalized(x: Any) -> Any:
 
 # --- metrics over a store ------------------------------------------------------------
 
-METRIC_VARIABLES = ("moran_i", "moran_z", "std", "rms")
+
+def statistics() -> list[Any]:
+    """The registered :class:`~layerscope.map_statistics.MapStatistic` objects, in registry order."""
+    from layerscope.registry import STATISTICS
+
+    return list(STATISTICS.load_all().values())
+
+
+def metric_variables() -> tuple[str, ...]:
+    """Every variable the registered statistics write (``moran_i``, ``moran_z``, ``std``, ``rms``, ...)."""
+    return tuple(name for statistic in statistics() for name in statistic.outputs)
 
 
 class IncompleteStoreError(LayerScopeError):
@@ -299,14 +309,19 @@ def rms_map(x: Any) -> np.ndarray:
     return np.sqrt(np.mean(block * block, axis=(-2, -1)))
 
 
-def _kernel_block(block: np.ndarray, transformation: str) -> np.ndarray:
-    """(..., H, W) -> (4, ...): Moran's I, its randomisation z, normalised std, RMS."""
-    result = moran_inference(block, transformation)
-    return np.stack([result.I, result.z_rand, std_normalized(block), rms_map(block)])
+def _kernel_block(block: np.ndarray, transformation: str, chosen: list[Any]) -> np.ndarray:
+    """(..., H, W) -> (n outputs, ...): every output of every statistic, in registry order."""
+    values = []
+    for statistic in chosen:
+        computed = statistic.compute(block, transformation)
+        values.extend(np.asarray(computed[name], dtype=np.float64) for name in statistic.outputs)
+    return np.stack(values)
 
 
 def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similarity") -> Any:
-    """Lazily compute ``moran_i``, ``moran_z``, ``std`` and ``rms`` (step, layer, keyword, frame).
+    """Lazily compute every registered statistic's outputs (step, layer, keyword, frame).
+
+    Built in: ``moran_i``, ``moran_z``, ``std`` and ``rms`` (:mod:`layerscope.map_statistics`).
 
     Dask-backed: nothing is computed until the result is loaded or written.  The maps
     are rechunked so each task holds a few thousand maps (one store chunk is one step
@@ -319,15 +334,18 @@ def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similar
     per_map = int(np.prod([maps.sizes[d] for d in ("keyword", "frame")]))
     layers_per_task = max(1, min(maps.sizes["layer"], 4096 // max(per_map, 1)))
     maps = maps.chunk({"step": 1, "layer": layers_per_task})
+    chosen = statistics()
+    names = [name for statistic in chosen for name in statistic.outputs]
+    long_names = [long for statistic in chosen for long in statistic.long_names]
     # apply_ufunc wants new core dims last; the kernel returns the metric axis first.
     stacked = xr.apply_ufunc(
-        lambda a: np.moveaxis(_kernel_block(a, transformation), 0, -1),
+        lambda a: np.moveaxis(_kernel_block(a, transformation, chosen), 0, -1),
         maps,
         input_core_dims=[["y", "x"]],
         output_core_dims=[["metric"]],
         dask="parallelized",
         output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"metric": 4}},
+        dask_gufunc_kwargs={"output_sizes": {"metric": len(names)}},
     )
     from layerscope import __version__
 
@@ -340,15 +358,12 @@ def compute_metrics(ds: Any, transformation: str = "b", variable: str = "similar
         "layerscope_version": __version__,
         "source_variable": variable,
     }
-    out = xr.Dataset(
+    return xr.Dataset(
         {
-            "moran_i": stacked.isel(metric=0, drop=True).assign_attrs(attrs, long_name="Moran's I"),
-            "moran_z": stacked.isel(metric=1, drop=True).assign_attrs(attrs, long_name="Moran's I z (randomisation)"),
-            "std": stacked.isel(metric=2, drop=True).assign_attrs(attrs, long_name="std of min-max-normalised map"),
-            "rms": stacked.isel(metric=3, drop=True).assign_attrs(attrs, long_name="root mean square of the map"),
+            name: stacked.isel(metric=index, drop=True).assign_attrs(attrs, long_name=long)
+            for index, (name, long) in enumerate(zip(names, long_names))
         }
     )
-    return out
 
 
 def ensure_metrics(
@@ -372,7 +387,7 @@ def ensure_metrics(
         )
     if status != STATUS_COMPLETE and not ds.attrs.get("steps_written"):
         raise IncompleteStoreError(f"store {path} has no whole step to analyse; record it again")
-    have = all(v in ds for v in METRIC_VARIABLES)
+    have = all(v in ds for v in metric_variables())
     if have and not recompute and ds["moran_i"].attrs.get("transformation") == transformation:
         return ds
     write_metrics(path, compute_metrics(ds, transformation), metrics_transformation=transformation)

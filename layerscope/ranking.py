@@ -33,16 +33,34 @@ import numpy as np
 from layerscope.errors import LayerScopeError
 
 METHODS = ("band", "bottom-k", "threshold")
-#: ``rms`` ranks the magnitude of a map (the contrastive and influence probes: zero where
-#: a layer ignores the text); Moran's I and std rank its spatial structure (Eq. 3-5).
-METRICS = ("moran_i", "std", "rms")
 #: statistics only some stores carry (``auroc``: written by ``layerscope testbed auroc`` on
 #: shapes-world stores, the maps' localisation of the keyword's object)
 OPTIONAL_METRICS = ("auroc",)
 #: how long ``--scheduler`` waits for a dask scheduler before saying it cannot connect
 SCHEDULER_TIMEOUT = "10s"
-ALL_METRICS = METRICS + OPTIONAL_METRICS
-METRIC_LABELS = {"moran_i": "Moran", "std": "std", "rms": "RMS", "auroc": "AUROC"}
+
+
+def rankable_metrics() -> tuple[str, ...]:
+    """What ``rank --metric`` ranks: the registered map statistics (:data:`layerscope.registry.STATISTICS`).
+
+    Built in: ``moran_i`` and ``std`` (spatial structure, Eq. 3-5) and ``rms`` (the
+    magnitude, for the contrastive and influence probes, zero where a layer ignores the text).
+    """
+    from layerscope.metrics import statistics
+
+    return tuple(statistic.outputs[0] for statistic in statistics() if statistic.rankable)
+
+
+def all_metrics() -> tuple[str, ...]:
+    return rankable_metrics() + OPTIONAL_METRICS
+
+
+def metric_label(name: str) -> str:
+    """A statistic's short label for tables (``Moran``, ``std``, ``RMS``, ``AUROC``)."""
+    from layerscope.metrics import statistics
+
+    labels = {statistic.outputs[0]: statistic.label for statistic in statistics()}
+    return labels.get(name) or {"auroc": "AUROC"}.get(name, name)
 
 
 class RankingError(LayerScopeError):
@@ -372,7 +390,7 @@ def summarize_run(ds: Any, name: str = "", steps: slice | None = None) -> RunSum
     if window.sizes["step"] == 0:
         raise RankingError(f"--steps selects no step (runs have {ds.sizes['step']} steps)")
     values, nan_maps = {}, None
-    names = METRICS + tuple(m for m in OPTIONAL_METRICS if m in window)
+    names = rankable_metrics() + tuple(m for m in OPTIONAL_METRICS if m in window)
     loaded = window[list(names)].compute()  # one read of every statistic, not one per variable
     for metric in names:
         data = loaded[metric].transpose("step", "layer", ...).values
@@ -512,11 +530,11 @@ def rank_summaries(
     min_runs = sig.MIN_RUNS if min_runs is None else min_runs
     min_drop = sig.MIN_DROP if min_drop is None else min_drop
     min_distinct = sig.MIN_DISTINCT if min_distinct is None else min_distinct
-    if metric not in ALL_METRICS:
-        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(ALL_METRICS)}")
+    if metric not in all_metrics():
+        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(all_metrics())}")
     if method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    names = METRICS + tuple(m for m in OPTIONAL_METRICS if all(m in s.values for s in summaries))
+    names = rankable_metrics() + tuple(m for m in OPTIONAL_METRICS if all(m in s.values for s in summaries))
     if metric not in names:
         lacking = next(s.name or "?" for s in summaries if metric not in s.values)
         raise RankingError(
@@ -708,7 +726,7 @@ _KIND_WORDS = {
 
 def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metric: str) -> dict[str, Any]:
     """Do Moran's I and std single out the same band?  Jaccard of their best bands."""
-    label = METRIC_LABELS[other_metric]
+    label = metric_label(other_metric)
     if main.p_value is None or other.p_value is None:
         return {
             "metric": other_metric,
@@ -724,7 +742,7 @@ def _agreement(main: Any, other: Any, layers: list[int], metric: str, other_metr
     jaccard = len(a & b) / len(a | b)
     sentence = (
         f"{label} {_KIND_WORDS[other.kind]} (best {layers[other.start]}-{layers[other.end]}, "
-        f"p={other.p_value:.3g}); overlap with the {METRIC_LABELS[metric]} band (Jaccard) {jaccard:.2f}"
+        f"p={other.p_value:.3g}); overlap with the {metric_label(metric)} band (Jaccard) {jaccard:.2f}"
     )
     both = main.significant and other.significant
     return {
@@ -751,12 +769,12 @@ def instrument_agreement(ranking: Ranking) -> dict[str, Any]:
     """
     from scipy.stats import spearmanr
 
-    names = [name for name in ALL_METRICS if name in ranking.by_metric]
+    names = [name for name in all_metrics() if name in ranking.by_metric]
     curves = {name: np.array([row[name] for row in ranking.layers], dtype=np.float64) for name in names}
     rows = [
         {
             "metric": name,
-            "label": METRIC_LABELS[name],
+            "label": metric_label(name),
             **ranking.by_metric[name],
             "weak_text": _ranges(ranking.by_metric[name]["weak_layers"]),
         }
@@ -770,7 +788,7 @@ def instrument_agreement(ranking: Ranking) -> dict[str, Any]:
             usable = np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0
             correlation[a][b] = float(spearmanr(x, y).statistic) if usable else None
     probe = (ranking.probe or {}).get("kind", "hidden")
-    return {"probe": probe, "rows": rows, "correlation": correlation, "labels": [METRIC_LABELS[n] for n in names]}
+    return {"probe": probe, "rows": rows, "correlation": correlation, "labels": [metric_label(n) for n in names]}
 
 
 def rank_datasets(
@@ -847,8 +865,8 @@ def check_rank_options(
     """Refuse impossible ranking options before any store is read beyond its attributes."""
     if not paths:
         raise RankingError("no runs to rank; pass stores or a sweep directory")
-    if metric is not None and metric not in ALL_METRICS:
-        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(ALL_METRICS)}")
+    if metric is not None and metric not in all_metrics():
+        raise RankingError(f"unknown metric {metric!r}; choose one of {', '.join(all_metrics())}")
     if method is not None and method not in METHODS:
         raise RankingError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "bottom-k" and (k is None or k < 1):

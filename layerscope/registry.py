@@ -86,6 +86,17 @@ PROBES = Registry(
     noun="probe kind",
 )
 
+#: Map statistics: each (H, W) map -> numbers stored per (step, layer, keyword, frame) and ranked.
+STATISTICS = Registry(
+    "statistics",
+    {
+        "moran_i": "layerscope.map_statistics.moran:MORAN_I",
+        "std": "layerscope.map_statistics.std:STD",
+        "rms": "layerscope.map_statistics.rms:RMS",
+    },
+    noun="map statistic",
+)
+
 #: Judges of ``layerscope bench``: factories ``(spec, prompts, **options) -> Judge``.  The
 #: shapes world's scorer registers itself from the testbed (pyproject entry point).
 JUDGES = Registry("judges", {"vlm": "layerscope.bench.vlm:vlm_factory"}, noun="judge")

@@ -475,10 +475,13 @@ def open_runs(paths: Sequence[str | os.PathLike]) -> Any:
 
     if not paths:
         raise StoreError("no stores given")
+    from layerscope.metrics import metric_variables
+
+    stats = set(metric_variables())
     datasets = []
     for path in paths:
         ds = open_run(path)
-        keep = [v for v in ds.data_vars if v.startswith("similarity") or v in ("moran_i", "moran_z", "std", "rms")]
+        keep = [v for v in ds.data_vars if v.startswith("similarity") or v in stats]
         names = [str(k) for k in ds["keyword"].values]
         stacked = ds[keep].assign_coords(
             # Prompts differ between runs, so keywords are stacked by position and their

@@ -82,3 +82,41 @@ def test_a_probe_kind_from_another_package_records(tiny_pipe, example, tmp_path,
     maps = ds.similarity.sel(layer=2).values  # (step, keyword, frame, y, x)
     assert np.isfinite(maps).all() and (maps > 0).all()
     np.testing.assert_array_equal(maps[:, 0], maps[:, 1])  # the same norm for every keyword
+
+
+STATISTIC = '''
+"""A third-party map statistic: each map's peak value."""
+import numpy as np
+
+from layerscope.map_statistics import MapStatistic
+
+
+class Peak(MapStatistic):
+    outputs = ("peak",)
+    long_names = ("largest value of the map",)
+    label = "peak"
+
+    def compute(self, block, transformation):
+        return {"peak": np.asarray(block, dtype=np.float64).max(axis=(-2, -1))}
+
+
+PEAK = Peak()
+'''
+
+
+def test_a_map_statistic_from_another_package_is_computed_stored_and_ranked(tmp_path, monkeypatch):
+    import layerscope
+    from layerscope.metrics import ensure_metrics
+    from layerscope.ranking import rank_stores
+    from layerscope_testbed.synthetic import write_synthetic_run
+
+    (tmp_path / "third_party_statistic.py").write_text(STATISTIC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _with_entry_point(monkeypatch, "layerscope.statistics", "peak", "third_party_statistic:PEAK")
+    stores = [write_synthetic_run(tmp_path / f"r{i}.zarr", seed=i) for i in range(3)]
+    ds = ensure_metrics(stores[0])
+    maps = layerscope.open_run(stores[0])["similarity"].values
+    np.testing.assert_allclose(ds["peak"].values, maps.max(axis=(-2, -1)), rtol=0, atol=1e-7)
+    assert ds["peak"].attrs["long_name"] == "largest value of the map" and "moran_i" in ds
+    ranking = rank_stores([str(s) for s in stores], metric="peak", progress=False)
+    assert ranking.metric == "peak" and "peak" in ranking.by_metric

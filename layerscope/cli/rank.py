@@ -6,6 +6,7 @@ import argparse
 
 from layerscope.cli.options import fraction, int_at_least, non_negative_int, rank_inputs
 from layerscope.errors import UsageError
+from layerscope.registry import STATISTICS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="ranking JSON to write, e.g. runs/ranking.json")
     p.add_argument(
         "--metric",
-        choices=("moran_i", "std", "rms", "auroc"),
+        choices=[*STATISTICS.names(), "auroc"],
         default="moran_i",
         help="moran_i (paper, default) or std: spatial structure; rms: magnitude (for --probe contrastive/"
         "influence); auroc: localisation of the keyword's object (shapes world, `testbed auroc`)",
