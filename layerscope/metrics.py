@@ -283,15 +283,17 @@ def std_normalized(x: Any) -> Any:
 
 
 def statistics() -> list[Any]:
-    """The registered :class:`~layerscope.map_statistics.MapStatistic` objects, in registry order."""
-    from layerscope.registry import STATISTICS
+    """The registered map statistics (:func:`layerscope.map_statistics.registered`)."""
+    from layerscope.map_statistics import registered
 
-    return list(STATISTICS.load_all().values())
+    return registered()
 
 
 def metric_variables() -> tuple[str, ...]:
-    """Every variable the registered statistics write (``moran_i``, ``moran_z``, ``std``, ``rms``, ...)."""
-    return tuple(name for statistic in statistics() for name in statistic.outputs)
+    """Every variable the registered statistics write (:func:`layerscope.map_statistics.variables`)."""
+    from layerscope.map_statistics import variables
+
+    return variables()
 
 
 class IncompleteStoreError(LayerScopeError):

@@ -475,9 +475,9 @@ def open_runs(paths: Sequence[str | os.PathLike]) -> Any:
 
     if not paths:
         raise StoreError("no stores given")
-    from layerscope.metrics import metric_variables
+    from layerscope.map_statistics import variables
 
-    stats = set(metric_variables())
+    stats = set(variables())
     datasets = []
     for path in paths:
         ds = open_run(path)

@@ -121,7 +121,7 @@ def test_the_core_wheel_holds_no_weights_and_no_testbed(tmp_path):
 
 
 CORE_ALONE = """
-import sys
+import contextlib, io, json, sys
 from importlib import metadata
 
 sys.modules["layerscope_testbed"] = None  # importing it now fails, as without the distribution
@@ -138,34 +138,48 @@ def core_only(**selection):
 metadata.entry_points = core_only
 from layerscope.cli import main
 
-sys.exit(main(sys.argv[1:]))
+for argv in json.loads(sys.argv[1]):  # one interpreter for every command: the imports cost most
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue()}))
 """
 
 
 def test_the_core_alone_records_and_ranks_a_local_checkpoint(model_dir, example, tmp_path):
     """Without the testbed: record and rank a local pipeline folder; --model default says what is missing."""
+    import json
+    import os
+
     from PIL import Image
 
     image = tmp_path / "ref.png"
     Image.fromarray(example["image"]).save(image)
-    run = [sys.executable, "-c", CORE_ALONE]
-    store = tmp_path / "run.zarr"
-    record = [*run, "record", "--model", str(model_dir), "--out", str(store), "--image", str(image)]
-    record += ["--prompt", example["prompt"], "--keywords", "red,circle", "--steps", "2", "--frames", "5", "--quiet"]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(record, capture_output=True, text=True, env=env)
+    store, other = tmp_path / "run.zarr", tmp_path / "x.zarr"
+    inputs = ["--image", str(image), "--prompt", example["prompt"], "--keywords", "red,circle"]
+    small = ["--steps", "2", "--frames", "5", "--quiet"]
+    commands = [
+        ["record", "--model", str(model_dir), "--out", str(store), *inputs, *small],
+        ["rank", str(store)],
+        ["record", "--out", str(other)],
+        ["record", "--model", "default", "--out", str(other), *inputs, *small],
+        ["--help"],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CORE_ALONE, json.dumps(commands)], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    ranked = subprocess.run([*run, "rank", str(store)], capture_output=True, text=True, env=env)
-    assert ranked.returncode == 0 and "too few runs for a verdict" in ranked.stdout, ranked.stderr[-2000:]
-    refused = subprocess.run([*run, "record", "--out", str(tmp_path / "x.zarr")], capture_output=True, text=True)
-    assert refused.returncode == 2 and "pass --image, --prompt and --keywords" in refused.stderr
-    named = [*record[: record.index("--model")], "--model", "default", *record[record.index("--out") :]]
-    named[named.index(str(store))] = str(tmp_path / "x.zarr")
-    refused = subprocess.run(named, capture_output=True, text=True)
-    assert refused.returncode == 2 and "no testbed is installed" in refused.stderr
-    assert not (tmp_path / "x.zarr").exists()
-    listed = subprocess.run([*run, "--help"], capture_output=True, text=True).stdout
-    assert "testbed" not in listed.split("positional arguments")[1].split("\n")[1]
+    recorded, ranked, bare, named, listed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert recorded["code"] == 0, recorded["err"][-2000:]
+    assert ranked["code"] == 0 and "too few runs for a verdict" in ranked["out"]
+    assert bare["code"] == 2 and "pass --image, --prompt and --keywords" in bare["err"]
+    assert named["code"] == 2 and "no testbed is installed" in named["err"]
+    assert not other.exists()
+    assert listed["code"] == 0 and "testbed" not in listed["out"].split("positional arguments")[1].split("\n")[1]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -199,6 +199,7 @@ def _one_line_prompts(prompts: Path, target: Path) -> Path:
     return target / "p.jsonl"
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_one_line_and_the_sweep_goes_on(tmp_path, prompts, monkeypatch, capsys):
     import layerscope.recording
 

@@ -7,6 +7,20 @@ as a variable of the same name.  Adding one is one module with a :class:`MapStat
 plus one line in the registry (or an entry point in group ``layerscope.statistics``).
 """
 
+from typing import Any
+
 from layerscope.map_statistics.base import MapStatistic
 
-__all__ = ["MapStatistic"]
+__all__ = ["MapStatistic", "registered", "variables"]
+
+
+def registered() -> list[Any]:
+    """The registered :class:`MapStatistic` objects, in registry order."""
+    from layerscope.registry import STATISTICS
+
+    return list(STATISTICS.load_all().values())
+
+
+def variables() -> tuple[str, ...]:
+    """Every variable the registered statistics write (``moran_i``, ``moran_z``, ``std``, ``rms``, ...)."""
+    return tuple(name for statistic in registered() for name in statistic.outputs)
