@@ -11,6 +11,7 @@ import pytest
 from layerscope.cli import main
 
 
+@pytest.mark.slow
 def test_quick_eval_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", "--quick", "--model", "random", "--out", str(out)]) == 0

@@ -175,6 +175,7 @@ def test_token_masks_match_the_rendered_first_frame():
             assert masks[-1].sum() > 0 and not np.array_equal(masks[-1], masks[0])
 
 
+@pytest.mark.slow
 def test_auroc_is_written_into_a_sweep_and_ranked(tmp_path, capsys):
     from layerscope.cli import main
     from layerscope.ranking import rank_stores
