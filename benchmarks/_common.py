@@ -48,3 +48,28 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     out.write_text(json.dumps(results, indent=2, default=float))
     print(f"wrote {out}")
     return out
+
+
+def interleaved_runs(variants: dict[str, Callable[[], float]], repeats: int) -> tuple[dict, dict]:
+    """Time ``plain`` around every other variant: P V1 P V2 ... P, ``repeats`` times.
+
+    Why interleaved: the machines are shared and drift; a variant's ratio is its run over
+    the mean of the two plain runs around it, so drift cancels.  Each callable returns its
+    own measured seconds (set-up it does is excluded).  Returns (times per variant,
+    paired ratios per non-plain variant), raw lists.
+    """
+    plain = variants["plain"]
+    others = [name for name in variants if name != "plain"]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in others}
+    before = plain()
+    times["plain"].append(before)
+    for _ in range(repeats):
+        for name in others:
+            seconds = variants[name]()
+            after = plain()
+            times[name].append(seconds)
+            times["plain"].append(after)
+            ratios[name].append(seconds / ((before + after) / 2.0))
+            before = after
+    return times, ratios

@@ -86,7 +86,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, summary, write_json
+from _common import interleaved_runs, print_table, summary, write_json
 
 TOOLS = ("plain", "ls-attention", "ls-hidden", "amd", "nnsight")
 PEERS = {"attention-map-diffusers": "1.0.0", "nnsight": "0.8.1"}
@@ -190,20 +190,7 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[
     Each callable returns its own measured seconds.  The ratio of a variant is the median
     of its run divided by the mean of the two plain runs around it.
     """
-    plain = variants["plain"]
-    others = [name for name in variants if name != "plain"]
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    ratios: dict[str, list[float]] = {name: [] for name in others}
-    before = plain()
-    times["plain"].append(before)
-    for _ in range(repeats):
-        for name in others:
-            seconds = variants[name]()
-            after = plain()
-            times[name].append(seconds)
-            times["plain"].append(after)
-            ratios[name].append(seconds / ((before + after) / 2.0))
-            before = after
+    times, ratios = interleaved_runs(variants, repeats)
     return {
         "seconds": {name: summary(values) for name, values in times.items()},
         "ratio": {name: {**summary(values), "values": values} for name, values in ratios.items()},

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import print_table, summary, write_json
+from _common import interleaved_runs, print_table, summary, write_json
 
 from layerscope.registry import PROBES
 from layerscope_testbed import (
@@ -77,20 +77,7 @@ def _interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict
     Returns per-variant time summaries and, for every non-plain variant, the median of
     its paired ratios against the mean of the two plain runs around it.
     """
-    plain = variants["plain"]
-    others = [name for name in variants if name != "plain"]
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    ratios: dict[str, list[float]] = {name: [] for name in others}
-    before = plain()
-    times["plain"].append(before)
-    for _ in range(repeats):
-        for name in others:
-            seconds = variants[name]()
-            after = plain()
-            times[name].append(seconds)
-            times["plain"].append(after)
-            ratios[name].append(seconds / ((before + after) / 2.0))
-            before = after
+    times, ratios = interleaved_runs(variants, repeats)
     result: dict[str, Any] = {"seconds": {name: summary(values) for name, values in times.items()}}
     result["ratio"] = {name: statistics.median(values) for name, values in ratios.items()}
     result["ratios"] = ratios
