@@ -73,3 +73,18 @@ def interleaved_runs(variants: dict[str, Callable[[], float]], repeats: int) -> 
             ratios[name].append(seconds / ((before + after) / 2.0))
             before = after
     return times, ratios
+
+
+def transformer_only_adapter(transformer: Any) -> Any:
+    """A :class:`WanAdapter` over a bare transformer: probes need only ``denoisers`` and ``probe_sites``."""
+    from layerscope.adapters.wan import WanAdapter
+
+    class TransformerOnlyAdapter(WanAdapter):
+        def __init__(self, model: Any):
+            super().__init__(pipe=None)
+            self.model = model
+
+        def denoisers(self) -> list[Any]:
+            return [self.model]
+
+    return TransformerOnlyAdapter(transformer)

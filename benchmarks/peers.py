@@ -86,7 +86,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import interleaved_runs, print_table, summary, write_json
+from _common import interleaved_runs, print_table, summary, transformer_only_adapter, write_json
 
 TOOLS = ("plain", "ls-attention", "ls-hidden", "amd", "nnsight")
 PEERS = {"attention-map-diffusers": "1.0.0", "nnsight": "0.8.1"}
@@ -586,20 +586,6 @@ class TransformerOnly:
         self.transformer = transformer
 
 
-def _wan_adapter_for(transformer: Any) -> Any:
-    from layerscope.adapters.wan import WanAdapter
-
-    class TransformerOnlyAdapter(WanAdapter):
-        def __init__(self, model: Any):
-            super().__init__(pipe=None)
-            self.model = model
-
-        def denoisers(self) -> list[Any]:
-            return [self.model]
-
-    return TransformerOnlyAdapter(transformer)
-
-
 class StackSession:
     def __init__(self, stack: Stack, tmp: Path, wrap_nnsight: bool = True):
         import torch
@@ -629,7 +615,7 @@ class StackSession:
             "return_dict": False,
         }
         self.keyword_tokens = [list(t) for t in stack.keyword_tokens]
-        self.adapter = _wan_adapter_for(self.transformer)
+        self.adapter = transformer_only_adapter(self.transformer)
         self.counter = iter(range(10**6))
         self.nn_model = None
         if wrap_nnsight:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import interleaved_runs, print_table, summary, write_json
+from _common import interleaved_runs, print_table, summary, transformer_only_adapter, write_json
 
 from layerscope.registry import PROBES
 from layerscope_testbed import (
@@ -179,21 +179,6 @@ def bench_default_model(repeats: int) -> dict[str, Any]:
 # -- case b: Wan-1.3B-width transformer forward on CPU ---------------------------------------------
 
 
-def _wan_adapter_for(transformer: Any) -> Any:
-    """A :class:`WanAdapter` over a bare transformer: probes need only ``denoisers`` and ``probe_sites``."""
-    from layerscope.adapters.wan import WanAdapter
-
-    class TransformerOnlyAdapter(WanAdapter):
-        def __init__(self, model: Any):
-            super().__init__(pipe=None)
-            self.model = model
-
-        def denoisers(self) -> list[Any]:
-            return [self.model]
-
-    return TransformerOnlyAdapter(transformer)
-
-
 def bench_realistic(repeats: int) -> dict[str, Any]:
     import torch
     from diffusers import WanTransformer3DModel
@@ -223,7 +208,7 @@ def bench_realistic(repeats: int) -> dict[str, Any]:
         "encoder_hidden_states_image": torch.randn(1, 257, 1280, generator=generator),
         "return_dict": False,
     }
-    adapter = _wan_adapter_for(transformer)
+    adapter = transformer_only_adapter(transformer)
     layers = list(range(REALISTIC_LAYERS))
     layout = StoreLayout(
         steps=[0],

@@ -70,26 +70,16 @@ def test_fg_intervene_uses_only_the_core():
     assert _reaches("fg_intervene", (TESTBED, "layerscope.cli")) == []
 
 
+def _build_wheel(source: Path, out: Path) -> None:
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
+    subprocess.run([*command, str(source)], check=True, capture_output=True)
+
+
 def test_the_core_wheel_holds_no_weights_and_no_testbed(tmp_path):
     """``pip install ./`` of the core is code and templates: under 1 MB, no safetensors, no testbed."""
     import zipfile
 
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _build_wheel(str(ROOT), tmp_path)
     (wheel,) = tmp_path.glob("layerscope-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert wheel.stat().st_size <= 1_000_000, f"{wheel.name}: {wheel.stat().st_size} bytes"
@@ -97,22 +87,7 @@ def test_the_core_wheel_holds_no_weights_and_no_testbed(tmp_path):
     assert not [n for n in names if n.startswith(("layerscope/testbed", TESTBED))]
     assert not [n for n in names if "model_video_labels" in n]
     # the testbed's own wheel: its package and the shipped model, not the archived labels of old models
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT / "testbed"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    _build_wheel(str(ROOT / "testbed"), tmp_path)
     (testbed_wheel,) = tmp_path.glob("layerscope_testbed-*.whl")
     names = zipfile.ZipFile(testbed_wheel).namelist()
     assert f"{TESTBED}/models/shapes-wan-i2v/transformer/diffusion_pytorch_model.safetensors" in names
