@@ -77,7 +77,7 @@ def image_row_weights(keyword_sims: torch.Tensor, clip_side: int, image_tokens: 
     return fsg.anchor_weights(resized)
 
 
-def check_single_stream(adapter: Any, weak_layers: list[int]) -> None:
+def check_supported(pipe: Any, adapter: Any, weak_layers: list[int]) -> None:
     """FG acts on single-stream blocks (the paper's choice); refuse others in one line."""
     single = adapter.single_stream_layers()
     if not weak_layers:
@@ -95,7 +95,7 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
     from layerscope.clip import clip_image_size, image_patch_features, text_token_features
     from layerscope.keywords import KeywordError
 
-    check_single_stream(adapter, config.weak_layers)
+    check_supported(None, adapter, config.weak_layers)
     pixels = pipe.image_processor(images=inputs.image, return_tensors="pt")["pixel_values"].float()
     size = clip_image_size(clip)
     if pixels.shape[-1] != size:
@@ -276,7 +276,7 @@ def apply_focal_guidance(adapter: Any, config: FocalGuidanceConfig, guidance: Hu
 
     ``intrinsic``: the recorder's channel for the later blocks' unguided attention inputs.
     """
-    check_single_stream(adapter, config.weak_layers)
+    check_supported(None, adapter, config.weak_layers)
     removers: list[Any] = []
     carried = CarriedTerms() if config.inject_at == "hidden" else None
     try:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from fg_intervene.config import ConfigError, FocalGuidanceConfig
+
+#: Adapter name -> the module that writes Focal Guidance for that family.  Each defines
+#: ``check_supported(pipe, adapter, weak_layers)`` (refuses in one line, before CLIP loads),
+#: ``prepare_guidance(pipe, adapter, config, inputs, clip)`` and
+#: ``apply_focal_guidance(adapter, config, guidance, intrinsic)``.
+FAMILY_MODULES: dict[str, str] = {
+    "wan": "fg_intervene.wan",
+    "hunyuan-video": "fg_intervene.hunyuan_video",
+}
+#: Adapter name -> why Eq. 8/9/13 have no place in that family's blocks (one line).
+UNSUPPORTED_FAMILIES: dict[str, str] = {}
 
 
 class FocalGuidance:
@@ -52,26 +64,22 @@ class FocalGuidance:
             )
 
     def apply(self, inputs: Any) -> Any:
-        if inputs.adapter.name == "hunyuan-video":
-            return self._apply_hunyuan(inputs)
-        from fg_intervene.wan import apply_focal_guidance, check_image_branch, prepare_guidance
-
-        if inputs.adapter.name != "wan":
-            raise ConfigError(f"Focal Guidance supports Wan and HunyuanVideo-I2V pipelines; got {inputs.adapter.name}")
+        family = inputs.adapter.name
+        if family in UNSUPPORTED_FAMILIES:
+            raise ConfigError(f"Focal Guidance has no place in {family} pipelines: {UNSUPPORTED_FAMILIES[family]}")
+        if family not in FAMILY_MODULES:
+            supported = ", ".join(sorted(FAMILY_MODULES))
+            raise ConfigError(f"Focal Guidance supports {supported} pipelines; got {family}")
+        module = importlib.import_module(FAMILY_MODULES[family])
         self._check_ranking(inputs)
         self._resolve_sign(inputs)
-        check_image_branch(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
-        self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
-        return apply_focal_guidance(inputs.adapter, self.config, self.guidance, getattr(inputs, "intrinsic", None))
-
-    def _apply_hunyuan(self, inputs: Any) -> Any:
-        from fg_intervene.hunyuan_video import apply_focal_guidance, check_single_stream, prepare_guidance
-
-        self._check_ranking(inputs)
-        self._resolve_sign(inputs)
-        check_single_stream(inputs.adapter, self.config.weak_layers)  # before loading CLIP
-        self.guidance = prepare_guidance(inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir))
-        return apply_focal_guidance(inputs.adapter, self.config, self.guidance, getattr(inputs, "intrinsic", None))
+        module.check_supported(inputs.pipe, inputs.adapter, self.config.weak_layers)  # before loading CLIP
+        self.guidance = module.prepare_guidance(
+            inputs.pipe, inputs.adapter, self.config, inputs, self._clip(inputs.model_dir)
+        )
+        return module.apply_focal_guidance(
+            inputs.adapter, self.config, self.guidance, getattr(inputs, "intrinsic", None)
+        )
 
     def touched_layers(self) -> list[int]:
         """The blocks whose hidden state or values Focal Guidance changes (the weak layers)."""

@@ -73,7 +73,7 @@ def prepare_guidance(pipe: Any, adapter: Any, config: FocalGuidanceConfig, input
     if not config.weak_layers:
         raise ConfigError("no weak layers: pass --ranking ranking.json or set weak_layers in the config")
     experts = adapter.denoisers()
-    check_image_branch(pipe, adapter, config.weak_layers)
+    check_supported(pipe, adapter, config.weak_layers)
 
     pixels = _clip_pixels(pipe, inputs.image)
     _, patch_joint = image_patch_features(clip, pixels)
@@ -135,7 +135,7 @@ def anchor_values(block: torch.nn.Module, projected: torch.Tensor) -> torch.Tens
     return torch.nn.functional.linear(projected.to(add_v.weight.dtype), add_v.weight, add_v.bias)
 
 
-def check_image_branch(pipe: Any, adapter: Any, weak_layers: list[int]) -> None:
+def check_supported(pipe: Any, adapter: Any, weak_layers: list[int]) -> None:
     """FSG's anchors need the pipeline's image encoder and every expert's image-context projections."""
     if getattr(pipe, "image_encoder", None) is None:
         raise ConfigError(

@@ -112,11 +112,13 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
             f"--model {model}: not a diffusers pipeline directory (no model_index.json); "
             "pass the folder of e.g. Wan2.1-I2V-14B-480P-Diffusers"
         )
-    from layerscope.adapters.registry import supported_pipeline_classes
+    from layerscope.adapters.registry import REFUSED_PIPELINES, supported_pipeline_classes
 
     data = _read_index(model, index)
     class_name = data["_class_name"]
     supported = supported_pipeline_classes()
+    if class_name in REFUSED_PIPELINES and class_name not in supported:
+        raise LoadError(f"--model {model}: LayerScope cannot map {class_name}: {REFUSED_PIPELINES[class_name]}")
     if class_name not in supported:
         raise LoadError(
             f"--model {model}: pipeline class {class_name} is not supported; supported: {', '.join(supported)}"

@@ -13,6 +13,10 @@ from typing import Any
 from layerscope.adapters.base import AdapterError, ModelAdapter
 from layerscope.registry import MODEL_FAMILIES
 
+#: Pipeline classes of families whose architecture gives no keyword map, with the reason
+#: (one line each): ``record`` refuses them by name instead of "unsupported".
+REFUSED_PIPELINES: dict[str, str] = {}
+
 
 def adapter_classes() -> list[type[ModelAdapter]]:
     """Every adapter class, in the order a pipeline is matched against them."""
@@ -29,6 +33,9 @@ def resolve_adapter(pipe: Any) -> ModelAdapter:
     for adapter_cls in adapter_classes():
         if adapter_cls.supports(pipe):
             return adapter_cls(pipe)
+    name = type(pipe).__name__
+    if name in REFUSED_PIPELINES:
+        raise AdapterError(f"LayerScope cannot map {name}: {REFUSED_PIPELINES[name]}")
     raise AdapterError(
         f"unsupported pipeline class {type(pipe).__name__}; supported: {', '.join(supported_pipeline_classes())}"
     )

@@ -17,6 +17,7 @@ from layerscope.cli.options import (
     unit_interval,
 )
 from layerscope.errors import UsageError
+from layerscope_testbed.tiny_families import TINY_FAMILIES, build_tiny
 
 
 def _is_shapes_model(marker: Path) -> bool:
@@ -59,7 +60,7 @@ def add_testbed_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=("default", "random"), default="default", help="path: which model")
     p.add_argument(
         "--family",
-        choices=("wan-i2v", "hunyuan-video-i2v"),
+        choices=tuple(TINY_FAMILIES),
         default="wan-i2v",
         help="build-tiny: the model family (real diffusers classes at toy size, random weights)",
     )
@@ -205,14 +206,7 @@ def _build_tiny(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, "--out", directory=True)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {args.out} exists and is not an empty directory; choose a new directory")
-    if args.family == "hunyuan-video-i2v":
-        from layerscope_testbed.hunyuan_video import save_tiny_pipeline
-
-        print(save_tiny_pipeline(out, args.condition_type, seed=args.seed))
-    else:
-        from layerscope_testbed import ensure_default_model
-
-        print(ensure_default_model(out))
+    print(build_tiny(args.family, out, seed=args.seed, condition_type=args.condition_type))
     return 0
 
 

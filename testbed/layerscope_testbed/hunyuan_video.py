@@ -258,3 +258,8 @@ def save_tiny_pipeline(out: str | os.PathLike, condition_type: str = "token_repl
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def build_tiny(out: Path, seed: int, condition_type: str | None) -> Path:
+    """``testbed build-tiny --family hunyuan-video-i2v`` (see :mod:`layerscope_testbed.tiny_families`)."""
+    return save_tiny_pipeline(out, condition_type or "token_replace", seed=seed)

@@ -1,0 +1,33 @@
+"""Which builder writes a tiny offline pipeline of each model family (``testbed build-tiny``).
+
+Why a table: every family's builder lives in its own module (real diffusers/transformers
+classes at toy size, random weights, saved with ``save_pretrained``), and the CLI's
+``--family`` choices come from here without importing any of them.  Adding a family is one
+builder module plus one line below.  A builder is ``build(out, seed, condition_type) -> Path``:
+it writes the pipeline to ``out`` atomically (a hidden sibling, renamed when complete).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+#: ``--family`` name -> ``module:function`` of its builder.
+TINY_FAMILIES: dict[str, str] = {
+    "wan-i2v": "layerscope_testbed.tiny_families:build_wan",
+    "hunyuan-video-i2v": "layerscope_testbed.hunyuan_video:build_tiny",
+}
+
+
+def build_tiny(family: str, out: str | os.PathLike, seed: int = 0, condition_type: str | None = None) -> Path:
+    """Write ``family``'s tiny pipeline to ``out`` and return its folder."""
+    module, _, function = TINY_FAMILIES[family].partition(":")
+    return getattr(importlib.import_module(module), function)(Path(out), seed, condition_type)
+
+
+def build_wan(out: Path, seed: int, condition_type: str | None) -> Path:
+    """The random tiny Wan2.1-I2V pipeline (``--model random``'s architecture)."""
+    from layerscope_testbed import ensure_default_model
+
+    return Path(ensure_default_model(out))
