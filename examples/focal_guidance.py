@@ -22,6 +22,14 @@ import argparse
 import sys
 from pathlib import Path
 
+#: the ablations of the paper's Table 4 as `layerscope record` settings
+ABLATIONS = {
+    "fsg+cache": [],
+    "fsg": ["--fg-set", "attention_cache=false"],
+    "cache": ["--fg-set", "fsg=false"],
+    "baseline": ["--fg-set", "fsg=false", "--fg-set", "attention_cache=false"],
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fg-mode", choices=("fsg+cache", "fsg", "cache", "baseline"), default="fsg+cache")
+    parser.add_argument("--fg-mode", choices=tuple(ABLATIONS), default="fsg+cache", help="which mechanisms run")
     parser.add_argument("--intervene-config", help="TOML with Focal Guidance settings (lambdas, taus, ...)")
     parser.add_argument("--method", default="band", choices=("band", "bottom-k", "threshold"))
     parser.add_argument("--ranking", help="use this ranking (e.g. of a sweep) instead of ranking the baseline")
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"2/4 using the ranking {ranking}")
     print(f"3/4 recording with Focal Guidance ({args.fg_mode})")
-    guided = ["--intervene", "focal-guidance", "--ranking", str(ranking), "--fg-mode", args.fg_mode]
+    guided = ["--intervene", "focal-guidance", "--ranking", str(ranking), *ABLATIONS[args.fg_mode]]
     if args.weak_layers:
         from layerscope.recording import parse_index_ranges
 

@@ -14,8 +14,8 @@ Steps (each a `layerscope` command, so every piece is reproducible on its own):
   2. eval the shipped model with and without FG (rows "baseline", "FG zero-shot");
   3. eval the --no-fg fine-tune without FG ("post-training only");
   4. eval the FG fine-tune with FG ("post-training + FG").
-Writes OUT_DIR/table3.json and OUT_DIR/table3.md.  `--baseline-eval PATH` reuses an
-earlier `layerscope eval --intervene focal-guidance` JSON of the same prompts and seeds.
+Writes OUT_DIR/table3.json and OUT_DIR/table3.md.  `--baseline-eval DIR` reuses an
+earlier `layerscope eval --intervene focal-guidance --out DIR` of the same prompts and seeds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="runs/table3")
     parser.add_argument("--quick", action="store_true", help="6 prompts, 2 seeds, 4 steps, 8 clips x 5 steps")
     parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--baseline-eval", help="reuse this eval JSON for the baseline and FG zero-shot rows")
+    parser.add_argument("--baseline-eval", help="reuse this eval directory for the baseline and FG zero-shot rows")
     # 1000, not 50: on the planted v6 model 50 steps (8 s) left all 150 outcomes unchanged
     parser.add_argument("--train-steps", type=int, default=1000, help="fine-tune steps of both post-trainings")
     parser.add_argument("--clips", type=int, default=64)
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name the layers: --ranking R.json (its weak band) or --layers L-M, not both")
 
     from layerscope.cli import main as layerscope
-    from layerscope_testbed.shapes.evaluate import format_comparisons, format_table, paired_comparison, read_results
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,37 +72,44 @@ def main(argv: list[str] | None = None) -> int:
             again = ["--resume"] if (out / name).is_dir() else []  # an interrupted run continues (cache, checkpoints)
             target = ["--lr", str(args.lr), "--out", str(out / name), "--quiet"]
             run(["finetune", "--model", args.model, *data, *target, *extra, *again])
-    evals = {
-        "zero-shot": Path(args.baseline_eval) if args.baseline_eval else out / "eval-default.json",
-        "ft-nofg": out / "eval-ft-nofg.json",
-        "ft-fg": out / "eval-ft-fg.json",
+    evals = {  # `layerscope eval --out` directories: one bench output per variant
+        "zero-shot": Path(args.baseline_eval) if args.baseline_eval else out / "eval-default",
+        "ft-nofg": out / "eval-ft-nofg",
+        "ft-fg": out / "eval-ft-fg",
     }
-    if not evals["ft-nofg"].is_file():
+    if not (evals["ft-nofg"] / "baseline" / "results.json").is_file():
         run(["eval", "--model", str(out / "ft-nofg"), "--seeds", seeds, *size, "--out", str(evals["ft-nofg"])])
-    if not evals["ft-fg"].is_file():
+    if not (evals["ft-fg"] / "focal-guidance" / "results.json").is_file():
         only_fg = [*fg, "--skip-baseline"]  # its row is the fine-tune *with* FG; a baseline would go unused
         run(["eval", "--model", str(out / "ft-fg"), "--seeds", seeds, *size, "--out", str(evals["ft-fg"]), *only_fg])
-    if not evals["zero-shot"].is_file():
+    if not (evals["zero-shot"] / "focal-guidance" / "results.json").is_file():
         run(["eval", "--model", args.model, "--seeds", seeds, *size, "--out", str(evals["zero-shot"]), *fg])
-    loaded = {name: read_results(path)["results"] for name, path in evals.items()}
-    rows = {
-        "baseline": loaded["zero-shot"]["baseline"],
-        "FG zero-shot": loaded["zero-shot"]["focal-guidance"],
-        "post-training only": loaded["ft-nofg"]["baseline"],
-        "post-training + FG": loaded["ft-fg"]["focal-guidance"],
+    from layerscope.bench.results import compare, load_results
+
+    sources = {
+        "baseline": evals["zero-shot"] / "baseline",
+        "FG zero-shot": evals["zero-shot"] / "focal-guidance",
+        "post-training only": evals["ft-nofg"] / "baseline",
+        "post-training + FG": evals["ft-fg"] / "focal-guidance",
     }
-    if len({protocol(row) for row in rows.values()}) > 1:
+    loaded = {name: load_results(path) for name, path in sources.items()}
+    if len({protocol(results) for results in loaded.values()}) > 1:
         raise SystemExit(
             "the evals scored different prompt sets or settings: "
-            + "; ".join(f"{name} ({protocol(row)})" for name, row in rows.items())
+            + "; ".join(f"{name} ({protocol(results)})" for name, results in loaded.items())
             + "; rerun them with the same --seeds, --count and --steps"
         )
-    comparisons = {name: paired_comparison(rows["baseline"], row) for name, row in rows.items() if name != "baseline"}
+    rows = {name: results["summary"] for name, results in loaded.items()}
+    comparisons = {
+        name: compare(loaded["baseline"], results)["all_correct"]
+        for name, results in loaded.items()
+        if name != "baseline"
+    }
     table = (
         f"Table 3 on the shapes testbed ({len(rows['baseline']['outcomes'])} held-out prompts x seeds {seeds}; "
         f"model {args.model}, layers {'of ' + args.ranking if args.ranking else args.layers}; "
         "95% intervals: bootstrap over prompts)\n\n"
-        f"{format_table(rows)}\n\npaired against the baseline (sign-flip test over prompts):\n\n"
+        f"{format_rows(rows)}\n\npaired against the baseline (sign-flip test over prompts):\n\n"
         f"{format_comparisons(comparisons)}\n"
     )
     print(table)
@@ -116,6 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def format_rows(rows: dict) -> str:
+    """All-correct rate per dimension and overall, with the overall 95% interval, one row per variant."""
+    dimensions = list(dict.fromkeys(next(iter(rows.values()))["dimensions"]))
+    lines = ["| row | " + " | ".join(dimensions) + " | overall |", "|---" * (len(dimensions) + 2) + "|"]
+    for name, summary in rows.items():
+        low, high = summary["overall"]["ci"]
+        cells = [f"{summary['per_dimension'][d]['all_correct']:.3f}" for d in dimensions]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {summary['overall']['all_correct']:.3f} "
+                     f"[{low:.2f}, {high:.2f}] |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_comparisons(comparisons: dict) -> str:
+    lines = ["| row - baseline | overall | p (sign-flip) |", "|---|---|---|"]
+    for name, result in comparisons.items():
+        lines.append(f"| {name} | {result['overall']['difference']:+.3f} | {result['overall']['p_value']:.3g} |")
+    return "\n".join(lines)
+
+
 def check_finished_finetune(directory: Path, **wanted: float) -> None:
     """Refuse to reuse a fine-tune made with other settings: a rerun with new --train-steps would
     otherwise report the old post-training under the new settings."""
@@ -126,15 +151,14 @@ def check_finished_finetune(directory: Path, **wanted: float) -> None:
         asked = ", ".join(f"{key} {value:g}" for key, value in wanted.items())
         raise SystemExit(
             f"{directory} was fine-tuned with {have}, this run asks for {asked}: "
-            "pass another --out-dir, or remove that directory and its eval-*.json to train again"
+            "pass another --out-dir, or remove that directory and its eval-* directories to train again"
         )
 
 
-def protocol(row: dict) -> str:
-    """What must match for two eval rows to be paired prompt x seed by prompt x seed (PROTOCOL_KEYS)."""
-    from layerscope_testbed.shapes.evaluate import PROTOCOL_KEYS
-
-    return ", ".join(f"{key}={row.get(key)}" for key in PROTOCOL_KEYS)
+def protocol(results: dict) -> str:
+    """What must match for two eval rows to be paired prompt x seed by prompt x seed."""
+    summary, settings = results["summary"], results["settings"]
+    return f"{len(summary['prompt_ids'])} prompts, seeds {summary['seeds']}, steps {settings['steps']}"
 
 
 if __name__ == "__main__":

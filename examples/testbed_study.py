@@ -12,9 +12,7 @@
    (the paper's setting).  When it is not, the shipped model has no weak layers for FG
    to guide or for post-training to target, and the study runs Table 3 on the planted
    model with the band its ranking found, where weak layers exist by construction; the
-   JSON says which and why.  When that band is exactly the planted one, the rows
-   "baseline" and "FG zero-shot" are the planted-truth eval's "no guidance" and "FG
-   planted band" (the same runs) and are reused, not run twice.
+   JSON says which and why.
 Writes OUT_DIR/study.json and OUT_DIR/study.md; finished steps are reused on a rerun.
 """
 
@@ -59,30 +57,6 @@ def table3_target(planted_dir: Path) -> dict:
     }
 
 
-def reuse_planted_eval(planted_dir: Path, target: dict, table3_dir: Path) -> Path | None:
-    """The planted-truth eval as Table 3's "baseline" and "FG zero-shot" rows, when they are the same runs.
-
-    Why: when Table 3 falls back to the planted model and its ranking found exactly the
-    planted band, those two rows are the planted-truth eval's "no guidance" and "FG planted
-    band" again (same model, layers, prompts, seeds and steps; checked equal outcome for
-    outcome on the quick study), and re-running them is a third of the full study's hours.
-    Returns the eval JSON written for ``examples/table3.py --baseline-eval``, or None when
-    the rows differ (then Table 3 runs them itself).  Table 3 refuses rows whose prompts,
-    seeds or steps differ, so a mismatch cannot pass silently.
-    """
-    if target["model"] != str(planted_dir / "planted"):
-        return None
-    planted = json.loads((planted_dir / "planted_truth.json").read_text())
-    if planted["rankings"]["planted"]["band"] != planted["planted_layers"]:
-        return None
-    results = json.loads((planted_dir / "eval.json").read_text())["results"]
-    path = table3_dir / "eval-planted-truth.json"
-    table3_dir.mkdir(parents=True, exist_ok=True)
-    reused = {"baseline": results["no guidance"], "focal-guidance": results["FG planted band"]}
-    path.write_text(json.dumps({"reused_from": str(planted_dir / "eval.json"), "results": reused}, indent=2))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="runs/study")
@@ -99,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     target = table3_target(planted_dir)
     print(f"Table 3 on {target['model']}: {target['why']}", flush=True)
     table_args = ["--ranking", target["ranking"], "--model", target["model"], "--out-dir", str(out / "table3")]
-    if reused := reuse_planted_eval(planted_dir, target, out / "table3"):
-        print(f"Table 3 rows baseline / FG zero-shot: reusing {reused}", flush=True)
-        table_args += ["--baseline-eval", str(reused)]
     if code := _example("table3").main([*table_args, "--seeds", args.seeds, *quick]):
         return code
 

@@ -15,9 +15,13 @@ from fg_intervene.config import ConfigError, FocalGuidanceConfig
 FAMILY_MODULES: dict[str, str] = {
     "wan": "fg_intervene.wan",
     "hunyuan-video": "fg_intervene.hunyuan_video",
+    "skyreels-v2": "fg_intervene.wan",
 }
 #: Adapter name -> why Eq. 8/9/13 have no place in that family's blocks (one line).
-UNSUPPORTED_FAMILIES: dict[str, str] = {}
+UNSUPPORTED_FAMILIES: dict[str, str] = {
+    "ltx-video": "the image is only latent frame 0: no image rows or image value projection for Eq. 8-13's V_vis",
+    "cogvideox": "the image enters as latent channels, so no image token or value projection holds Eq. 8's anchor",
+}
 
 
 class FocalGuidance:
@@ -112,7 +116,7 @@ def create(
     """Entry-point factory: ``layerscope record --intervene focal-guidance --ranking R [--intervene-config C]``.
 
     ``settings`` (``--fg-set name=value``) and ``overrides`` (e.g. ``fsg=False`` from
-    ``--fg-mode cache``) win over the TOML file; unknown names are refused in one line.
+    ``--fg-set fsg=false``) win over the TOML file; unknown names are refused in one line.
     """
     overrides = {k: v for k, v in {**(settings or {}), **overrides}.items() if v is not None}
     if config:

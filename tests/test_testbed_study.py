@@ -45,42 +45,30 @@ def test_table3_script_needs_exactly_one_way_to_name_layers(capsys, example_scri
         assert "--ranking R.json (its weak band) or --layers L-M" in capsys.readouterr().err
 
 
-def _row(outcomes: list[list[int]], steps: int = 12) -> dict:
-    """An eval row as `layerscope eval` writes it, for prompts of alternating dimensions."""
+def _bench_results(outcomes: list[list[int]], steps: int = 12) -> dict:
+    """A `layerscope bench` results.json as far as Table 3 reads it, prompts of alternating dimensions."""
+    from layerscope.bench.results import CONSISTENCY, RESULTS_FORMAT
+
     dimensions = ["motion", "interaction"] * (len(outcomes) // 2)
-    rate = sum(map(sum, outcomes)) / sum(map(len, outcomes))
-    entry = {"all_correct": rate, "ci": [0.0, 1.0], "first_frame_consistency": 0.9}
-    return {
-        "split": "heldout", "count": len(outcomes), "seed": 0, "seeds": [0, 1], "steps": steps, "guidance": 5.0,
-        "outcomes": outcomes, "dimensions": dimensions, "overall": entry,
-        "per_dimension": {d: dict(entry) for d in set(dimensions)},
+    flat = [value for row in outcomes for value in row]
+
+    def rate(rows):
+        return {"all_correct": sum(sum(outcomes[i]) for i in rows) / sum(len(outcomes[i]) for i in rows),
+                "ci": [0.0, 1.0]}  # fmt: skip
+
+    summary = {
+        "prompt_ids": [f"p{i}" for i in range(len(outcomes))], "seeds": [0, 1], "outcomes": outcomes,
+        "dimensions": dimensions, "overall": rate(range(len(outcomes))),
+        "per_dimension": {d: rate([i for i, x in enumerate(dimensions) if x == d]) for d in set(dimensions)},
+        "consistency_values": {name: [float("nan")] * len(flat) for name in CONSISTENCY},
     }  # fmt: skip
+    return {"format": RESULTS_FORMAT, "settings": {"steps": steps}, "summary": summary}
 
 
-def _planted_truth_dir(directory: Path, band: list[int]) -> dict:
-    planted = {"planted_layers": [4, 5, 6, 7], "rankings": {"planted": {"band": band}}}
-    (directory / "planted_truth.json").write_text(json.dumps(planted))
-    results = {"no guidance": _row([[0, 1], [1, 1]]), "FG planted band": _row([[1, 1], [1, 0]]),
-               "FG random band": _row([[0, 0], [0, 0]])}  # fmt: skip
-    (directory / "eval.json").write_text(json.dumps({"results": results}))
-    return results
-
-
-def test_table3_reuses_the_planted_truth_eval_when_model_and_band_are_the_same(tmp_path, example_script):
-    results = _planted_truth_dir(tmp_path, band=[4, 5, 6, 7])
-    planted_target = {"model": str(tmp_path / "planted")}
-    path = example_script("testbed_study").reuse_planted_eval(tmp_path, planted_target, tmp_path / "table3")
-    reused = json.loads(path.read_text())["results"]
-    assert reused == {"baseline": results["no guidance"], "focal-guidance": results["FG planted band"]}
-
-
-def test_table3_runs_its_own_rows_when_they_would_differ(tmp_path, example_script):
-    study = example_script("testbed_study")
-    _planted_truth_dir(tmp_path, band=[4, 5, 6])  # the ranking found another band: other layers guided
-    assert study.reuse_planted_eval(tmp_path, {"model": str(tmp_path / "planted")}, tmp_path / "t3") is None
-    _planted_truth_dir(tmp_path, band=[4, 5, 6, 7])
-    assert study.reuse_planted_eval(tmp_path, {"model": "default"}, tmp_path / "t3") is None
-    assert not (tmp_path / "t3").exists()
+def _write_eval(directory: Path, variants: dict) -> None:
+    for variant, results in variants.items():
+        (directory / variant).mkdir(parents=True)
+        (directory / variant / "results.json").write_text(json.dumps(results))
 
 
 def _finished_table3_dir(out: Path, zero_shot_steps: int, train_steps: int = 1000) -> None:
@@ -88,11 +76,11 @@ def _finished_table3_dir(out: Path, zero_shot_steps: int, train_steps: int = 100
         (out / name).mkdir(parents=True)
         info = {"clips": 64, "config": {"steps": train_steps, "lr": 1e-4}}  # table3.py's defaults but the steps
         (out / name / "layerscope_finetune.json").write_text(json.dumps(info))
-    zero_shot = {"baseline": _row([[0, 1], [0, 0]], zero_shot_steps), "focal-guidance": _row([[1, 1], [0, 0]])}
-    (out / "eval-default.json").write_text(json.dumps({"results": zero_shot}))
-    (out / "eval-ft-nofg.json").write_text(json.dumps({"results": {"baseline": _row([[1, 1], [1, 0]])}}))
-    fine_tuned_fg = {"baseline": _row([[1, 1], [1, 0]]), "focal-guidance": _row([[1, 1], [1, 1]])}
-    (out / "eval-ft-fg.json").write_text(json.dumps({"results": fine_tuned_fg}))
+    zero_shot = {"baseline": _bench_results([[0, 1], [0, 0]], zero_shot_steps),
+                 "focal-guidance": _bench_results([[1, 1], [0, 0]])}  # fmt: skip
+    _write_eval(out / "eval-default", zero_shot)
+    _write_eval(out / "eval-ft-nofg", {"baseline": _bench_results([[1, 1], [1, 0]])})
+    _write_eval(out / "eval-ft-fg", {"focal-guidance": _bench_results([[1, 1], [1, 1]])})
 
 
 def test_table3_pairs_rows_of_the_same_protocol(tmp_path, example_script):
@@ -106,7 +94,7 @@ def test_table3_pairs_rows_of_the_same_protocol(tmp_path, example_script):
 
 def test_table3_refuses_rows_run_with_other_steps(tmp_path, example_script):
     _finished_table3_dir(tmp_path, zero_shot_steps=4)
-    with pytest.raises(SystemExit, match=r"different prompt sets or settings: baseline \(.*steps=4"):
+    with pytest.raises(SystemExit, match=r"different prompt sets or settings: baseline \(.*steps 4"):
         example_script("table3").main(["--layers", "4-7", "--out-dir", str(tmp_path)])
 
 

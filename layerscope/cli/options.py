@@ -228,11 +228,6 @@ def add_intervention_options(p: Parser, clip_flag: str = "--clip") -> None:
         clip_flag, dest="clip" if clip_flag == "--clip" else clip_flag.lstrip("-").replace("-", "_"),
         help="open_clip checkpoint dir matching the image encoder (default: <model>/clip)",
     )  # fmt: skip
-    g.add_argument(
-        "--fg-mode",
-        choices=("fsg+cache", "fsg", "cache", "baseline"),
-        help="Focal Guidance ablation: both mechanisms (default), FSG only, Attention Cache only, or none",
-    )
     add_fg_set(g)
 
 
@@ -257,28 +252,22 @@ def add_fg_set(group: argparse._ArgumentGroup) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="set one intervention option, repeatable: --fg-set lambda_lat=0.3 --fg-set inject_at=attn-input "
-        "(wins over --intervene-config; weak_layers=[4,5] overrides the ranking)",
+        "(wins over --intervene-config; weak_layers=[4,5] overrides the ranking; the ablations: "
+        "attention_cache=false is FSG only, fsg=false the Attention Cache only)",
     )
 
 
 def load_intervention(args: argparse.Namespace):
     if not args.intervene:
-        if args.ranking or args.intervene_config or args.fg_mode or args.clip or args.fg_set:
-            raise UsageError("--ranking/--intervene-config/--fg-mode/--fg-set/--clip need --intervene focal-guidance")
+        if args.ranking or args.intervene_config or args.clip or args.fg_set:
+            raise UsageError("--ranking/--intervene-config/--fg-set/--clip need --intervene focal-guidance")
         return None
     from layerscope.interventions import load_intervention
 
-    modes = {"fsg+cache": (True, True), "fsg": (True, False), "cache": (False, True), "baseline": (False, False)}
-    fsg, cache = modes[args.fg_mode] if args.fg_mode else (None, None)
     return load_intervention(
-        args.intervene,
-        ranking=args.ranking,
-        config=args.intervene_config,
-        clip=args.clip,
+        args.intervene, ranking=args.ranking, config=args.intervene_config, clip=args.clip,
         settings=dict(args.fg_set or []),
-        fsg=fsg,
-        attention_cache=cache,
-    )
+    )  # fmt: skip
 
 
 def rank_inputs(paths: list[str], allow_partial: bool) -> list[str]:
