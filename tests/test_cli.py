@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -132,3 +133,22 @@ def test_existing_store_needs_overwrite(model_dir, tmp_path, capsys):
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "pipeline, expected",
+    [
+        ("WanImageToVideoPipeline", (50, 81, 480, 832)),  # diffusers' __call__ defaults, Wan2.1-I2V 480p
+        ("HunyuanVideoImageToVideoPipeline", (50, 129, 720, 1280)),
+        ("LTXImageToVideoPipeline", (50, 161, 512, 704)),
+    ],
+)
+def test_checkpoint_generation_defaults_come_from_the_pipeline_class(pipeline, expected, tmp_path):
+    """A checkpoint folder that declares nothing gets its pipeline class's own sizes, not one constant."""
+    from layerscope.cli.options import model_defaults
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    assert model_defaults(str(tmp_path)) == expected
+    (tmp_path / "layerscope_model.json").write_text(json.dumps({"generation_defaults": {"bench": {
+        "steps": 3, "frames": 5, "height": 32, "width": 48}}}))  # fmt: skip
+    assert model_defaults(str(tmp_path), "bench") == (3, 5, 32, 48)  # the folder's declaration wins

@@ -264,3 +264,17 @@ def run_compare(a: str, b: str, out: str | None, log: Callable[[str], None] = pr
         write_text_atomic(target.with_suffix(".md"), table)
         log(f"wrote {target} and {target.with_suffix('.md')}")
     return 0
+
+
+def run_judge_validity(
+    judge_spec: str, out: str, count: int, check: Callable[..., dict[str, Any]], judge_options: dict[str, Any]
+) -> int:
+    """``bench --judge-validity``: ``judge_spec`` scored against a programmatic oracle (``check``, the
+    testbed's shapes world) on ``count`` ground-truth and shuffled videos written under ``out``."""
+    from layerscope.outputs import check_output_path
+    from layerscope.registry import JUDGES
+
+    target = check_output_path(out, "--out", directory=True)
+    judge = make_judge(judge_spec, JUDGES.load_all(), prompts=[], **judge_options)
+    print(json.dumps(check(judge, target, count=count, log=lambda _: None), indent=2))
+    return 0

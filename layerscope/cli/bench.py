@@ -73,13 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _bench_judges() -> dict:
-    """Every registered judge factory (:data:`layerscope.registry.JUDGES`: vlm, and the testbed's shapes)."""
-    from layerscope.registry import JUDGES
-
-    return JUDGES.load_all()
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from layerscope.bench.run import run_compare
 
@@ -101,7 +94,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.judge_without_prompt:
         judge_options["with_instruction"] = False
     if args.judge_validity:
-        return _bench_judge_validity(args, judge_options)
+        if args.prompts:
+            raise UsageError("--judge-validity makes its own shapes-world videos; drop PROMPTS")
+        if "shapes" not in JUDGE_CHECKS:
+            raise UsageError("--judge-validity needs the testbed's shapes world (pip install ./testbed)")
+        from layerscope.bench.run import run_judge_validity
+
+        return run_judge_validity(args.judge, args.out, args.scenes or 30, JUDGE_CHECKS.load("shapes"), judge_options)
     if not args.prompts:
         raise UsageError("bench needs PROMPTS (a JSONL file; `layerscope testbed export-bench --out DIR` writes one)")
     from layerscope.bench.generation import GenerationSettings
@@ -144,7 +143,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     return run_bench(
         options,
-        factories=_bench_judges(),
+        factories=JUDGES.load_all(),
         prepare=model_dir,
         load_pipe=lambda device: load_pipeline(
             model_dir(), dtype=args.dtype, device=device, cpu_offload=args.cpu_offload or False
@@ -152,21 +151,3 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model_info=lambda: model_attrs(args, model_dir()),
         intervention=lambda: load_intervention(fg_args) if args.intervene else None,
     )
-
-
-def _bench_judge_validity(args: argparse.Namespace, judge_options: dict) -> int:
-    import json
-
-    from layerscope.bench.judges import make_judge
-    from layerscope.outputs import check_output_path
-
-    if args.prompts:
-        raise UsageError("--judge-validity makes its own shapes-world videos; drop PROMPTS")
-    if "shapes" not in JUDGE_CHECKS:
-        raise UsageError("--judge-validity needs the testbed's shapes world (pip install ./testbed)")
-    judge_validity = JUDGE_CHECKS.load("shapes")
-    out = check_output_path(args.out, "--out", directory=True)
-    judge = make_judge(args.judge, _bench_judges(), prompts=[], **judge_options)
-    result = judge_validity(judge, out, count=args.scenes or 30, log=lambda _: None)
-    print(json.dumps(result, indent=2))
-    return 0

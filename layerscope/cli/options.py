@@ -342,9 +342,41 @@ def resolve_model(model: str) -> Path:
     return Path(model)
 
 
-#: Generation sizes of a real checkpoint when neither its folder nor the user says otherwise
-#: (Wan2.1-I2V 480p: 81 frames at 480x832, 50 steps).
-CHECKPOINT_DEFAULTS = {"steps": 50, "frames": 81, "height": 480, "width": 832}
+#: Only for a folder whose pipeline class cannot be read (loading it then fails with its own
+#: message): Wan2.1-I2V 480p's sizes.
+UNREADABLE_MODEL_DEFAULTS = (50, 81, 480, 832)
+
+
+def pipeline_defaults(folder: Path) -> tuple[int, int, int, int] | None:
+    """(steps, frames, height, width) as the checkpoint's pipeline class defaults them.
+
+    Why from the class: diffusers' ``__call__`` signature carries each family's published
+    sizes (Wan2.1-I2V 50/81/480/832, HunyuanVideo-I2V 50/129/720/1280, LTX-Video
+    50/161/512/704); where it leaves height/width to the model (CogVideoX: ``None``), the
+    family's adapter names them (``ModelAdapter.default_size``).
+    """
+    import inspect
+    import json
+
+    from layerscope.adapters.registry import adapter_classes
+
+    try:
+        name = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+        import diffusers
+
+        params = inspect.signature(getattr(diffusers, name).__call__).parameters
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    adapter = next((cls for cls in adapter_classes() if name in cls.pipeline_classes), None)
+    fallback = dict(zip(("height", "width"), getattr(adapter, "default_size", None) or (None, None), strict=True))
+    values = []
+    for key in ("num_inference_steps", "num_frames", "height", "width"):
+        value = params[key].default if key in params else None
+        value = value if isinstance(value, int) and value > 0 else fallback.get(key)
+        if value is None:
+            return None
+        values.append(value)
+    return tuple(values)
 
 
 def model_defaults(model: str, purpose: str = "record") -> tuple[int, int, int, int]:
@@ -352,7 +384,7 @@ def model_defaults(model: str, purpose: str = "record") -> tuple[int, int, int, 
 
     The model folder's ``layerscope_model.json`` (``generation_defaults.<purpose>``, else
     ``generation_defaults.record``, else ``record_defaults``; a ``layerscope finetune``
-    output reads its base's), then the adapter family's checkpoint sizes.
+    output reads its base's), then the pipeline class's own defaults (:func:`pipeline_defaults`).
     """
     import json
 
@@ -379,7 +411,7 @@ def model_defaults(model: str, purpose: str = "record") -> tuple[int, int, int, 
             return values
     except (KeyError, TypeError, ValueError):
         pass
-    return tuple(CHECKPOINT_DEFAULTS[key] for key in ("steps", "frames", "height", "width"))
+    return pipeline_defaults(folder) or UNREADABLE_MODEL_DEFAULTS
 
 
 def default_example() -> tuple[Any, str, list[str]]:
