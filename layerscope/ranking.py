@@ -885,6 +885,38 @@ def check_rank_options(
             raise RankingError(f"--expert {expert!r} is not in this model (experts: {', '.join(experts)})")
 
 
+@dataclass(frozen=True)
+class RankOptions:
+    """What ``layerscope rank`` parses (see ``layerscope rank --help``); ``None`` thresholds
+    take :mod:`layerscope.significance`'s defaults.  :func:`rank_stores` documents each."""
+
+    transformation: str = "b"
+    allow_partial: bool = False
+    recompute: bool = False
+    steps: slice | None = None
+    scheduler: str | None = None
+    progress: bool = False
+    stream: str | None = None
+    metric: str = "moran_i"
+    method: str = "band"
+    k: int | None = None
+    threshold: float | None = None
+    alpha: float = 0.05
+    splits: int | None = None
+    bootstrap: int = 1000
+    min_runs: int | None = None
+    min_drop: float | None = None
+    min_distinct: float | None = None
+    unit: str = "prompt"
+    seed: int = 0
+    expert: str | None = None
+
+
+def rank(paths: list[str | Path], options: RankOptions) -> Ranking:
+    """:func:`rank_stores` with its options in one value (the CLI's entry)."""
+    return rank_stores(paths, **{f.name: getattr(options, f.name) for f in fields(options)})
+
+
 def rank_stores(
     paths: list[str | Path],
     *,

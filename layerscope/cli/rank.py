@@ -83,36 +83,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from layerscope.outputs import check_output_path
-    from layerscope.ranking import parse_step_window, rank_stores
+    from layerscope.ranking import RankOptions, parse_step_window, rank
 
     if args.out is not None:
         check_output_path(args.out)  # before the metrics work
     if not 0 < args.alpha < 1:
         raise UsageError(f"--alpha must be between 0 and 1, e.g. 0.05 (got {args.alpha})")
-    ranking = rank_stores(
-        rank_inputs(args.stores, args.allow_partial),
-        transformation=args.transformation,
-        allow_partial=args.allow_partial,
-        recompute=args.recompute,
-        scheduler=args.scheduler,
-        progress=True,
-        metric=args.metric,
-        steps=parse_step_window(args.steps),
-        method=args.method,
-        k=args.k,
-        threshold=args.threshold,
-        alpha=args.alpha,
-        splits=args.splits,
-        bootstrap=args.bootstrap,
-        min_runs=args.min_runs,
-        min_drop=args.min_drop,
-        min_distinct=args.min_distinct,
-        unit=args.unit,
-        seed=args.seed,
-        expert=args.expert,
-        stream=args.stream,
-    )
+    names = {f.name for f in fields(RankOptions)} - {"steps", "progress"}
+    chosen = {name: getattr(args, name) for name in names}
+    options = RankOptions(**chosen, steps=parse_step_window(args.steps), progress=True)
+    ranking = rank(rank_inputs(args.stores, args.allow_partial), options)
     print(ranking.table())
     if ranking.model.get("weights") == "random":
         print("note: the model has random weights; this ranking shows the machinery, not learned semantics")
