@@ -15,12 +15,14 @@ from fg_intervene.config import ConfigError, FocalGuidanceConfig
 FAMILY_MODULES: dict[str, str] = {
     "wan": "fg_intervene.wan",
     "hunyuan-video": "fg_intervene.hunyuan_video",
+    "hunyuan-video-1.5": "fg_intervene.hunyuan_video15",
     "skyreels-v2": "fg_intervene.wan",
 }
 #: Adapter name -> why Eq. 8/9/13 have no place in that family's blocks (one line).
 UNSUPPORTED_FAMILIES: dict[str, str] = {
     "ltx-video": "the image is only latent frame 0: no image rows or image value projection for Eq. 8-13's V_vis",
     "cogvideox": "the image enters as latent channels, so no image token or value projection holds Eq. 8's anchor",
+    "cosmos-predict2": "the image is only latent frame 0 and attn2 sees only T5 rows: no image value for Eq. 8's V_vis",
 }
 
 

@@ -54,7 +54,7 @@ def run_finetune(options: FinetuneOptions) -> Path:
 
     from layerscope.finetune import FinetuneConfig, finetune, latest_checkpoint
     from layerscope.launching import process_device
-    from layerscope.loading import load_pipeline, model_info, resolve_model_dir
+    from layerscope.loading import load_pipeline, model_family, model_info, resolve_model_dir
     from layerscope.outputs import check_output_path
     from layerscope.ranking import Ranking
     from layerscope.registry import DATASETS
@@ -89,6 +89,9 @@ def run_finetune(options: FinetuneOptions) -> Path:
         num_frames=o.frames,
     )
     model_dir = resolve_model_dir(o.model_dir)
+    family = model_family(model_dir)
+    if not family.supports_finetune():  # before any clip is generated into --out
+        raise UsageError(f"layerscope finetune does not support {family.name} pipelines yet")
     data_path: Path | str = o.data
     name, _, count = o.data.partition(":")
     if count and name in DATASETS:  # a generated set, e.g. shapes:64 from the testbed

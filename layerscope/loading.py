@@ -127,6 +127,17 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     return path
 
 
+def model_family(model_dir: Path) -> Any:
+    """The adapter class of a folder :func:`resolve_model_dir` accepted, read from its (or its
+    fine-tune base's) ``model_index.json``: what a command may refuse before loading weights."""
+    finetune = read_finetune(model_dir)
+    folder = Path(finetune["base_dir"]) if finetune is not None else model_dir
+    class_name = _read_index(folder, folder / "model_index.json")["_class_name"]
+    from layerscope.adapters.registry import adapter_classes
+
+    return next(cls for cls in adapter_classes() if class_name in cls.pipeline_classes)
+
+
 def model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     """What a store or report should say about a model directory (its provenance file, else its name)."""
     model_dir = Path(model_dir)
@@ -204,6 +215,7 @@ def load_pipeline(
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     finetune = read_finetune(path, model)
+    _import_own_components(model, finetune["base_dir"] if finetune else path)
     try:
         pipe = DiffusionPipeline.from_pretrained(
             finetune["base_dir"] if finetune else path,
@@ -223,6 +235,21 @@ def load_pipeline(
     else:
         pipe.to(torch_device)
     return pipe, path
+
+
+def _import_own_components(model: str | os.PathLike, path: Path) -> None:
+    """Import the registered components (:data:`~layerscope.registry.PIPELINE_COMPONENTS`) the
+    folder names; a module that no installed package registers is never imported (a folder's
+    JSON chooses no code)."""
+    from layerscope.registry import PIPELINE_COMPONENTS
+
+    registered = {}
+    for name in PIPELINE_COMPONENTS.names():
+        registered.setdefault(PIPELINE_COMPONENTS.target(name).partition(":")[0], name)
+    for entry in _read_index(model, path / "model_index.json").values():
+        library = entry[0] if isinstance(entry, list) and entry and isinstance(entry[0], str) else ""
+        if library in registered:
+            PIPELINE_COMPONENTS.load(registered[library])
 
 
 def _merge_finetune(pipe: Any, path: Path, model: str | os.PathLike) -> None:

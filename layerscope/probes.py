@@ -95,6 +95,8 @@ class StepState:
     branch: str = "cond"
     timestep: float | None = None
     expert: int = 0
+    #: rows in the batch of the current denoiser call (2 when a call stacks [uncond; cond])
+    batch: int = 1
     calls: dict[str, int] = field(default_factory=lambda: {"cond": 0, "uncond": 0})
     on_step: Callable[[int, float | None, int], None] | None = None
 
@@ -118,7 +120,18 @@ def step_timestep(timestep: Any) -> float | None:
     return float(timestep.detach().float().max())
 
 
-def _make_branch_tracker(state: StepState, expert: int = 0, by_call_order: bool = False):
+def batch_row(order: Sequence[str], branch: str, batch: int) -> int | None:
+    """Row of ``branch`` in a call that stacks the branches ``order`` along its batch.
+
+    A call of one row is the cond branch alone (guidance off); any other batch size is
+    not a layout the adapter declared, so nothing is read from it.
+    """
+    if batch == len(order):
+        return list(order).index(branch)
+    return 0 if batch == 1 and branch == "cond" else None
+
+
+def _make_branch_tracker(state: StepState, expert: int = 0, by_call_order: bool = False, by_batch: bool = False):
     from diffusers.hooks import ModelHook
     from diffusers.hooks.hooks import StateManager
 
@@ -133,7 +146,12 @@ def _make_branch_tracker(state: StepState, expert: int = 0, by_call_order: bool 
 
         def pre_forward(self, module, *args, **kwargs):
             timestep = step_timestep(kwargs.get("timestep", args[1] if len(args) > 1 else None))
-            if by_call_order:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            state.batch = int(hidden.shape[0]) if isinstance(hidden, torch.Tensor) and hidden.ndim > 0 else 1
+            if by_batch:
+                # both branches ride in one call (diffusers' cache_context "cond_uncond"): one call, one step
+                branch = "cond"
+            elif by_call_order:
                 # true CFG without cache_context: the second call at the same timestep is uncond
                 repeat = state.calls["cond"] > 0 and state.branch == "cond" and timestep == state.timestep
                 branch = "uncond" if repeat else "cond"
@@ -170,7 +188,8 @@ def attach_step_tracker(adapter: ModelAdapter, state: StepState, name: str = _BR
     registries = []
     for expert, denoiser in enumerate(adapter.denoisers()):
         registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-        tracker = _make_branch_tracker(state, expert, getattr(adapter, "branch_source", "") == "call_order")
+        source = getattr(adapter, "branch_source", "")
+        tracker = _make_branch_tracker(state, expert, source == "call_order", source == "batch")
         registry.register_hook(tracker, name)
         registries.append(registry)
 
@@ -203,6 +222,12 @@ def cosine_maps(features: torch.Tensor, keyword_values: torch.Tensor, grid: tupl
     return (v @ x.T).reshape(v.shape[0], *grid)
 
 
+#: Visual queries the ``attention`` probe takes at once: the (H, chunk, M) probabilities are its
+#: largest allocation (Wan2.1-14B at 480p: 32,760 queries x 40 heads x 512 keys unchunked
+#: would be 2.7 GB of float32 per copy).  ``layerscope plan`` predicts memory with it.
+ATTENTION_QUERY_CHUNK = 2048
+
+
 def attention_mass_maps(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -215,8 +240,9 @@ def attention_mass_maps(
     """Softmax mass of each visual query (N, D) on each keyword's keys (rows of (M, D)), heads averaged.
 
     ``key_mask`` (M,) bool leaves padding keys out of the softmax, as the model's own mask
-    does.  ``chunk`` bounds the (H, chunk, M) probabilities held at once (MMDiT joint
-    attention has M = visual + text keys).
+    does; a float ``key_mask`` is an additive bias on the logits, as the model adds it.
+    ``chunk`` bounds the (H, chunk, M) probabilities held at once (MMDiT joint attention
+    has M = visual + text keys).
     """
     n, dim = queries.shape
     head_dim = dim // heads
@@ -227,8 +253,10 @@ def attention_mass_maps(
     for start in range(0, n, step):
         q = queries[start : start + step].float().reshape(-1, heads, head_dim).transpose(0, 1)  # H, c, d
         logits = q @ k.transpose(1, 2) / head_dim**0.5
-        if key_mask is not None:
+        if key_mask is not None and key_mask.dtype == torch.bool:
             logits = logits.masked_fill(~key_mask.to(logits.device), float("-inf"))
+        elif key_mask is not None:
+            logits = logits + key_mask.to(logits.device, logits.dtype)
         probs = torch.softmax(logits, dim=-1)  # H, c, M
         parts.append(torch.stack([probs.index_select(2, c).sum(-1).mean(0) for c in columns]))
     return torch.cat(parts, dim=1).reshape(len(keyword_tokens), *grid)
@@ -242,9 +270,22 @@ class _SiteProbe:
     """
 
     def __init__(
-        self, site: ProbeSite, config: ProbeConfig, state: StepState, is_recorded, sink: MapSink, intrinsic=None
+        self,
+        site: ProbeSite,
+        config: ProbeConfig,
+        state: StepState,
+        is_recorded,
+        sink: MapSink,
+        intrinsic=None,
+        batch_branch: str | None = None,
+        batch_order: Sequence[str] = (),
     ):
         self.site = site
+        #: batched CFG (``branch_source == "batch"``): the branch this probe reads, from its
+        #: row of each call's batch (``batch_order``); None: row 0 of the branch the tracker names
+        self.batch_branch = batch_branch
+        self.batch_order = tuple(batch_order)
+        self.row = 0  # the batch row the current call is read from
         self.config = config
         self.kind = config.probe_kind()
         self.state = state
@@ -278,7 +319,14 @@ class _SiteProbe:
                 self.handles.append(site.visual_key_norm.register_forward_hook(hook, prepend=first))
 
     def _active(self) -> bool:
-        return self.is_recorded(self.state.step, self.state.branch)
+        if self.batch_branch is None:
+            self.row = 0
+            return self.is_recorded(self.state.step, self.state.branch)
+        row = batch_row(self.batch_order, self.batch_branch, self.state.batch)
+        if row is None:
+            return False
+        self.row = row
+        return self.is_recorded(self.state.step, self.batch_branch)
 
     def _index(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, dtype)
@@ -292,25 +340,29 @@ class _SiteProbe:
         if self._active():
             visual = self.site.visual_input(args, kwargs)
             unguided = self.intrinsic.take(module) if self.intrinsic is not None else None
-            self.scratch["visual"] = (visual if unguided is None else unguided.to(visual.dtype))[0]
+            self.scratch["visual"] = (visual if unguided is None else unguided.to(visual.dtype))[self.row]
             if self.kind.needs_call:
                 self.scratch["call"] = (args, kwargs)
             if self.site.joint_attention:
                 self.scratch["rotary"] = kwargs.get("image_rotary_emb")
             mask = kwargs.get("attention_mask")
-            if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-                self.scratch["mask"] = mask.reshape(mask.shape[0], -1)[0]  # over [visual; text] keys
+            if isinstance(mask, torch.Tensor) and (mask.dtype == torch.bool or mask.is_floating_point()):
+                # bool: keys kept; float: an additive bias (LTX-Video's -10000 on padding)
+                self.scratch["mask"] = mask.reshape(mask.shape[0], -1)[self.row]
         return None
 
     def _text_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """The text rows of a (S, ...) tensor: after the visual rows in single-stream blocks."""
+        """The text rows of a (S, ...) tensor: after the visual rows in single-stream blocks,
+        before them in a ``[text; visual]`` joint sequence (CogVideoX)."""
         if self.site.text_follows_visual:
             rows = rows[self.scratch["visual"].shape[0] :]
+        elif self.site.text_precedes_visual:
+            rows = rows[: rows.shape[0] - self.scratch["visual"].shape[0]]
         return rows[self.site.text_value_tokens]
 
     def _on_text_value(self, module, args, output):
         if "visual" in self.scratch:
-            values = self._text_rows(output[0])
+            values = self._text_rows(output[self.row])
             flat, avg = self._index(values.device, values.dtype)
             self.scratch["keyword_values"] = avg @ values.index_select(0, flat).float()
             if self.kind.needs_reference_value:
@@ -321,7 +373,7 @@ class _SiteProbe:
         if "visual" in self.scratch:
             visual = self.scratch["visual"]
             reader = self.site.attention_output_reader
-            data = args[0][0]
+            data = args[0][self.row]
             self.scratch["attention_output"] = (
                 data if reader is None else reader(data, visual.shape[0], visual.shape[-1])
             )
@@ -331,7 +383,8 @@ class _SiteProbe:
     def _keep(self, name: str):
         def hook(module, args, output):
             if "visual" in self.scratch:
-                self.scratch[name] = output[0]
+                # a copy: CogVideoX's processor rotates the norms' outputs in place afterwards
+                self.scratch[name] = output[self.row].clone()
 
         return hook
 
@@ -357,7 +410,7 @@ class _SiteProbe:
             maps = self.kind.maps(self, scratch, self.config.grid)
         self.calls += 1
         self.seconds += time.perf_counter() - started
-        self.sink(self.state.step, self.site.layer, self.state.branch, maps)
+        self.sink(self.state.step, self.site.layer, self.batch_branch or self.state.branch, maps)
         return None
 
     def remove(self) -> None:
@@ -414,12 +467,17 @@ def apply_probes(
         return branch in branches and (steps is None or step in steps)
 
     remove_tracker = attach_step_tracker(adapter, state, tracker_name)
+    # batched CFG (``branch_source == "batch"``): one probe per recorded branch, each reading
+    # its own row of the call; rows in the order ``batch_branches`` (default [uncond; cond])
+    batched = getattr(adapter, "branch_source", "") == "batch"
+    order = tuple(getattr(adapter, "batch_branches", ("uncond", "cond"))) if batched else ()
     probes = []
     try:
         for denoiser in adapter.denoisers():
             for site in adapter.probe_sites(denoiser):
                 if layers is None or site.layer in layers:
-                    probes.append(_SiteProbe(site, config, state, is_recorded, sink, intrinsic))
+                    for branch in config.branches if order else (None,):
+                        probes.append(_SiteProbe(site, config, state, is_recorded, sink, intrinsic, branch, order))
     except BaseException:
         for probe in probes:
             probe.remove()

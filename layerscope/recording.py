@@ -523,7 +523,8 @@ def record(
 
     config = _config(config, options)
     config.check_guidance()
-    call_kwargs = resolve_adapter(pipe).call_kwargs(config)
+    adapter = resolve_adapter(pipe)
+    call_kwargs = adapter.call_kwargs(config)
     if not isinstance(image, Image.Image):
         image = Image.fromarray(to_uint8(np.asarray(image)))
     image = image.convert("RGB").resize((config.width, config.height), Image.Resampling.BICUBIC)
@@ -533,7 +534,7 @@ def record(
         rec.save_outputs(reference=np.asarray(image))
         # the noise is drawn on the CPU, so a seed gives the same video on every device
         generator = torch.Generator(device="cpu").manual_seed(config.seed)
-        output = pipe(
+        output = adapter.generate(
             image=image,
             prompt=config.prompt,
             height=config.height,

@@ -43,6 +43,12 @@ class Registry:
         extra = sorted(set(self._entry_points()) - set(self.builtins))
         return [*self.builtins, *extra]
 
+    def target(self, name: str) -> str:
+        """``module:attribute`` of member ``name``, without importing it."""
+        if name in self.builtins:
+            return self.builtins[name]
+        return self._entry_points()[name].value
+
     def __contains__(self, name: object) -> bool:
         return name in self.names()
 
@@ -69,6 +75,11 @@ MODEL_FAMILIES = Registry(
     {
         "wan": "layerscope.adapters.wan:WanAdapter",
         "hunyuan-video": "layerscope.adapters.hunyuan_video:HunyuanVideoAdapter",
+        "ltx-video": "layerscope.adapters.ltx:LTXVideoAdapter",
+        "cogvideox": "layerscope.adapters.cogvideox:CogVideoXAdapter",
+        "skyreels-v2": "layerscope.adapters.skyreels_v2:SkyReelsV2Adapter",
+        "hunyuan-video-1.5": "layerscope.adapters.hunyuan_video15:HunyuanVideo15Adapter",
+        "cosmos-predict2": "layerscope.adapters.cosmos:CosmosPredict2Adapter",
     },
     noun="model family",
 )
@@ -114,6 +125,7 @@ COMMANDS = Registry(
         "rank": "layerscope.cli.rank:add_parser",
         "report": "layerscope.cli.report:add_parser",
         "bench": "layerscope.cli.bench:add_parser",
+        "plan": "layerscope.cli.plan:add_parser",
     },
     noun="command",
 )
@@ -132,3 +144,9 @@ REPORT_PAGES = Registry("report_pages", {}, noun="report page")
 
 #: Judge-validity harnesses of ``bench --judge-validity``: ``(judge, out, count, log) -> dict``.
 JUDGE_CHECKS = Registry("judge_checks", {}, noun="judge check")
+
+#: Pipeline components from outside diffusers/transformers that a model folder's
+#: ``model_index.json`` may name (``[module, class]``), e.g. the testbed's stand-in safety
+#: checker of its tiny Cosmos pipeline: ``load_pipeline`` imports a registered one's module
+#: first, because diffusers resolves such a class only from a module already imported.
+PIPELINE_COMPONENTS = Registry("pipeline_components", {}, noun="pipeline component")

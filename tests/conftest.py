@@ -12,6 +12,20 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """Bind diffusers' and transformers' log handlers now, to pytest's session-long capture.
+
+    Each library makes its ``StreamHandler`` on first use, holding whatever ``sys.stderr`` is
+    then; made inside a test with ``capsys``, it keeps that test's stream, which is closed
+    afterwards, and every later warning prints a "Logging error" traceback into another
+    test's stderr (which one depends on the xdist schedule)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.get_logger("diffusers")
+    transformers_logging.get_logger("transformers")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep the built default model out of the user's home directory."""

@@ -12,17 +12,12 @@ from layerscope.cli import main
 SMALL = ["--model", "random", "--count", "3", "--steps", "2", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, request):
-    """One small eval (3 held-out prompts, 2 steps), shared by the tests that only read it."""
-    request.getfixturevalue("model_dir")
-    out = tmp_path_factory.mktemp("eval") / "eval"
-    assert main(["eval", *SMALL, "--out", str(out)]) == 0
-    return out
-
-
-def test_eval_writes_the_testbed_prompt_set_and_a_shapes_bench(evaluated, tmp_path):
-    """The prompts are `testbed export-bench`'s, byte for byte; the baseline is a bench output."""
+def test_eval_is_the_bench_command_it_prints_on_the_testbed_prompts(model_dir, tmp_path, capsys):
+    """One small eval (3 held-out prompts, 2 steps): its prompts are `testbed export-bench`'s byte
+    for byte, its baseline is a bench output, running the bench command by hand finds every
+    video already made and scores them the same, and `eval --compare` is bench's compare."""
+    evaluated = tmp_path / "eval"
+    assert main(["eval", *SMALL, "--out", str(evaluated)]) == 0
     assert main(["testbed", "export-bench", "--out", str(tmp_path / "set"), "--scenes", "3"]) == 0
     assert (evaluated / "prompts" / "prompts.jsonl").read_text() == (tmp_path / "set" / "prompts.jsonl").read_text()
     results = json.loads((evaluated / "baseline" / "results.json").read_text())
@@ -32,24 +27,18 @@ def test_eval_writes_the_testbed_prompt_set_and_a_shapes_bench(evaluated, tmp_pa
     assert set(summary["dimensions"]) == {"dynamic_attribute", "motion", "interaction"}
     assert summary["overall"]["all_correct"] == 0.0  # random weights follow no instruction
     assert not (evaluated / "comparison.json").exists()  # one variant: nothing to pair
-
-
-def test_eval_is_exactly_the_bench_command_it_prints(evaluated, tmp_path, capsys):
-    """Running `bench` by hand with the preset's settings finds every video already made (the
-    saved videos' keys are the generation settings) and scores them the same."""
+    # the preset is exactly bench: the saved videos' keys are the generation settings
     copy = tmp_path / "by-hand"
     shutil.copytree(evaluated / "baseline", copy)
     (copy / "results.json").unlink()
     prompts = str(evaluated / "prompts" / "prompts.jsonl")
     argv = ["bench", prompts, "--judge", "shapes", "--out", str(copy), "--model", "random", "--steps", "2"]
+    capsys.readouterr()
     assert main([*argv, "--no-consistency", "--quiet"]) == 0
     assert "0 generated, 3 already saved" in capsys.readouterr().out
     by_hand = json.loads((copy / "results.json").read_text())["summary"]
-    preset = json.loads((evaluated / "baseline" / "results.json").read_text())["summary"]
-    assert by_hand["outcomes"] == preset["outcomes"] and by_hand["per_question"] == preset["per_question"]
-
-
-def test_eval_compare_is_bench_compare_of_one_variant(evaluated, tmp_path, capsys):
+    assert by_hand["outcomes"] == summary["outcomes"] and by_hand["per_question"] == summary["per_question"]
+    # eval --compare A B is bench --compare of one variant of each
     out = tmp_path / "cmp.json"
     assert main(["eval", "--compare", str(evaluated), str(evaluated), "--out", str(out)]) == 0
     comparison = json.loads(out.read_text())

@@ -58,6 +58,11 @@ class ProbeSite:
             model applies to visual queries and keys (``image_rotary_emb`` of the call).
         visual_key_norm: the module whose output holds the visual keys, when it is not
             ``key_norm`` (double-stream blocks: ``norm_k`` beside ``norm_added_k``).
+        text_precedes_visual: the outputs of ``text_value``, ``query_norm`` and ``key_norm``
+            cover ``[text; visual]`` rows (CogVideoX's joint sequence): text rows are the first
+            ``S - N``, visual queries the last ``N`` (``N`` read from the call).
+        heads_first: ``query_norm``/``key_norm`` outputs are laid out (B, H, S, d), the norm
+            running after the head transpose (CogVideoX), instead of (B, S, H, d).
         replace_text_rows: rebuilds the attention call with some text rows replaced
             (the ``influence`` probe), or None where unsupported.
     """
@@ -82,6 +87,43 @@ class ProbeSite:
     #: those text rows' inputs replaced by the neutral row's (the ``influence`` probe); None
     #: where the family's attention cannot be re-run that way (MMDiT joint attention).
     replace_text_rows: Callable[[tuple, dict, list[int], int], tuple[tuple, dict]] | None = None
+    text_precedes_visual: bool = False
+    heads_first: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigGeometry:
+    """What ``layerscope plan`` needs from a family, read from configs alone (no weights).
+
+    Built by :meth:`ModelAdapter.geometry_from_configs` from ``{"pipeline": model_index,
+    "transformer": config, "vae": config, "text_encoder": config, "image_encoder": config}``
+    (the dicts a model folder's ``*/config.json`` hold), so the numbers a plan prints come
+    from the same family file that records, not from a second table.
+
+    Attributes:
+        grid: (F', H', W') visual-token grid of the video size asked.
+        text_tokens: rows of the text sequence a block's attention sees (keys/values).
+        num_layers: probe sites per denoiser (what ``--layers`` selects from).
+        heads: attention heads of a probed attention.
+        width: inner width D of a probed attention (heads x head dim).
+        spatial_multiple / frame_multiple: what height/width and ``frames - 1`` must divide by.
+        experts: denoisers that take turns over the steps (Wan2.2 A14B: 2).
+        joint_attention: the ``attention`` probe's softmax runs over visual and text keys.
+        video_frames: frames the pipeline returns (the store's ``video``).
+        notes: family facts the plan should print (assumed defaults, missing configs).
+    """
+
+    grid: tuple[int, int, int]
+    text_tokens: int
+    num_layers: int
+    heads: int
+    width: int
+    spatial_multiple: int
+    frame_multiple: int
+    experts: int = 1
+    joint_attention: bool = False
+    video_frames: int = 0
+    notes: tuple[str, ...] = ()
 
 
 class ModelAdapter(ABC):
@@ -92,9 +134,13 @@ class ModelAdapter(ABC):
     #: Pipeline class names this adapter accepts.
     pipeline_classes: tuple[str, ...] = ()
     #: How the step tracker tells the branches apart: ``cache_context`` (diffusers names the
-    #: branch, Wan) or ``call_order`` (true CFG calls cond first, then uncond at the same
-    #: timestep, HunyuanVideo).
+    #: branch, Wan), ``call_order`` (true CFG calls cond first, then uncond at the same
+    #: timestep, HunyuanVideo) or ``batch`` (one call per step carries both branches as batch
+    #: rows ``[uncond; cond]``, diffusers' ``torch.cat([negative, prompt])``: CogVideoX).
     branch_source: str = "cache_context"
+    #: (height, width) a generation defaults to when the pipeline's ``__call__`` leaves it to the
+    #: model (``None`` there); read by ``layerscope.cli.options.pipeline_defaults``.
+    default_size: tuple[int, int] | None = None
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -177,6 +223,14 @@ class ModelAdapter(ABC):
         """Pipeline keyword arguments that carry a :class:`RecordConfig`'s guidance settings."""
         return {"guidance_scale": config.guidance_scale, "negative_prompt": config.negative_prompt}
 
+    def generate(self, **arguments: Any) -> Any:
+        """Run the pipeline with LayerScope's arguments (``image``, ``prompt``, ``height``, ``width``, ...).
+
+        Most pipelines take them as they are; one that sizes the video itself or keeps its
+        guidance in a component (HunyuanVideo-1.5) translates them here.
+        """
+        return self.pipe(**arguments)
+
     def runs_uncond(self, config: Any) -> bool:
         """Does the pipeline run an unconditional branch with these settings (diffusers: CFG > 1)?"""
         return config.guidance_scale > 1.0
@@ -188,6 +242,11 @@ class ModelAdapter(ABC):
     # -- post-training (``layerscope finetune``) -------------------------------
     #: the paper's learning rate for this family (§4.3), ``--lr``'s default
     finetune_lr: float = 1e-5
+
+    @classmethod
+    def supports_finetune(cls) -> bool:
+        """Does this family implement post-training (its own :meth:`finetune_prefixes`)?"""
+        return cls.finetune_prefixes is not ModelAdapter.finetune_prefixes
 
     def finetune_prefixes(self, layers: list[int]) -> tuple[str, ...]:
         """Parameter-name prefixes of the attention tensors ``finetune`` trains in ``layers``."""
@@ -209,3 +268,24 @@ class ModelAdapter(ABC):
     def hook_points(self) -> list[str]:
         """Names of every place a probe or intervention can attach, e.g. ``blocks.3.attn2``."""
         return [site.name for site in self.probe_sites(self.denoisers()[0])]
+
+    # -- planning from configs (``layerscope plan``) -------------------------------
+    @classmethod
+    def geometry_from_configs(cls, configs: dict[str, Any], num_frames: int, height: int, width: int) -> ConfigGeometry:
+        """This family's :class:`ConfigGeometry` for a video size, from config dicts alone.
+
+        Raises:
+            AdapterError: the family has no such method yet (each family writes its own).
+        """
+        name = cls.name or cls.__name__
+        raise AdapterError(f"layerscope plan cannot read {name} configs yet (no geometry_from_configs)")
+
+    @classmethod
+    def forward_inputs_from_configs(cls, configs: dict[str, Any], geometry: ConfigGeometry) -> dict[str, Any]:
+        """Keyword arguments of one denoiser call at ``geometry``'s size, as meta tensors (FLOP counting).
+
+        Raises:
+            AdapterError: the family has no such method yet.
+        """
+        name = cls.name or cls.__name__
+        raise AdapterError(f"layerscope plan cannot build {name} forward inputs yet (no forward_inputs_from_configs)")

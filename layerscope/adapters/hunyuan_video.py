@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ModelAdapter, ProbeSite
+from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
 from layerscope.keywords import KeywordError, KeywordTokens, map_keywords_in_template
 
 #: diffusers' default ``max_sequence_length`` for the prompt part
@@ -383,3 +383,65 @@ class HunyuanVideoAdapter(ModelAdapter):
             "attention_probe": "joint softmax over visual (RoPE) and text keys, as the model",
             "experts": 1,
         }
+
+    # -- planning from configs (``layerscope plan``) ----------------------------------
+    @classmethod
+    def geometry_from_configs(cls, configs: dict[str, Any], num_frames: int, height: int, width: int) -> ConfigGeometry:
+        """The arithmetic of :meth:`token_grid`, :meth:`image_rows` & co. from config dicts.
+
+        The text sequence is the LLaVA image rows (``text_encoder.vision_config``: (size /
+        patch)^2 patches, subsampled by the condition type's interleave) plus 256 prompt rows.
+        """
+        transformer, vae = configs["transformer"], configs.get("vae") or {}
+        vision = (configs.get("text_encoder") or {}).get("vision_config") or {}
+        if not vision.get("image_size") or not vision.get("patch_size"):
+            raise AdapterError(
+                "HunyuanVideo-I2V's text length needs text_encoder/config.json (LLaVA vision_config image_size "
+                "and patch_size); give a model folder or a published-configs entry that has it"
+            )
+        temporal = int(vae.get("temporal_compression_ratio") or 4)
+        spatial = int(vae.get("spatial_compression_ratio") or 8)
+        notes = [] if vae else ["no VAE config: assumed AutoencoderKLHunyuanVideo strides 4 (time) and 8 (space)"]
+        patch, patch_t = int(transformer["patch_size"]), int(transformer["patch_size_t"])
+        condition = str(transformer.get("image_condition_type"))
+        interleave = {"latent_concat": 2, "token_replace": 4}.get(condition, 1)
+        patches = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
+        strategy = (configs.get("text_encoder") or {}).get("vision_feature_select_strategy", "default")
+        tokens = patches if strategy == "default" else patches + 1
+        rows = len(range(0, tokens, interleave)) if 0 < interleave < 6 else tokens
+        latent_frames = (num_frames - 1) // temporal + 1
+        heads = int(transformer["num_attention_heads"])
+        return ConfigGeometry(
+            grid=(latent_frames // patch_t, height // (spatial * patch), width // (spatial * patch)),
+            text_tokens=rows + PROMPT_TOKENS,
+            num_layers=int(transformer["num_layers"]) + int(transformer["num_single_layers"]),
+            heads=heads,
+            width=heads * int(transformer["attention_head_dim"]),
+            spatial_multiple=math.lcm(spatial * patch, 16),
+            frame_multiple=temporal,
+            joint_attention=True,
+            video_frames=num_frames - 4 if condition == "latent_concat" else num_frames,
+            notes=tuple(notes),
+        )
+
+    @classmethod
+    def forward_inputs_from_configs(cls, configs: dict[str, Any], geometry: ConfigGeometry) -> dict[str, Any]:
+        """One ``HunyuanVideoTransformer3DModel`` call on meta tensors (text rows unmasked, worst case)."""
+        transformer = configs["transformer"]
+        patch, patch_t = int(transformer["patch_size"]), int(transformer["patch_size_t"])
+        frames, rows, columns = geometry.grid
+        meta = torch.device("meta")
+        latent = (frames * patch_t, rows * patch, columns * patch)
+        kwargs: dict[str, Any] = {
+            "hidden_states": torch.empty(1, int(transformer["in_channels"]), *latent, device=meta),
+            "timestep": torch.empty(1, device=meta),
+            "encoder_hidden_states": torch.empty(
+                1, geometry.text_tokens, int(transformer["text_embed_dim"]), device=meta
+            ),
+            "encoder_attention_mask": torch.empty(1, geometry.text_tokens, device=meta),
+            "pooled_projections": torch.empty(1, int(transformer["pooled_projection_dim"]), device=meta),
+            "return_dict": False,
+        }
+        if transformer.get("guidance_embeds"):
+            kwargs["guidance"] = torch.empty(1, device=meta)
+        return kwargs

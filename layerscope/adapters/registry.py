@@ -39,3 +39,32 @@ def resolve_adapter(pipe: Any) -> ModelAdapter:
     raise AdapterError(
         f"unsupported pipeline class {type(pipe).__name__}; supported: {', '.join(supported_pipeline_classes())}"
     )
+
+
+def pipeline_call_defaults(pipeline_class: str) -> tuple[int, int, int, int] | None:
+    """(steps, frames, height, width) as ``pipeline_class`` defaults them, None if it cannot say.
+
+    Why from the class: diffusers' ``__call__`` signature carries each family's published
+    sizes (Wan2.1-I2V 50/81/480/832, HunyuanVideo-I2V 50/129/720/1280, LTX-Video
+    50/161/512/704); where it leaves height/width to the model (CogVideoX: ``None``), the
+    family's adapter names them (:attr:`ModelAdapter.default_size`).
+    """
+    import inspect
+
+    import diffusers
+
+    try:
+        params = inspect.signature(getattr(diffusers, pipeline_class).__call__).parameters
+    except (AttributeError, TypeError, ValueError):
+        return None
+    adapter = next((cls for cls in adapter_classes() if pipeline_class in cls.pipeline_classes), None)
+    size = getattr(adapter, "default_size", None) or (None, None)
+    fallback = {"height": size[0], "width": size[1]}
+    values = []
+    for key in ("num_inference_steps", "num_frames", "height", "width"):
+        value = params[key].default if key in params else None
+        value = value if isinstance(value, int) and value > 0 else fallback.get(key)
+        if value is None:
+            return None
+        values.append(value)
+    return tuple(values)

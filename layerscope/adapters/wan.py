@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ModelAdapter, ProbeSite
+from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
 
 # diffusers' WanAttnProcessor hardcodes the text context length.
 WAN_TEXT_TOKENS = 512
@@ -144,3 +144,53 @@ class WanAdapter(ModelAdapter):
             "patch_size": list(config.patch_size),
             "experts": len(self.denoisers()),
         }
+
+    # -- planning from configs (``layerscope plan``) ----------------------------------
+    @classmethod
+    def geometry_from_configs(cls, configs: dict[str, Any], num_frames: int, height: int, width: int) -> ConfigGeometry:
+        """The same arithmetic as :meth:`token_grid` & co., from ``transformer``/``vae``/``pipeline`` configs.
+
+        The VAE strides are ``AutoencoderKLWan``'s ``scale_factor_temporal``/``_spatial``
+        (4 and 8 when a config predates them, the class defaults and the pipeline's fallback).
+        """
+        transformer, vae, pipeline = configs["transformer"], configs.get("vae") or {}, configs.get("pipeline") or {}
+        p_t, p_h, p_w = (int(v) for v in transformer["patch_size"])
+        temporal = int(vae.get("scale_factor_temporal") or 4)
+        spatial = int(vae.get("scale_factor_spatial") or 8)
+        notes = [] if vae else ["no VAE config: assumed AutoencoderKLWan strides 4 (time) and 8 (space)"]
+        latent_frames = (num_frames - 1) // temporal + 1
+        second = pipeline.get("transformer_2")
+        heads = int(transformer["num_attention_heads"])
+        return ConfigGeometry(
+            grid=(latent_frames // p_t, height // spatial // p_h, width // spatial // p_w),
+            text_tokens=WAN_TEXT_TOKENS,
+            num_layers=int(transformer["num_layers"]),
+            heads=heads,
+            width=heads * int(transformer["attention_head_dim"]),
+            spatial_multiple=spatial * p_h,
+            frame_multiple=temporal,
+            experts=2 if isinstance(second, (list, tuple)) and second and second[0] else 1,
+            video_frames=num_frames,
+            notes=tuple(notes),
+        )
+
+    @classmethod
+    def forward_inputs_from_configs(cls, configs: dict[str, Any], geometry: ConfigGeometry) -> dict[str, Any]:
+        """One ``WanTransformer3DModel`` call on meta tensors: latents, 512 T5 rows and, with an
+        image branch (``image_dim``), the CLIP image tokens ((size/patch)^2 + CLS from ``image_encoder``)."""
+        transformer = configs["transformer"]
+        p_t, p_h, p_w = (int(v) for v in transformer["patch_size"])
+        frames, rows, columns = geometry.grid
+        latent = (frames * p_t, rows * p_h, columns * p_w)
+        meta = torch.device("meta")
+        kwargs: dict[str, Any] = {
+            "hidden_states": torch.empty(1, int(transformer["in_channels"]), *latent, device=meta),
+            "timestep": torch.empty(1, device=meta),
+            "encoder_hidden_states": torch.empty(1, WAN_TEXT_TOKENS, int(transformer["text_dim"]), device=meta),
+            "return_dict": False,
+        }
+        image = configs.get("image_encoder") or {}
+        if transformer.get("image_dim") and image.get("image_size") and image.get("patch_size"):
+            tokens = (int(image["image_size"]) // int(image["patch_size"])) ** 2 + 1
+            kwargs["encoder_hidden_states_image"] = torch.empty(1, tokens, int(transformer["image_dim"]), device=meta)
+        return kwargs

@@ -169,6 +169,17 @@ def _guidance_kwargs(pipe: Any, settings: GenerationSettings) -> dict[str, Any]:
         return {"guidance_scale": settings.guidance, "negative_prompt": settings.negative_prompt}
 
 
+def _caller(pipe: Any) -> Callable[..., Any]:
+    """The family's way to call its pipeline (:meth:`ModelAdapter.generate`), else the pipeline itself."""
+    from layerscope.adapters.base import AdapterError
+    from layerscope.adapters.registry import resolve_adapter
+
+    try:
+        return resolve_adapter(pipe).generate
+    except AdapterError:
+        return pipe
+
+
 def generate_video(pipe: Any, job: VideoJob, image: Any, settings: GenerationSettings, intervention: Any) -> np.ndarray:
     """(T, H, W, 3) uint8 video of one job (noise drawn on the CPU: same video on every device)."""
     import torch
@@ -177,7 +188,7 @@ def generate_video(pipe: Any, job: VideoJob, image: Any, settings: GenerationSet
 
     remove = _apply(intervention, pipe, job.prompt.prompt, image, settings)
     try:
-        output = pipe(
+        output = _caller(pipe)(
             image=image,
             prompt=job.prompt.prompt,
             height=settings.height,

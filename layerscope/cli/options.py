@@ -348,35 +348,17 @@ UNREADABLE_MODEL_DEFAULTS = (50, 81, 480, 832)
 
 
 def pipeline_defaults(folder: Path) -> tuple[int, int, int, int] | None:
-    """(steps, frames, height, width) as the checkpoint's pipeline class defaults them.
-
-    Why from the class: diffusers' ``__call__`` signature carries each family's published
-    sizes (Wan2.1-I2V 50/81/480/832, HunyuanVideo-I2V 50/129/720/1280, LTX-Video
-    50/161/512/704); where it leaves height/width to the model (CogVideoX: ``None``), the
-    family's adapter names them (``ModelAdapter.default_size``).
-    """
-    import inspect
+    """(steps, frames, height, width) as the checkpoint folder's pipeline class defaults them
+    (:func:`layerscope.adapters.registry.pipeline_call_defaults`)."""
     import json
 
-    from layerscope.adapters.registry import adapter_classes
+    from layerscope.adapters.registry import pipeline_call_defaults
 
     try:
         name = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
-        import diffusers
-
-        params = inspect.signature(getattr(diffusers, name).__call__).parameters
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    adapter = next((cls for cls in adapter_classes() if name in cls.pipeline_classes), None)
-    fallback = dict(zip(("height", "width"), getattr(adapter, "default_size", None) or (None, None), strict=True))
-    values = []
-    for key in ("num_inference_steps", "num_frames", "height", "width"):
-        value = params[key].default if key in params else None
-        value = value if isinstance(value, int) and value > 0 else fallback.get(key)
-        if value is None:
-            return None
-        values.append(value)
-    return tuple(values)
+    return pipeline_call_defaults(str(name))
 
 
 def model_defaults(model: str, purpose: str = "record") -> tuple[int, int, int, int]:

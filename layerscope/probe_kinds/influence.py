@@ -37,7 +37,7 @@ class InfluenceProbe(ProbeKind):
         if "call" not in probe.scratch:
             return
         args, kwargs = probe.scratch["call"]
-        reference = (output[0] if isinstance(output, tuple) else output)[0].float()  # (N, D), batch 0
+        reference = (output[0] if isinstance(output, tuple) else output)[probe.row].float()  # (N, D)
         scale = reference.norm(dim=-1).mean().clamp_min(torch.finfo(torch.float32).tiny)
         maps = []
         probe.rerunning = True
@@ -48,7 +48,7 @@ class InfluenceProbe(ProbeKind):
                         args, kwargs, tokens, probe.config.neutral_token
                     )
                     changed = probe.site.attention.forward(*new_args, **new_kwargs)
-                    changed = (changed[0] if isinstance(changed, tuple) else changed)[0].float()
+                    changed = (changed[0] if isinstance(changed, tuple) else changed)[probe.row].float()
                     maps.append((reference - changed).norm(dim=-1) / scale)
         finally:
             probe.rerunning = False

@@ -60,12 +60,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.variant != "baseline":
         raise UsageError("--variant names which variant --compare A B pairs; drop it or add --compare")
-    if not args.out:
-        raise UsageError("eval needs --out DIR (prompts, one bench output per variant and the comparison go there)")
     if args.skip_baseline and not args.intervene:
         raise UsageError("--skip-baseline drops the un-intervened run of an --intervene eval; add --intervene")
     if args.quick and (args.count is not None or args.steps is not None):
         raise UsageError("--quick sets --count 6 --steps 4; drop --quick or --count/--steps")
+    if not args.out:
+        raise UsageError("eval needs --out DIR (prompts, one bench output per variant and the comparison go there)")
     load_intervention(args)  # FG options without --intervene, unknown settings: one line, nothing written
     from layerscope.cli import build_parser
     from layerscope.cli.options import resolve_model

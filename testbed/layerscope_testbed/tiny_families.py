@@ -17,6 +17,11 @@ from pathlib import Path
 TINY_FAMILIES: dict[str, str] = {
     "wan-i2v": "layerscope_testbed.tiny_families:build_wan",
     "hunyuan-video-i2v": "layerscope_testbed.hunyuan_video:build_tiny",
+    "ltx-video-i2v": "layerscope_testbed.ltx:build",
+    "cogvideox-i2v": "layerscope_testbed.cogvideox:build",
+    "skyreels-v2-i2v": "layerscope_testbed.skyreels_v2:build",
+    "hunyuan-video-1.5-i2v": "layerscope_testbed.hunyuan_video15:build",
+    "cosmos-predict2-video2world": "layerscope_testbed.cosmos:build",
 }
 
 
