@@ -117,7 +117,7 @@ class RecordConfig:
         if self.branch in ("uncond", "both") and not (self.guidance_scale > 1.0 or self.true_cfg_scale > 1.0):
             raise RecordError(
                 f"--branch {self.branch} needs classifier-free guidance, but --guidance {self.guidance_scale:g} "
-                "runs only the cond branch; use --guidance > 1 or --branch cond"
+                "runs only the cond branch; use --guidance > 1 (HunyuanVideo-I2V: --true-cfg > 1) or --branch cond"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,10 +300,9 @@ def trace(
     adapter = resolve_adapter(pipe)
     grid = validate_geometry(adapter, config.height, config.width, config.num_frames)
     if config.branch in ("uncond", "both") and not adapter.runs_uncond(config):
-        hint = "--true-cfg > 1" if adapter.branch_source == "call_order" else "--guidance > 1"
         raise RecordError(
             f"--branch {config.branch} needs classifier-free guidance, which this {adapter.name} pipeline runs "
-            f"only with {hint}; pass it or use --branch cond"
+            f"only with {adapter.uncond_option}; pass it or use --branch cond"
         )
     keyword_tokens = adapter.map_keywords(config.prompt, config.keywords)
     layer_list = _as_indices(config.layers, adapter.num_layers(), "layer")

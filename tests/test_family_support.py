@@ -62,3 +62,21 @@ def test_skyreels_finetune_trains_only_the_chosen_cross_attention(tiny, tmp_path
     assert all(torch.equal(after[n], before[n]) for n in after if n not in expected)  # frozen: bit for bit
     assert any(not torch.equal(after[n], before[n]) for n in expected)
     assert json.loads((out / "layerscope_finetune.json").read_text())["config"]["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "family, scales, option",
+    [
+        ("cosmos-predict2-video2world", ["--guidance", "1", "--true-cfg", "2"], "--guidance > 1"),
+        ("hunyuan-video-i2v", ["--guidance", "3", "--true-cfg", "1"], "--true-cfg > 1"),
+    ],
+)
+def test_uncond_branch_without_guidance_names_the_familys_own_option(tiny, family, scales, option, tmp_path, capsys):
+    """Cosmos runs its uncond branch by call order like HunyuanVideo-I2V, yet under --guidance."""
+    out, model = tmp_path / "run.zarr", tiny(family)
+    capsys.readouterr()
+    argv = ["record", "--model", str(model), "--out", str(out), "--branch", "both", *scales, "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"only with {option};" in err[0]
+    assert not out.exists()

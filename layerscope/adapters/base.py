@@ -231,6 +231,9 @@ class ModelAdapter(ABC):
         """
         return self.pipe(**arguments)
 
+    #: the option that turns the unconditional branch on (named in ``--branch uncond`` errors)
+    uncond_option: str = "--guidance > 1"
+
     def runs_uncond(self, config: Any) -> bool:
         """Does the pipeline run an unconditional branch with these settings (diffusers: CFG > 1)?"""
         return config.guidance_scale > 1.0

@@ -278,6 +278,8 @@ class HunyuanVideoAdapter(ModelAdapter):
             "max_sequence_length": PROMPT_TOKENS,
         }
 
+    uncond_option = "--true-cfg > 1"
+
     def runs_uncond(self, config: Any) -> bool:
         return float(getattr(config, "true_cfg_scale", 1.0)) > 1.0
 
