@@ -58,6 +58,19 @@ def _name(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
+def test_every_test_the_support_matrix_names_exists():
+    """Each cell of docs/support.md is backed by a test that is really there (file and function)."""
+    import ast
+
+    text = (ROOT / "docs" / "support.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(tests/test_\w+\.py)(?:::(\w+))?`", text)
+    assert len(named) > 30
+    for path, function in named:
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert not function or function in defined, f"{path}::{function} named in docs/support.md does not exist"
+
+
 def test_every_shell_block_says_whether_it_runs():
     untagged = [
         f"{_name(page)}:{line}"

@@ -35,9 +35,14 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "family, name",
-    [("cogvideox-i2v", "cogvideox"), ("ltx-video-i2v", "ltx-video"), ("hunyuan-video-1.5-i2v", "hunyuan-video-1.5")],
+    [
+        ("cogvideox-i2v", "cogvideox"),
+        ("ltx-video-i2v", "ltx-video"),
+        ("hunyuan-video-1.5-i2v", "hunyuan-video-1.5"),
+        ("cosmos-predict2-video2world", "cosmos-predict2"),
+    ],
 )
-def test_finetune_refuses_cogvideox_ltx_and_hunyuan15_in_one_line(tiny, family, name, tmp_path, capsys):
+def test_finetune_refuses_cogvideox_ltx_hunyuan15_and_cosmos_in_one_line(tiny, family, name, tmp_path, capsys):
     out, model = tmp_path / "ft", tiny(family)
     capsys.readouterr()
     argv = ["finetune", "--model", str(model), "--data", "shapes:2", "--layers", "1", "--out", str(out), *SIZE]

@@ -273,3 +273,16 @@ def test_sizes_default_to_the_published_entry_then_the_pipeline_class(tmp_path):
     ltx = make_plan(PlanOptions(model=str(tmp_path)))
     # LTXImageToVideoPipeline.__call__: 161 frames at 512 x 704; VAE 8 (time) x 32 (space), patch 1
     assert ltx.grid == (21, 16, 22)
+
+
+def test_plan_of_a_model_folder_uses_the_sizes_record_would(model_dir, capsys):
+    """`plan --model DIR` plans what `record --model DIR` runs: the folder's declared sizes first."""
+    from layerscope.cli import main
+    from layerscope.cli.options import model_defaults
+
+    steps, frames, height, width = model_defaults(str(model_dir))
+    assert main(["plan", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    # the tiny Wan model: VAE strides 4 (time) and 8 (space), patch 1 x 2 x 2
+    grid = f"{(frames - 1) // 4 + 1} x {height // 16} x {width // 16} ="
+    assert grid in out and f"steps x branches recorded           {steps} x 1" in out

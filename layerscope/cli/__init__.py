@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layerscope: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `layerscope plan ... | head`: the reader left; nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except LayerScopeError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
         print(f"layerscope {args.command}: error: {message}", file=sys.stderr)

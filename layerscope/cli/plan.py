@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from layerscope.cli.options import positive_int
+from layerscope.cli.options import model_defaults, positive_int
 from layerscope.registry import PROBES
 
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--entry", help="which model of a published-configs file, e.g. Wan2.1-I2V-14B-480P")
     p.add_argument("--pipeline", help="pipeline class of a bare transformer config, e.g. WanImageToVideoPipeline")
-    sized = "(default: the published entry's size, else the pipeline's own default"
+    sized = "(default: the model folder's, the published entry's, else the pipeline's own default"
     p.add_argument("--frames", type=positive_int, help=f"video frames {sized}, e.g. 81 for Wan2.1)")
     p.add_argument("--height", type=positive_int, help=f"pixels {sized}, e.g. 480)")
     p.add_argument("--width", type=positive_int, help=f"pixels {sized}, e.g. 832)")
@@ -40,7 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from layerscope.planning import PlanOptions, make_plan
+
+    if Path(args.model).expanduser().is_dir():  # what `record --model DIR` would use: the folder's sizes first
+        declared = dict(zip(("steps", "frames", "height", "width"), model_defaults(args.model), strict=True))
+        for name, value in declared.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
 
     options = PlanOptions(
         model=args.model,
