@@ -23,6 +23,7 @@ UNSUPPORTED_FAMILIES: dict[str, str] = {
     "ltx-video": "the image is only latent frame 0: no image rows or image value projection for Eq. 8-13's V_vis",
     "cogvideox": "the image enters as latent channels, so no image token or value projection holds Eq. 8's anchor",
     "cosmos-predict2": "the image is only latent frame 0 and attn2 sees only T5 rows: no image value for Eq. 8's V_vis",
+    "ltx-2": "the image is only latent frame 0 and attn2 sees only Gemma connector rows: no image value for V_vis",
 }
 
 

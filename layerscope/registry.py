@@ -80,6 +80,7 @@ MODEL_FAMILIES = Registry(
         "skyreels-v2": "layerscope.adapters.skyreels_v2:SkyReelsV2Adapter",
         "hunyuan-video-1.5": "layerscope.adapters.hunyuan_video15:HunyuanVideo15Adapter",
         "cosmos-predict2": "layerscope.adapters.cosmos:CosmosPredict2Adapter",
+        "ltx-2": "layerscope.adapters.ltx2:LTX2Adapter",
     },
     noun="model family",
 )

@@ -152,3 +152,11 @@ def test_checkpoint_generation_defaults_come_from_the_pipeline_class(pipeline, e
     (tmp_path / "layerscope_model.json").write_text(json.dumps({"generation_defaults": {"bench": {
         "steps": 3, "frames": 5, "height": 32, "width": 48}}}))  # fmt: skip
     assert model_defaults(str(tmp_path), "bench") == (3, 5, 32, 48)  # the folder's declaration wins
+
+
+def test_a_frame_count_the_pipeline_leaves_to_its_call_comes_from_the_adapter(tmp_path):
+    """LTX-2's ``__call__`` has ``num_frames=None`` (121 inside the call): the adapter names it."""
+    from layerscope.cli.options import model_defaults
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "LTX2ImageToVideoPipeline"}))
+    assert model_defaults(str(tmp_path)) == (30, 121, 512, 768)

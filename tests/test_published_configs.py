@@ -42,6 +42,7 @@ CUT = {
     "LTXVideoTransformer3DModel": {"num_layers": 1},
     "CosmosTransformer3DModel": {"num_layers": 1},
     "HunyuanVideo15Transformer3DModel": {"num_layers": 1, "num_refiner_layers": 1},
+    "LTX2VideoTransformer3DModel": {"num_layers": 1},
 }
 #: small sizes each family takes (spatial multiple, frames n*stride+1); CogVideoX-5B's learned
 #: positional embedding fixes 480x720, so its grid is the published one (13 x 30 x 45 at 49 frames)
@@ -59,6 +60,7 @@ SLOW = {
     "HunyuanVideo-I2V-16ch",
     "CogVideoX-5B-I2V",
     "SkyReels-V2-I2V-14B-540P",
+    "LTX-2-19B",
 }
 
 

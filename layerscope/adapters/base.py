@@ -141,6 +141,9 @@ class ModelAdapter(ABC):
     #: (height, width) a generation defaults to when the pipeline's ``__call__`` leaves it to the
     #: model (``None`` there); read by ``layerscope.cli.options.pipeline_defaults``.
     default_size: tuple[int, int] | None = None
+    #: frames a generation defaults to when the pipeline's ``__call__`` leaves it ``None``
+    #: (LTX-2 picks 121 inside the call)
+    default_frames: int | None = None
 
     def __init__(self, pipe: Any):
         self.pipe = pipe

@@ -47,7 +47,7 @@ def pipeline_call_defaults(pipeline_class: str) -> tuple[int, int, int, int] | N
     Why from the class: diffusers' ``__call__`` signature carries each family's published
     sizes (Wan2.1-I2V 50/81/480/832, HunyuanVideo-I2V 50/129/720/1280, LTX-Video
     50/161/512/704); where it leaves height/width to the model (CogVideoX: ``None``), the
-    family's adapter names them (:attr:`ModelAdapter.default_size`).
+    family's adapter names them (:attr:`ModelAdapter.default_size`, ``default_frames``).
     """
     import inspect
 
@@ -59,7 +59,7 @@ def pipeline_call_defaults(pipeline_class: str) -> tuple[int, int, int, int] | N
         return None
     adapter = next((cls for cls in adapter_classes() if pipeline_class in cls.pipeline_classes), None)
     size = getattr(adapter, "default_size", None) or (None, None)
-    fallback = {"height": size[0], "width": size[1]}
+    fallback = {"height": size[0], "width": size[1], "num_frames": getattr(adapter, "default_frames", None)}
     values = []
     for key in ("num_inference_steps", "num_frames", "height", "width"):
         value = params[key].default if key in params else None

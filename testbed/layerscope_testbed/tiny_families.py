@@ -22,6 +22,7 @@ TINY_FAMILIES: dict[str, str] = {
     "skyreels-v2-i2v": "layerscope_testbed.skyreels_v2:build",
     "hunyuan-video-1.5-i2v": "layerscope_testbed.hunyuan_video15:build",
     "cosmos-predict2-video2world": "layerscope_testbed.cosmos:build",
+    "ltx-2-i2v": "layerscope_testbed.ltx2:build",
 }
 
 
