@@ -43,6 +43,9 @@ from layerscope.keywords import KeywordError, KeywordTokens, map_keywords_in_tem
 
 #: diffusers' default ``max_sequence_length`` for the prompt part
 PROMPT_TOKENS = 256
+#: ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>``: the I2V pipeline drops these 4
+#: ids from the 256 prompt rows (so at most 252 prompt rows reach the transformer)
+ASSISTANT_HEADER_TOKENS = 4
 HEADER_END = "<|end_header_id|>"
 IMAGE_TOKEN = "<image>"
 
@@ -237,7 +240,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         headers = [i for i, token in enumerate(ids) if token == header]
         crop = template["crop_start"]
         # diffusers drops the 4 tokens before the assistant header's end and truncates the prompt
-        end = min(headers[-1] + 1 - 4 if len(headers) == 3 else len(ids), crop + PROMPT_TOKENS)
+        end = min(headers[-1] + 1 - ASSISTANT_HEADER_TOKENS if len(headers) == 3 else len(ids), crop + PROMPT_TOKENS)
         rows = self.image_rows()
         result = []
         for item in mapped:
@@ -392,7 +395,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         """The arithmetic of :meth:`token_grid`, :meth:`image_rows` & co. from config dicts.
 
         The text sequence is the LLaVA image rows (``text_encoder.vision_config``: (size /
-        patch)^2 patches, subsampled by the condition type's interleave) plus 256 prompt rows.
+        patch)^2 patches, subsampled by the condition type's interleave) plus 256 prompt rows
+        less the 4 assistant-header ids the pipeline drops (measured through the pipeline's own
+        ``_get_llama_prompt_embeds``: 288 + 252 = 540 rows for the 33-channel checkpoint).
         """
         transformer, vae = configs["transformer"], configs.get("vae") or {}
         vision = (configs.get("text_encoder") or {}).get("vision_config") or {}
@@ -415,7 +420,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         heads = int(transformer["num_attention_heads"])
         return ConfigGeometry(
             grid=(latent_frames // patch_t, height // (spatial * patch), width // (spatial * patch)),
-            text_tokens=rows + PROMPT_TOKENS,
+            text_tokens=rows + PROMPT_TOKENS - ASSISTANT_HEADER_TOKENS,
             num_layers=int(transformer["num_layers"]) + int(transformer["num_single_layers"]),
             heads=heads,
             width=heads * int(transformer["attention_head_dim"]),
