@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
+from layerscope.adapters.cross_attention import cross_attention_sites
 from layerscope.keywords import KeywordError, KeywordTokens
 
 #: diffusers' default ``max_sequence_length`` of ``Cosmos2VideoToWorldPipeline`` (T5 rows per prompt)
@@ -61,22 +62,6 @@ COSMOS_TEXT_TOKENS = 512
 _PIPELINE_MULTIPLE = 16
 #: ``__call__``'s default ``fps`` (it scales the temporal RoPE)
 _DEFAULT_FPS = 16
-
-
-def _attn2_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
-    """z: the block calls ``attn2(norm_hidden_states, encoder_hidden_states=..., attention_mask=...)``."""
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _attn2_replace_text_rows(args: tuple, kwargs: dict, rows: list[int], neutral: int) -> tuple[tuple, dict]:
-    """``attn2``'s call with the text rows ``rows`` given the neutral row's input."""
-    positional = len(args) > 1
-    context = args[1] if positional else kwargs["encoder_hidden_states"]
-    changed = context.clone()
-    changed[:, list(rows)] = context[:, neutral : neutral + 1]
-    if positional:
-        return (args[0], changed, *args[2:]), kwargs
-    return args, {**kwargs, "encoder_hidden_states": changed}
 
 
 def _vae_strides(downsample: list[bool]) -> tuple[int, int]:
@@ -93,37 +78,15 @@ class CosmosPredict2Adapter(ModelAdapter):
         return [self.pipe.transformer]
 
     def probe_sites(self, denoiser: torch.nn.Module) -> list[ProbeSite]:
-        sites = []
-        for index, block in enumerate(denoiser.transformer_blocks):
-            attn = block.attn2
+        def text_only(index: int, block: torch.nn.Module) -> None:
             if getattr(block, "img_context", False):
                 raise AdapterError(
                     f"transformer_blocks.{index}.attn2 has an image context branch (Cosmos 2.5); "
                     "only Cosmos-Predict2's text-only cross-attention is mapped"
                 )
-            if getattr(attn, "fused_projections", False):
-                raise AdapterError(
-                    f"transformer_blocks.{index}.attn2 has fused projections (to_kv); call "
-                    "transformer.unfuse_qkv_projections() before recording"
-                )
-            sites.append(
-                ProbeSite(
-                    name=f"transformer_blocks.{index}.attn2",
-                    layer=index,
-                    block=f"transformer_blocks.{index}",
-                    attention=attn,
-                    visual_input=_attn2_hidden_states,
-                    text_value=attn.to_v,
-                    text_value_tokens=slice(None),
-                    query_norm=attn.norm_q,
-                    key_norm=attn.norm_k,
-                    attention_output=attn.to_out[0],
-                    heads=attn.heads,
-                    heads_first=True,  # norm_q/norm_k run on (B, H, S, d)
-                    replace_text_rows=_attn2_replace_text_rows,
-                )
-            )
-        return sites
+
+        blocks = denoiser.transformer_blocks  # norm_q/norm_k run on (B, H, S, d)
+        return cross_attention_sites(blocks, "transformer_blocks", heads_first=True, check=text_only)
 
     def num_layers(self) -> int:
         return int(self.pipe.transformer.config.num_layers)

@@ -71,6 +71,7 @@ from typing import Any
 import torch
 
 from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
+from layerscope.adapters.cross_attention import cross_attention_sites
 from layerscope.keywords import KeywordError, KeywordTokens
 
 #: diffusers' default ``max_sequence_length`` of the LTX-2 pipelines (Gemma rows per prompt)
@@ -81,22 +82,6 @@ _PIPELINE_MULTIPLE = 32
 _DEFAULT_FPS = 24.0
 
 _log = logging.getLogger(__name__)
-
-
-def _attn2_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
-    """z: the block calls ``attn2(norm_hidden_states, encoder_hidden_states=..., ...)``, z positional."""
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _attn2_replace_text_rows(args: tuple, kwargs: dict, rows: list[int], neutral: int) -> tuple[tuple, dict]:
-    """``attn2``'s call with the text rows ``rows`` given the neutral row's input."""
-    positional = len(args) > 1
-    context = args[1] if positional else kwargs["encoder_hidden_states"]
-    changed = context.clone()
-    changed[:, list(rows)] = context[:, neutral : neutral + 1]
-    if positional:
-        return (args[0], changed, *args[2:]), kwargs
-    return args, {**kwargs, "encoder_hidden_states": changed}
 
 
 def _vae_strides(vae: dict[str, Any]) -> tuple[int, int]:
@@ -135,31 +120,8 @@ class LTX2Adapter(ModelAdapter):
         return [self.pipe.transformer]
 
     def probe_sites(self, denoiser: torch.nn.Module) -> list[ProbeSite]:
-        sites = []
-        for index, block in enumerate(denoiser.transformer_blocks):
-            attn = block.attn2
-            if getattr(attn, "fused_projections", False):
-                raise AdapterError(
-                    f"transformer_blocks.{index}.attn2 has fused projections; call "
-                    "transformer.unfuse_qkv_projections() before recording"
-                )
-            sites.append(
-                ProbeSite(
-                    name=f"transformer_blocks.{index}.attn2",
-                    layer=index,
-                    block=f"transformer_blocks.{index}",
-                    attention=attn,
-                    visual_input=_attn2_hidden_states,
-                    text_value=attn.to_v,
-                    text_value_tokens=slice(None),
-                    query_norm=attn.norm_q,
-                    key_norm=attn.norm_k,
-                    attention_output=attn.to_out[0],
-                    heads=attn.heads,
-                    replace_text_rows=_attn2_replace_text_rows,
-                )
-            )
-        return sites
+        """The video stream's ``attn2`` of every block (the audio streams are not mapped)."""
+        return cross_attention_sites(denoiser.transformer_blocks, "transformer_blocks")
 
     def num_layers(self) -> int:
         return int(self.pipe.transformer.config.num_layers)

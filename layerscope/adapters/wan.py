@@ -13,30 +13,11 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
+from layerscope.adapters.base import ConfigGeometry, ModelAdapter, ProbeSite
+from layerscope.adapters.cross_attention import cross_attention_sites
 
 # diffusers' WanAttnProcessor hardcodes the text context length.
 WAN_TEXT_TOKENS = 512
-
-
-def _attn2_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _attn2_replace_text_rows(args: tuple, kwargs: dict, rows: list[int], neutral: int) -> tuple[tuple, dict]:
-    """``attn2``'s call with text rows ``rows`` given the neutral row's input instead.
-
-    The context is ``[image context; 512 text rows]`` (the image part only in I2V
-    checkpoints), so text row i sits at ``len - 512 + i``.
-    """
-    positional = len(args) > 1
-    context = args[1] if positional else kwargs["encoder_hidden_states"]
-    start = context.shape[1] - WAN_TEXT_TOKENS
-    changed = context.clone()
-    changed[:, [start + row for row in rows]] = context[:, start + neutral : start + neutral + 1]
-    if positional:
-        return (args[0], changed, *args[2:]), kwargs
-    return args, {**kwargs, "encoder_hidden_states": changed}
 
 
 class WanAdapter(ModelAdapter):
@@ -48,31 +29,7 @@ class WanAdapter(ModelAdapter):
         return [m for m in models if m is not None]
 
     def probe_sites(self, denoiser: torch.nn.Module) -> list[ProbeSite]:
-        sites = []
-        for index, block in enumerate(denoiser.blocks):
-            attn = block.attn2
-            if getattr(attn, "fused_projections", False):
-                raise AdapterError(
-                    f"blocks.{index}.attn2 has fused projections (to_kv); call "
-                    "transformer.unfuse_qkv_projections() before recording"
-                )
-            sites.append(
-                ProbeSite(
-                    name=f"blocks.{index}.attn2",
-                    layer=index,
-                    block=f"blocks.{index}",
-                    attention=attn,
-                    visual_input=_attn2_hidden_states,
-                    text_value=attn.to_v,
-                    text_value_tokens=slice(None),
-                    query_norm=attn.norm_q,
-                    key_norm=attn.norm_k,
-                    attention_output=attn.to_out[0],
-                    heads=attn.heads,
-                    replace_text_rows=_attn2_replace_text_rows,
-                )
-            )
-        return sites
+        return cross_attention_sites(denoiser.blocks, "blocks", text_rows_at_end=WAN_TEXT_TOKENS)
 
     def num_layers(self) -> int:
         return int(self.denoisers()[0].config.num_layers)

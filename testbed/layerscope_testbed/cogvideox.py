@@ -19,12 +19,9 @@ by latent concatenation only, so ``--condition-type`` has nothing to choose.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
-
-from layerscope.loading import MODEL_INFO_FILE
 
 VERSIONS = ("1.0", "1.5")
 MODEL_NAME = "layerscope-tiny-cogvideox-i2v-random"
@@ -126,31 +123,20 @@ def save_tiny_pipeline(out: str | os.PathLike, version: str = "1.0", seed: int =
     Written to a hidden sibling and renamed, so an interrupted build never leaves a folder
     that looks like a finished model.
     """
-    import shutil
 
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        pipe = build_tiny_pipeline(version, seed=seed)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        info = {
-            "name": f"{MODEL_NAME}-{version}",
-            "version": 1,
-            "family": "cogvideox-i2v",
-            "cogvideox_version": version,
-            "seed": seed,
-            "weights": "random",
-            "note": RANDOM_NOTE,
-            "generation_defaults": GENERATION_DEFAULTS,
-        }
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    from layerscope_testbed.tiny_families import write_tiny_pipeline
+
+    info = {
+        "name": f"{MODEL_NAME}-{version}",
+        "version": 1,
+        "family": "cogvideox-i2v",
+        "cogvideox_version": version,
+        "seed": seed,
+        "weights": "random",
+        "note": RANDOM_NOTE,
+        "generation_defaults": GENERATION_DEFAULTS,
+    }
+    target = write_tiny_pipeline(out, build_tiny_pipeline(version, seed=seed), info)
     return target
 
 

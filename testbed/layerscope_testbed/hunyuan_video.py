@@ -17,13 +17,9 @@ and an ``<image>`` token, so diffusers' template and crop logic run unchanged.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
-
-from layerscope.clip import CLIP_SUBFOLDER
-from layerscope.loading import MODEL_INFO_FILE
 
 CONDITION_TYPES = ("token_replace", "latent_concat")
 MODEL_NAME = "layerscope-tiny-hunyuan-video-i2v-random"
@@ -226,37 +222,23 @@ def save_tiny_pipeline(out: str | os.PathLike, condition_type: str = "token_repl
     Written to a hidden sibling and renamed, so an interrupted build never leaves a folder
     that looks like a finished model.
     """
-    import shutil
+    from layerscope_testbed import build_default_clip
+    from layerscope_testbed.tiny_families import write_tiny_pipeline
 
-    from layerscope.clip import save_open_clip
-    from layerscope_testbed import CLIP_CONFIG, build_default_clip
-
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        clip = build_default_clip(seed)
-        pipe = build_tiny_pipeline(condition_type, seed=seed, clip=clip)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        save_open_clip(clip, CLIP_CONFIG, staging / CLIP_SUBFOLDER)
-        info = {
-            "name": f"{MODEL_NAME}-{condition_type}",
-            "version": 1,
-            "family": "hunyuan-video-i2v",
-            "condition_type": condition_type,
-            "seed": seed,
-            "weights": "random",
-            "note": RANDOM_NOTE,
-            # what `layerscope record --model DIR` uses when no size is given (CPU-sized)
-            "record_defaults": {"steps": 4, "frames": 9, "height": 64, "width": 64},
-        }
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    clip = build_default_clip(seed)
+    info = {
+        "name": f"{MODEL_NAME}-{condition_type}",
+        "version": 1,
+        "family": "hunyuan-video-i2v",
+        "condition_type": condition_type,
+        "seed": seed,
+        "weights": "random",
+        "note": RANDOM_NOTE,
+        # what `layerscope record --model DIR` uses when no size is given (CPU-sized)
+        "record_defaults": {"steps": 4, "frames": 9, "height": 64, "width": 64},
+    }
+    pipe = build_tiny_pipeline(condition_type, seed=seed, clip=clip)
+    target = write_tiny_pipeline(out, pipe, info, clip=clip)
     return target
 
 

@@ -22,12 +22,8 @@ pipeline's crop runs unchanged and the adapter's check of it is exercised.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
-
-from layerscope.loading import MODEL_INFO_FILE
 
 MODEL_NAME = "layerscope-tiny-hunyuan-video-1.5-i2v-random"
 MODEL_VERSION = 1
@@ -249,29 +245,17 @@ def build(out: Path, seed: int, condition_type: str | None) -> Path:
     tokens have no joint-space projection, so FG uses a separate CLIP
     (:mod:`fg_intervene.hunyuan_video15`, deviation D4).
     """
-    from layerscope.clip import CLIP_SUBFOLDER, save_open_clip
-    from layerscope_testbed import CLIP_CONFIG, build_default_clip
+    from layerscope_testbed import build_default_clip
+    from layerscope_testbed.tiny_families import write_tiny_pipeline
 
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        build_pipeline(seed).save_pretrained(staging, safe_serialization=True)
-        save_open_clip(build_default_clip(seed), CLIP_CONFIG, staging / CLIP_SUBFOLDER)
-        info = {
-            "name": MODEL_NAME,
-            "version": MODEL_VERSION,
-            "family": "hunyuan-video-1.5-i2v",
-            "seed": seed,
-            "weights": "random",
-            "note": RANDOM_NOTE,
-            "generation_defaults": GENERATION_DEFAULTS,
-        }
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
-        if target.exists():
-            target.rmdir()  # build-tiny accepts only an empty --out
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    info = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "family": "hunyuan-video-1.5-i2v",
+        "seed": seed,
+        "weights": "random",
+        "note": RANDOM_NOTE,
+        "generation_defaults": GENERATION_DEFAULTS,
+    }
+    target = write_tiny_pipeline(out, build_pipeline(seed), info, clip=build_default_clip(seed))
     return target

@@ -16,13 +16,9 @@ like any checkpoint.  Weights are random: the maps show the machinery, not seman
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
-
-from layerscope.loading import MODEL_INFO_FILE
 
 MODEL_NAME = "layerscope-tiny-ltx-video-i2v-random"
 RANDOM_NOTE = (
@@ -118,27 +114,18 @@ def save_tiny_pipeline(out: str | os.PathLike, seed: int = 0) -> Path:
     Written to a hidden sibling and renamed, so an interrupted build never leaves a folder
     that looks like a finished model.
     """
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        build_tiny_pipeline(seed).save_pretrained(staging, safe_serialization=True)
-        info = {
-            "name": MODEL_NAME,
-            "version": 1,
-            "family": "ltx-video-i2v",
-            "seed": seed,
-            "weights": "random",
-            "note": RANDOM_NOTE,
-            "generation_defaults": GENERATION_DEFAULTS,
-        }
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    from layerscope_testbed.tiny_families import write_tiny_pipeline
+
+    info = {
+        "name": MODEL_NAME,
+        "version": 1,
+        "family": "ltx-video-i2v",
+        "seed": seed,
+        "weights": "random",
+        "note": RANDOM_NOTE,
+        "generation_defaults": GENERATION_DEFAULTS,
+    }
+    target = write_tiny_pipeline(out, build_tiny_pipeline(seed), info)
     return target
 
 

@@ -15,14 +15,8 @@ are random: the maps show the machinery.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
-
-from layerscope.clip import CLIP_SUBFOLDER
-from layerscope.loading import MODEL_INFO_FILE
 
 MODEL_NAME = "layerscope-tiny-skyreels-v2-i2v-random"
 MODEL_VERSION = 1
@@ -97,30 +91,18 @@ def build(out: Path, seed: int, condition_type: str | None) -> Path:
     concatenation).  Written to a hidden sibling and renamed, so an interrupted build never
     leaves a folder that looks like a finished model.
     """
-    from layerscope.clip import save_open_clip
-    from layerscope_testbed import CLIP_CONFIG, build_default_clip
+    from layerscope_testbed import build_default_clip
+    from layerscope_testbed.tiny_families import write_tiny_pipeline
 
-    target = Path(out)
-    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        clip = build_default_clip(seed)
-        build_pipeline(seed, clip=clip).save_pretrained(staging, safe_serialization=True)
-        save_open_clip(clip, CLIP_CONFIG, staging / CLIP_SUBFOLDER)
-        info = {
-            "name": MODEL_NAME,
-            "version": MODEL_VERSION,
-            "family": "skyreels-v2-i2v",
-            "seed": seed,
-            "weights": "random",
-            "note": RANDOM_NOTE,
-            "generation_defaults": GENERATION_DEFAULTS,
-        }
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
-        if target.exists():
-            target.rmdir()  # build-tiny accepts only an empty --out
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    clip = build_default_clip(seed)
+    info = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "family": "skyreels-v2-i2v",
+        "seed": seed,
+        "weights": "random",
+        "note": RANDOM_NOTE,
+        "generation_defaults": GENERATION_DEFAULTS,
+    }
+    target = write_tiny_pipeline(out, build_pipeline(seed, clip=clip), info, clip=clip)
     return target

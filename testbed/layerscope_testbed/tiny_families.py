@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 #: ``--family`` name -> ``module:function`` of its builder.
 TINY_FAMILIES: dict[str, str] = {
@@ -30,6 +31,38 @@ def build_tiny(family: str, out: str | os.PathLike, seed: int = 0, condition_typ
     """Write ``family``'s tiny pipeline to ``out`` and return its folder."""
     module, _, function = TINY_FAMILIES[family].partition(":")
     return getattr(importlib.import_module(module), function)(Path(out), seed, condition_type)
+
+
+def write_tiny_pipeline(out: str | os.PathLike, pipe: Any, info: dict[str, Any], clip: Any = None) -> Path:
+    """Write ``pipe`` (safetensors), ``clip`` (open_clip, under ``clip/``, for FG) and ``info``
+    (``layerscope_model.json``) to a hidden sibling of ``out``, then rename it.
+
+    Why: an interrupted build never leaves a folder that looks like a finished model; every
+    family's builder writes through here.
+    """
+    import json
+    import shutil
+
+    from layerscope.clip import CLIP_SUBFOLDER, save_open_clip
+    from layerscope.loading import MODEL_INFO_FILE
+
+    target = Path(out)
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if clip is not None:
+            from layerscope_testbed import CLIP_CONFIG
+
+            save_open_clip(clip, CLIP_CONFIG, staging / CLIP_SUBFOLDER)
+        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def build_wan(out: Path, seed: int, condition_type: str | None) -> Path:
