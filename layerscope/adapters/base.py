@@ -295,3 +295,34 @@ class ModelAdapter(ABC):
         """
         name = cls.name or cls.__name__
         raise AdapterError(f"layerscope plan cannot build {name} forward inputs yet (no forward_inputs_from_configs)")
+
+
+class RawT5PromptRows:
+    """Keyword rows of pipelines that T5-tokenize the prompt as given (no cleaning) and
+    truncate keeping ``</s>`` in the last slot: LTX-Video, CogVideoX-I2V, Cosmos-Predict2.
+
+    Mixed in before :class:`ModelAdapter` (``class A(RawT5PromptRows, ModelAdapter)``); why
+    not the default: Wan's pipeline cleans the prompt first, these do not, so the rows
+    differ on any prompt with HTML entities or extra whitespace.
+    """
+
+    def map_keywords(self, prompt: str, keywords: list[str]) -> list[Any]:
+        from layerscope.keywords import KeywordError, map_keywords_in_template
+
+        mapped = map_keywords_in_template(prompt, keywords, self.pipe.tokenizer, "{}")
+        last = self.text_sequence_length() - 1
+        for item in mapped:
+            if max(item.token_indices) >= last:
+                raise KeywordError(
+                    f"keyword {item.keyword!r} lies beyond the text encoder's {last} prompt tokens "
+                    f"(max_sequence_length {last + 1}); shorten the prompt"
+                )
+        return mapped
+
+    def reference_tokens(self, prompt: str, keyword_tokens: list[Any]) -> list[int]:
+        """The prompt's non-keyword rows (uncleaned, as :meth:`map_keywords`): the ``contrastive`` V_ref."""
+        from layerscope.keywords import content_token_indices
+
+        taken = {index for item in keyword_tokens for index in item.token_indices}
+        last = self.text_sequence_length() - 1
+        return [i for i in content_token_indices(prompt, self.pipe.tokenizer) if i < last and i not in taken]

@@ -50,8 +50,7 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
-from layerscope.keywords import KeywordError, KeywordTokens, content_token_indices, map_keywords_in_template
+from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite, RawT5PromptRows
 
 
 def _hidden_states_kwarg(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -63,7 +62,7 @@ def _visual_attention_rows(proj_input: torch.Tensor, n_visual: int, width: int) 
     return proj_input[proj_input.shape[0] - n_visual :]
 
 
-class CogVideoXAdapter(ModelAdapter):
+class CogVideoXAdapter(RawT5PromptRows, ModelAdapter):
     name = "cogvideox"
     pipeline_classes = ("CogVideoXImageToVideoPipeline",)
     branch_source = "batch"
@@ -138,23 +137,6 @@ class CogVideoXAdapter(ModelAdapter):
 
     def text_sequence_length(self) -> int:
         return int(self._config().max_text_seq_length)
-
-    def map_keywords(self, prompt: str, keywords: list[str]) -> list[KeywordTokens]:
-        """T5 token indices of the prompt as the pipeline tokenizes it (raw, not cleaned) = text rows."""
-        mapped = map_keywords_in_template(prompt, keywords, self.pipe.tokenizer, "{}")
-        limit = self.text_sequence_length() - 1  # truncation keeps </s> in the last slot
-        for item in mapped:
-            if max(item.token_indices) >= limit:
-                raise KeywordError(
-                    f"keyword {item.keyword!r} lies beyond the text encoder's {limit} prompt tokens (truncated)"
-                )
-        return mapped
-
-    def reference_tokens(self, prompt: str, keyword_tokens: list[Any]) -> list[int]:
-        """The raw prompt's non-keyword word rows (the ``contrastive`` probe's V_ref)."""
-        taken = {index for item in keyword_tokens for index in item.token_indices}
-        limit = self.text_sequence_length() - 1
-        return [i for i in content_token_indices(prompt, self.pipe.tokenizer) if i < limit and i not in taken]
 
     def call_kwargs(self, config: Any) -> dict[str, Any]:
         """CFG by ``guidance_scale`` (batched); the text length the keyword rows were checked against."""

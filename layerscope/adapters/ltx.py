@@ -46,9 +46,8 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
+from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite, RawT5PromptRows
 from layerscope.adapters.cross_attention import cross_attention_sites
-from layerscope.keywords import KeywordError, KeywordTokens
 
 #: diffusers' default ``max_sequence_length`` of the LTX-Video pipelines (T5 rows per prompt)
 LTX_TEXT_TOKENS = 128
@@ -56,7 +55,7 @@ LTX_TEXT_TOKENS = 128
 _PIPELINE_MULTIPLE = 32
 
 
-class LTXVideoAdapter(ModelAdapter):
+class LTXVideoAdapter(RawT5PromptRows, ModelAdapter):
     name = "ltx-video"
     pipeline_classes = ("LTXImageToVideoPipeline",)
     branch_source = "batch"
@@ -91,32 +90,6 @@ class LTXVideoAdapter(ModelAdapter):
 
     def text_sequence_length(self) -> int:
         return LTX_TEXT_TOKENS
-
-    def map_keywords(self, prompt: str, keywords: list[str]) -> list[KeywordTokens]:
-        """Token indices of the prompt as the pipeline tokenizes it: as given, not cleaned.
-
-        Truncation to 128 keeps 127 prompt tokens and writes ``</s>`` at row 127, so a
-        keyword needs an index below 127.
-        """
-        from layerscope.keywords import map_keywords_in_template
-
-        mapped = map_keywords_in_template(prompt, keywords, self.pipe.tokenizer, "{}")
-        last = self.text_sequence_length() - 1
-        for item in mapped:
-            if max(item.token_indices) >= last:
-                raise KeywordError(
-                    f"keyword {item.keyword!r} lies beyond the text encoder's {last} prompt tokens "
-                    f"(max_sequence_length {last + 1}); shorten the prompt"
-                )
-        return mapped
-
-    def reference_tokens(self, prompt: str, keyword_tokens: list[Any]) -> list[int]:
-        """The prompt's non-keyword rows (uncleaned prompt, as :meth:`map_keywords`)."""
-        from layerscope.keywords import content_token_indices
-
-        taken = {index for item in keyword_tokens for index in item.token_indices}
-        last = self.text_sequence_length() - 1
-        return [i for i in content_token_indices(prompt, self.pipe.tokenizer) if i < last and i not in taken]
 
     def call_kwargs(self, config: Any) -> dict[str, Any]:
         """Guidance as diffusers' ``guidance_scale`` (CFG > 1), and the T5 length the rows assume."""
