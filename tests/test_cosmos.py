@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from family_checks import cosine_maps, record_with_hooks
 
 PROMPT = "the red circle moves to the left."
 SIZE = dict(height=64, width=80, num_frames=9, num_inference_steps=2)
@@ -136,11 +137,6 @@ def _capture(block):
     return seen, handles
 
 
-def _cos_maps(z, values, rows):
-    keys = torch.stack([values[list(r)].float().mean(0) for r in rows])
-    return (F.normalize(keys, dim=-1) @ F.normalize(z.float(), dim=-1).T).reshape(len(rows), *GRID)
-
-
 def _branch(pipe, call, negative: str) -> str:
     """Which branch a call was: the prompt's rows (cond) or the negative prompt's (uncond)."""
     if torch.equal(call["text"], _t5_rows(pipe, PROMPT)):
@@ -153,29 +149,14 @@ def _branch(pipe, call, negative: str) -> str:
 def test_cosmos_maps_match_an_independent_computation(cosmos, tmp_path, guidance):
     """cos(V_k, z) with z = norm2's output entering attn2; under CFG cond is the 1st call of a step, uncond the 2nd."""
     import layerscope
-    from layerscope.recording import record
 
     _, pipe = cosmos
     seen, handles = _capture(pipe.transformer.transformer_blocks[1])
     cfg = guidance > 1
     negative = "a blue square"
-    try:
-        record(
-            pipe,
-            tmp_path / "run.zarr",
-            image=_image(),
-            prompt=PROMPT,
-            keywords=["red", "circle"],
-            dtype="float32",
-            progress=False,
-            guidance_scale=guidance,
-            negative_prompt=negative,
-            branch="both" if cfg else "cond",
-            **SIZE,
-        )
-    finally:
-        for handle in handles:
-            handle.remove()
+    options = dict(image=_image(), prompt=PROMPT, keywords=["red", "circle"], guidance_scale=guidance)
+    options.update(negative_prompt=negative, branch="both" if cfg else "cond")
+    record_with_hooks(pipe, tmp_path / "run.zarr", handles, **options, **SIZE)
     ds = layerscope.open_run(tmp_path / "run.zarr")
     assert ds.attrs["status"] == "complete" and ds.attrs["hook_calls"] == ds.attrs["hook_calls_expected"]
     assert tuple(ds.attrs["grid"]) == GRID and ds.attrs["negative_prompt"] == negative
@@ -190,11 +171,11 @@ def test_cosmos_maps_match_an_independent_computation(cosmos, tmp_path, guidance
         assert call["mask"] is None and call["z"].shape[0] == 1
         step = index // calls_per_step
         variable = "similarity" if branches[index] == "cond" else "similarity_uncond"
-        expected = _cos_maps(call["z"][0], call["v"][0], rows)
+        expected = cosine_maps(call["z"][0], call["v"][0], rows, GRID)
         got = torch.from_numpy(ds[variable].isel(step=step, layer=1).values)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     if cfg:  # the branches differ, so swapping them would fail
-        swapped = _cos_maps(seen[1]["z"][0], seen[1]["v"][0], rows)
+        swapped = cosine_maps(seen[1]["z"][0], seen[1]["v"][0], rows, GRID)
         assert (torch.from_numpy(ds["similarity"].isel(step=0, layer=1).values) - swapped).abs().max() > 1e-3
 
 
@@ -211,7 +192,6 @@ def _keep_first(store: dict, name: str):
 def test_cosmos_attention_and_influence_probes(cosmos, tmp_path):
     """attention: SDPA of attn2's (B, H, S, d) normalised q/k over all 512 rows, unmasked; influence: attn2 re-run."""
     import layerscope
-    from layerscope.recording import record
 
     _, pipe = cosmos
     attn = pipe.transformer.transformer_blocks[2].attn2
@@ -228,14 +208,10 @@ def test_cosmos_attention_and_influence_probes(cosmos, tmp_path):
             attn.norm_q.register_forward_hook(_keep_first(store, "q")),
             attn.norm_k.register_forward_hook(_keep_first(store, "k")),
         ]
-        try:
-            record(
-                pipe, tmp_path / f"{probe}.zarr", image=_image(), prompt=PROMPT, keywords=["red", "circle"],
-                probe=probe, dtype="float32", progress=False, guidance_scale=1.0, **{**SIZE, "num_inference_steps": 1},
-            )  # fmt: skip
-        finally:
-            for handle in handles:
-                handle.remove()
+        record_with_hooks(
+            pipe, tmp_path / f"{probe}.zarr", handles, image=_image(), prompt=PROMPT, keywords=["red", "circle"],
+            probe=probe, guidance_scale=1.0, **{**SIZE, "num_inference_steps": 1},
+        )  # fmt: skip
         runs[probe] = (layerscope.open_run(tmp_path / f"{probe}.zarr"), store)
 
     ds, store = runs["attention"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from family_checks import capture_attn2, cosine_maps, record_with_hooks
 
 PROMPT = "the red circle moves to the left."
 SIZE = dict(height=160, width=160, num_frames=9, num_inference_steps=2)
@@ -81,50 +82,17 @@ def test_ltx_geometry_and_description(ltx):
     assert adapter.hook_points() == [f"transformer_blocks.{i}.attn2" for i in range(4)]
 
 
-def _capture(attn):
-    """(z, to_v output, attention mask) of every call of ``attn`` (whole batch), by our own hooks."""
-    seen: list[dict] = []
-
-    def pre(module, args, kwargs):
-        seen.append({"z": args[0].detach().clone(), "mask": kwargs["attention_mask"].detach().clone()})
-
-    def values(module, args, output):
-        seen[-1]["v"] = output.detach().clone()
-
-    return seen, [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.to_v.register_forward_hook(values)]
-
-
-def _cos_maps(z, values, rows):
-    keys = torch.stack([values[list(r)].float().mean(0) for r in rows])
-    return (F.normalize(keys, dim=-1) @ F.normalize(z.float(), dim=-1).T).reshape(len(rows), *GRID)
-
-
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_ltx_maps_match_an_independent_computation(ltx, tmp_path, guidance):
     """cos(V_k, z) of attn2's input; under CFG the cond map is batch row 1, the uncond map row 0."""
     import layerscope
-    from layerscope.recording import record
 
     _, pipe = ltx
     attn = pipe.transformer.transformer_blocks[1].attn2
-    seen, handles = _capture(attn)
+    seen, handles = capture_attn2(attn)
     cfg = guidance > 1
-    try:
-        record(
-            pipe,
-            tmp_path / "run.zarr",
-            image=_image(),
-            prompt=PROMPT,
-            keywords=["red", "circle"],
-            dtype="float32",
-            progress=False,
-            guidance_scale=guidance,
-            branch="both" if cfg else "cond",
-            **SIZE,
-        )
-    finally:
-        for handle in handles:
-            handle.remove()
+    options = dict(image=_image(), prompt=PROMPT, keywords=["red", "circle"], guidance_scale=guidance)
+    record_with_hooks(pipe, tmp_path / "run.zarr", handles, branch="both" if cfg else "cond", **options, **SIZE)
     ds = layerscope.open_run(tmp_path / "run.zarr")
     assert ds.attrs["status"] == "complete" and ds.attrs["hook_calls"] == ds.attrs["hook_calls_expected"]
     assert tuple(ds.attrs["grid"]) == GRID
@@ -135,11 +103,11 @@ def test_ltx_maps_match_an_independent_computation(ltx, tmp_path, guidance):
     for step, call in enumerate(seen):
         assert call["z"].shape[0] == (2 if cfg else 1)
         for variable, row in branches.items():
-            expected = _cos_maps(call["z"][row], call["v"][row], rows)
+            expected = cosine_maps(call["z"][row], call["v"][row], rows, GRID)
             got = torch.from_numpy(ds[variable].isel(step=step, layer=1).values)
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
         if cfg:  # the rows differ (prompt vs empty negative prompt), so reading the wrong one would fail
-            other = _cos_maps(call["z"][0], call["v"][0], rows)
+            other = cosine_maps(call["z"][0], call["v"][0], rows, GRID)
             assert (torch.from_numpy(ds["similarity"].isel(step=step, layer=1).values) - other).abs().max() > 1e-3
 
 
@@ -238,14 +206,15 @@ def test_ltx_output_contrastive_and_influence_probes(ltx, tmp_path):
             handle.remove()
     rows = [[1], [2]]
     ds, call = runs["output"]
-    expected = _cos_maps(call["o"][1], call["v"][1], rows)
+    expected = cosine_maps(call["o"][1], call["v"][1], rows, GRID)
     torch.testing.assert_close(
         torch.from_numpy(ds["similarity"].isel(step=0, layer=0).values), expected, atol=1e-5, rtol=0
     )
     ds, call = runs["contrastive"]
     others = [0, 3, 4, 5, 6, 7]  # the, moves, to, the, left, "."
     assert ds.attrs["probe"]["reference_tokens"] == others
-    expected = _cos_maps(call["z"][1], call["v"][1], rows) - _cos_maps(call["z"][1], call["v"][1], [others])
+    z, values = call["z"][1], call["v"][1]
+    expected = cosine_maps(z, values, rows, GRID) - cosine_maps(z, values, [others], GRID)
     torch.testing.assert_close(
         torch.from_numpy(ds["similarity"].isel(step=0, layer=0).values), expected, atol=1e-5, rtol=0
     )
