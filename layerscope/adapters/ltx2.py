@@ -70,8 +70,8 @@ from typing import Any
 
 import torch
 
-from layerscope.adapters.base import AdapterError, ConfigGeometry, ModelAdapter, ProbeSite
-from layerscope.adapters.cross_attention import cross_attention_sites
+from layerscope.adapters.base import AdapterError, ConfigGeometry, ProbeSite
+from layerscope.adapters.ltx import LTXVideoAdapter
 from layerscope.keywords import KeywordError, KeywordTokens
 
 #: diffusers' default ``max_sequence_length`` of the LTX-2 pipelines (Gemma rows per prompt)
@@ -106,7 +106,10 @@ def connector_rows(
     return [offset + j for j in token_indices]
 
 
-class LTX2Adapter(ModelAdapter):
+class LTX2Adapter(LTXVideoAdapter):
+    """LTX-Video's video geometry and ``attn2`` sites; its own text rows (Gemma-3 through the
+    connectors), guidance arguments and configs."""
+
     name = "ltx-2"
     pipeline_classes = ("LTX2ImageToVideoPipeline",)
     branch_source = "batch"
@@ -116,32 +119,9 @@ class LTX2Adapter(ModelAdapter):
     default_size = (512, 768)
     default_frames = 121  # LTX2ImageToVideoPipeline.__call__: num_frames=None means 121 (no duration head)
 
-    def denoisers(self) -> list[torch.nn.Module]:
-        return [self.pipe.transformer]
-
     def probe_sites(self, denoiser: torch.nn.Module) -> list[ProbeSite]:
         """The video stream's ``attn2`` of every block (the audio streams are not mapped)."""
-        return cross_attention_sites(denoiser.transformer_blocks, "transformer_blocks")
-
-    def num_layers(self) -> int:
-        return int(self.pipe.transformer.config.num_layers)
-
-    def _patch(self) -> tuple[int, int]:
-        config = self.pipe.transformer.config
-        return int(config.patch_size_t), int(config.patch_size)
-
-    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        p_t, p = self._patch()
-        latent_frames = (num_frames - 1) // self.pipe.vae_temporal_compression_ratio + 1
-        spatial = self.pipe.vae_spatial_compression_ratio * p
-        return latent_frames // p_t, height // spatial, width // spatial
-
-    def spatial_multiple(self) -> int:
-        stride = int(self.pipe.vae_spatial_compression_ratio * self._patch()[1])
-        return math.lcm(stride, _PIPELINE_MULTIPLE)
-
-    def frame_multiple(self) -> int:
-        return int(self.pipe.vae_temporal_compression_ratio)
+        return super().probe_sites(denoiser)
 
     def text_sequence_length(self) -> int:
         return LTX2_TEXT_TOKENS
