@@ -66,8 +66,8 @@ def load_open_clip(directory: str | os.PathLike) -> Any:
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.exists() or not weights_path.exists():
         raise ClipError(
-            f"no CLIP checkpoint in {directory}: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-            "(pass --clip DIR with a safetensors open_clip checkpoint)"
+            f"no CLIP checkpoint in {directory}: expected {CONFIG_NAME} and {WEIGHTS_NAME} (open_clip) or "
+            "config.json, *.safetensors and the tokenizer (a transformers CLIPModel folder); pass --clip DIR"
         )
     model = build_open_clip(json.loads(config_path.read_text()))
     missing, unexpected = model.load_state_dict(load_file(weights_path), strict=False)
@@ -137,6 +137,12 @@ def load_clip(directory: str | os.PathLike) -> Any:
         )
     if not any(directory.glob("*.safetensors")):
         raise ClipError(f"{directory} has no .safetensors weights; LayerScope never loads pickled checkpoints")
+    if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
+        # without them transformers builds some other tokenizer, and every keyword would map to no token
+        raise ClipError(
+            f"{directory} holds a CLIPModel but no tokenizer (tokenizer.json or vocab.json + merges.txt); "
+            "save the model's CLIPTokenizer into the same folder"
+        )
     from transformers import AutoTokenizer, CLIPModel
 
     try:

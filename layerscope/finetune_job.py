@@ -92,6 +92,10 @@ def run_finetune(options: FinetuneOptions) -> Path:
     family = model_family(model_dir)
     if not family.supports_finetune():  # before any clip is generated into --out
         raise UsageError(f"layerscope finetune does not support {family.name} pipelines yet")
+    depth = _depth_from_configs(model_dir, family, o)
+    outside = [layer for layer in layers if depth is not None and not 0 <= layer < depth]
+    if outside:  # the same rule the loaded model applies later, before any clip is generated
+        raise UsageError(f"layer {outside[0]} is out of range; this model has layers 0-{depth - 1}")
     data_path: Path | str = o.data
     name, _, count = o.data.partition(":")
     if count and name in DATASETS:  # a generated set, e.g. shapes:64 from the testbed
@@ -137,3 +141,18 @@ def run_finetune(options: FinetuneOptions) -> Path:
         pipe, model_dir, clips, config, out, intervention=intervention, resume=o.resume,
         progress=o.progress, provenance=provenance,
     )  # fmt: skip
+
+
+def _depth_from_configs(model_dir: Path, family: Any, o: FinetuneOptions) -> int | None:
+    """Blocks of the model, read from its configs (no weights); None when they cannot say."""
+    from layerscope.adapters.base import AdapterError
+    from layerscope.loading import read_finetune
+    from layerscope.planning import PlanError, PlanOptions, load_configs
+
+    finetune = read_finetune(model_dir)
+    folder = Path(finetune["base_dir"]) if finetune is not None else model_dir
+    try:
+        configs = load_configs(PlanOptions(model=str(folder))).configs
+        return family.geometry_from_configs(configs, o.frames, o.height, o.width).num_layers
+    except (AdapterError, PlanError, KeyError, TypeError, ValueError):
+        return None

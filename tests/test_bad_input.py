@@ -212,3 +212,29 @@ def test_kill_9_leaves_the_truth_about_whole_steps(model_dir, tmp_path, capsys):
     ranking = json.loads((tmp_path / "r.json").read_text())
     assert ranking["runs"][0]["steps"] == [0, 1, 2]  # only the whole steps were analysed
     assert all(row["n_maps"] == 3 * 2 * 2 for row in ranking["layers"])  # 3 steps x 2 keywords x 2 frames
+
+
+def test_finetune_layer_out_of_range_writes_nothing(tmp_path, capsys):
+    """Checked from the model's configs before any training clip is generated into --out."""
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", "default", "--data", "shapes:2", "--layers", "99", "--out", str(out)]
+    assert main([*argv, "--frames", "5", "--height", "128", "--width", "128", "--quiet", "--no-fg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layer 99 is out of range; this model has layers 0-11" in err[0]
+    assert not out.exists()
+
+
+def test_a_clip_model_folder_without_its_tokenizer_is_named_so(tmp_path):
+    """Not "keyword has no CLIP tokens" later: the folder's missing tokenizer, in one line."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from layerscope.clip import ClipError, load_clip
+
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=100)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    config = CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 16}, projection_dim=8)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    with pytest.raises(ClipError, match="holds a CLIPModel but no tokenizer"):
+        load_clip(tmp_path / "clip")
+    with pytest.raises(ClipError, match="or config.json, \\*.safetensors and the tokenizer"):
+        load_clip(tmp_path / "empty")

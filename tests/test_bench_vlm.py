@@ -147,3 +147,23 @@ def test_sampled_frames_are_uniform(tmp_path):
     path = write_mp4(tmp_path / "ramp.mp4", video)
     levels = read_sampled(path, 4).reshape(4, -1).mean(axis=1)
     assert levels == pytest.approx([0, 75, 125, 200], abs=3)  # frames 0, 3, 5, 8
+
+
+def test_a_processor_without_chat_template_is_refused_before_any_video(tiny_vlm, tmp_path, shapes_set, capsys):
+    """The tiny VLM with its chat template removed: one line, exit 2, nothing generated or written."""
+    import shutil
+
+    folder = tmp_path / "vlm"
+    shutil.copytree(tiny_vlm, folder)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data.pop("chat_template", None)
+            path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["bench", str(shapes_set), "--judge", f"vlm:{folder}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no chat template" in err[0] and not out.exists()

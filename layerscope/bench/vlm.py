@@ -52,7 +52,27 @@ def check_vlm_dir(path: str | os.PathLike) -> Path:
         raise BenchInputError(f"--judge vlm:{path}: no config.json there; pass the folder save_pretrained wrote")
     if not any(directory.glob("*.safetensors")):
         raise BenchInputError(f"--judge vlm:{path}: no *.safetensors weights there (other formats are not loaded)")
+    if not _has_chat_template(directory):  # the judge's questions are chat messages
+        raise BenchInputError(
+            f"--judge vlm:{path}: its processor has no chat template (no chat_template.jinja/.json, none in "
+            "tokenizer_config.json or processor_config.json); save an instruction-tuned model's processor there"
+        )
     return directory
+
+
+def _has_chat_template(directory: Path) -> bool:
+    """Where transformers' ``save_pretrained`` puts a chat template, read without loading anything."""
+    import json
+
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        try:
+            if json.loads((directory / name).read_text(encoding="utf-8")).get("chat_template"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def vlm_factory(argument: str | None, prompts: Sequence[BenchPrompt] = (), **options: Any) -> VLMJudge:
