@@ -383,8 +383,10 @@ class _SiteProbe:
     def _keep(self, name: str):
         def hook(module, args, output):
             if "visual" in self.scratch:
-                # a copy: CogVideoX's processor rotates the norms' outputs in place afterwards
-                self.scratch[name] = output[self.row].clone()
+                # joint attention keeps a copy: CogVideoX's processor rotates the norms' outputs in
+                # place afterwards; cross-attention processors do not, so no copy is paid there
+                kept = output[self.row]
+                self.scratch[name] = kept.clone() if self.site.joint_attention else kept
 
         return hook
 
