@@ -3,6 +3,9 @@
 A command checks every output path before its long work starts, so a typo costs one
 line instead of an hour of recording; writes go to a sibling and are renamed, so a
 crash never leaves a half-written file under the final name.
+
+Outputs may be fsspec URLs (``memory://``, ``s3://``, ...; :mod:`layerscope.locations`):
+there a file is one object, written whole in one request, so no sibling is needed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 from pathlib import Path
 
 from layerscope.errors import LayerScopeError
+from layerscope.locations import LocationError, Remote, location
 
 
 class OutputError(LayerScopeError):
@@ -25,11 +29,27 @@ def _file_ancestor(path: Path) -> Path | None:
     return None
 
 
-def check_output_path(path: str | os.PathLike, option: str = "--out", *, directory: bool = False) -> Path:
-    """Refuse an empty path, a path under a regular file, and (for files) an existing directory."""
+def check_output_path(
+    path: str | os.PathLike | Remote, option: str = "--out", *, directory: bool = False
+) -> Path | Remote:
+    """Refuse an empty path, a path under a regular file, and (for files) an existing directory.
+
+    A URL comes back as a :class:`~layerscope.locations.Remote` (a ``file://`` URL as its
+    local path); one whose filesystem package is missing is refused here, in one line.
+    """
     if not str(path).strip():
         raise OutputError(f"{option} is empty; name the {'directory' if directory else 'file'} to write")
-    path = Path(path).expanduser()
+    try:
+        where = location(path, option)
+    except LocationError as error:
+        raise OutputError(str(error)) from None
+    if isinstance(where, Remote):
+        if not directory and where.is_dir():
+            raise OutputError(f"{option} {where} is a directory; name a file inside it, e.g. {where / 'out'}")
+        if directory and where.is_file():
+            raise OutputError(f"{option} {where} is a file; choose a directory path")
+        return where
+    path = where.expanduser()
     blocker = _file_ancestor(path)
     if blocker is not None:
         raise OutputError(f"{option} {path}: {blocker} is a file, not a directory; choose another path")
@@ -40,9 +60,12 @@ def check_output_path(path: str | os.PathLike, option: str = "--out", *, directo
     return path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, option: str = "--out") -> Path:
+def write_text_atomic(path: str | os.PathLike | Remote, text: str, option: str = "--out") -> Path | Remote:
     """Write ``text`` to ``path`` through a temporary sibling (never a half-written file)."""
     path = check_output_path(path, option)
+    if isinstance(path, Remote):
+        path.write_text(text)  # one object, one request: whole or absent
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -65,7 +88,11 @@ def read_text_input(
     if not str(path).strip():
         raise error(f"{option} is empty; {fix}")
     try:
-        return Path(path).read_text(encoding="utf-8-sig")  # a leading BOM (Windows editors) is not content
+        source = location(path, option)  # a sweep's plan or a ranking may be at a URL
+    except LocationError as reason:
+        raise error(str(reason)) from None
+    try:
+        return source.read_text(encoding="utf-8-sig")  # a leading BOM (Windows editors) is not content
     except FileNotFoundError:
         raise error(f"{option} {path}: no such file; {fix}") from None
     except IsADirectoryError:

@@ -824,10 +824,13 @@ def summarize_stores(
     """
     import dask
 
-    # absolute paths: workers of a cluster need not share this process's working directory
+    from layerscope.locations import location
+
+    # absolute paths (URLs as given): workers of a cluster need not share this process's
+    # working directory
     tasks = [
         dask.delayed(_summarize_store, pure=False)(
-            str(Path(p).resolve()), transformation, recompute, allow_partial, steps
+            str(location(p).resolve()), transformation, recompute, allow_partial, steps
         )
         for p in paths
     ]
@@ -876,7 +879,9 @@ def check_rank_options(
     if alpha is not None and not 0 < alpha < 1:
         raise RankingError(f"--alpha must be between 0 and 1 (got {alpha})")
     if expert is not None:
-        meta = Path(paths[0]) / "zarr.json"
+        from layerscope.locations import location
+
+        meta = location(paths[0]) / "zarr.json"
         try:
             experts = json.loads(meta.read_text(encoding="utf-8"))["attributes"].get("experts", ["transformer"])
         except (OSError, ValueError, KeyError, TypeError):

@@ -128,7 +128,7 @@ class RecordConfig:
 class RecordingSummary:
     """What a finished (or interrupted) recording reports."""
 
-    path: Path
+    path: Path | Any  # a local Path, or a layerscope.locations.Remote for a URL
     status: str
     maps_written: int
     steps_written: int
@@ -160,8 +160,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def directory_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def directory_size(path: Path | Any) -> int:
+    """Bytes of a store, local or at a URL."""
+    from layerscope.locations import size_of
+
+    return size_of(path)
 
 
 def parse_index_ranges(text: str | None, limit: int, what: str) -> list[int] | None:
@@ -549,12 +552,12 @@ def record(
     elapsed = time.perf_counter() - started
     writer = rec.writer
     return RecordingSummary(
-        path=Path(store),
+        path=writer.path,
         status=writer.status,
         maps_written=writer.maps_written,
         steps_written=len(writer.steps_written()),
         steps_expected=len(rec.expected_steps),
-        bytes_on_disk=directory_size(Path(store)),
+        bytes_on_disk=directory_size(writer.path),
         seconds_total=elapsed,
         seconds_probes=probe_seconds,
         queue_waits=writer.queue_waits,

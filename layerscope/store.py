@@ -20,6 +20,7 @@ so no reader mistakes a partial store for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from layerscope.errors import LayerScopeError
+from layerscope.locations import Remote, location
 
 #: Bumped on incompatible schema changes; readers refuse any other version.
 STORE_FORMAT = "layerscope-run/1"
@@ -47,8 +49,13 @@ class StoreError(LayerScopeError):
     """A store cannot be created or read as asked (a usage error)."""
 
 
-def _lock_path(path: Path) -> Path:
+def _lock_path(path: Path | Remote) -> Path | Remote:
     return path.with_name(path.name + ".lock")
+
+
+#: A lock on object storage whose heartbeat is older than this, written by another host,
+#: is stale (its writer's pid cannot be checked from here); see docs/store.md.
+REMOTE_LOCK_STALE_SECONDS = 3600.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -61,39 +68,87 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _acquire_lock(path: Path) -> Path:
-    """Create ``RUN.zarr.lock`` atomically; a lock of a dead local process is stale."""
+def _lock_owner(lock: Path | Remote) -> dict[str, Any]:
+    try:
+        owner = json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _owner_gone(lock: Path | Remote, owner: dict[str, Any]) -> bool:
+    """A lock whose writer is known to be dead: a local pid that is gone, or (object storage,
+    another host) a heartbeat older than :data:`REMOTE_LOCK_STALE_SECONDS`."""
+    if owner.get("host") == socket.gethostname():
+        return not _pid_alive(int(owner.get("pid", -1)))
+    if isinstance(lock, Remote):
+        beat = owner.get("heartbeat", owner.get("time"))
+        return not isinstance(beat, (int, float)) or time.time() - beat > REMOTE_LOCK_STALE_SECONDS
+    return False
+
+
+class _Lock:
+    """A held lock: released only while it is still this writer's (``token``)."""
+
+    def __init__(self, path: Path | Remote, token: str, payload: dict[str, Any]):
+        self.path, self.token, self.payload = path, token, payload
+
+    def heartbeat(self) -> None:
+        """Object storage: rewrite the lock's time, so other hosts can tell a live writer."""
+        if isinstance(self.path, Remote):
+            self.payload["heartbeat"] = time.time()
+            with contextlib.suppress(OSError):  # a missed beat only makes the lock look older
+                self.path.write_text(json.dumps(self.payload))
+
+    def release(self) -> None:
+        if isinstance(self.path, Remote) and _lock_owner(self.path).get("token") != self.token:
+            return  # not ours any more (judged stale and taken over): leave it
+        self.path.unlink(missing_ok=True)
+
+
+def _acquire_lock(path: Path | Remote) -> _Lock:
+    """Create ``RUN.zarr.lock`` exclusively; a lock of a dead writer is stale.
+
+    Local paths: ``O_EXCL``, atomic.  URLs: fsspec's ``mode="create"`` write (atomic only
+    where the backend implements it), then read back: a writer that finds another's token
+    in the lock backs off (docs/store.md, "Stores at a URL", says what this guarantees).
+    """
+    import uuid
+
     lock = _lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+    token = uuid.uuid4().hex
+    now = time.time()
+    payload = {"pid": os.getpid(), "host": socket.gethostname(), "time": now, "heartbeat": now, "token": token}
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            if isinstance(lock, Remote):
+                lock.write_bytes(json.dumps(payload).encode(), exclusive=True)
+                if _lock_owner(lock).get("token") != token:
+                    raise FileExistsError(str(lock))  # another writer's object replaced ours
+            else:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(json.dumps({k: payload[k] for k in ("pid", "host", "time")}))
         except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            same_host = owner.get("host") == socket.gethostname()
-            if same_host and not _pid_alive(int(owner.get("pid", -1))):
+            owner = _lock_owner(lock)
+            if owner.get("token") != token and _owner_gone(lock, owner):
                 lock.unlink(missing_ok=True)  # stale: its writer is gone
                 continue
             raise StoreError(
                 f"store {path} is being written by another process (pid {owner.get('pid')} on "
                 f"{owner.get('host')}); wait for it or choose another --out"
             ) from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(payload)
-        return lock
+        return _Lock(lock, token, payload)
     raise StoreError(f"could not lock {path}; remove {lock} if no recording is running")
 
 
-def check_store_target(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def check_store_target(path: str | os.PathLike | Remote, *, overwrite: bool = False) -> Path | Remote:
     """Refuse, before any work, a store path that cannot be written or would clobber something.
 
     Empty, under a regular file, an existing file, an existing store without
     ``overwrite``, or an existing directory that is not a LayerScope store (never
-    deleted, even with ``overwrite``).
+    deleted, even with ``overwrite``).  ``path`` may be an fsspec URL (:mod:`layerscope.locations`).
     """
     from layerscope.outputs import check_output_path
 
@@ -106,7 +161,8 @@ def check_store_target(path: str | os.PathLike, *, overwrite: bool = False) -> P
     return path
 
 
-def is_store(path: Path) -> bool:
+def is_store(path: str | os.PathLike | Remote) -> bool:
+    path = location(path)
     marker = path / "zarr.json"
     if not (path.is_dir() and not path.is_symlink() and marker.is_file()):
         return False
@@ -225,13 +281,22 @@ class StoreWriter:
             # Written under a hidden name and renamed into place: xarray writes zarr.json
             # before the attributes that mark a LayerScope store, and a process killed in
             # between must not leave a directory that no later run may touch (sweep resume).
+            # On object storage the "rename" copies the skeleton (metadata and coordinates).
             creating = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
-            shutil.rmtree(creating, ignore_errors=True)
-            dataset.to_zarr(creating, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
-            creating.rename(self.path)
-            self._group = zarr.open_group(self.path, mode="r+")
+            if isinstance(creating, Remote):
+                if creating.exists():
+                    creating.remove_tree()
+                dataset.to_zarr(
+                    str(creating), mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3
+                )
+                creating.move_tree(self.path)
+            else:
+                shutil.rmtree(creating, ignore_errors=True)
+                dataset.to_zarr(creating, mode="w", compute=False, consolidated=False, encoding=encoding, zarr_format=3)
+                creating.rename(self.path)
+            self._group = zarr.open_group(_zarr_target(self.path), mode="r+")
         except BaseException:
-            self._lock.unlink(missing_ok=True)
+            self._lock.release()
             raise
         self._step_pos = {int(s): i for i, s in enumerate(layout.steps)}
         self._layer_pos = {int(layer): i for i, layer in enumerate(layout.layers)}
@@ -293,6 +358,7 @@ class StoreWriter:
                 if len(self._written[pos]) == self._expected_per_step:
                     # on disk at once, so a killed process (kill -9) leaves the truth behind
                     self.update_attrs(steps_written=self.steps_written())
+                    self._lock.heartbeat()
             except BaseException as error:  # surfaced to the producer on its next call
                 self._error = error
             finally:
@@ -338,7 +404,7 @@ class StoreWriter:
             )
             self.status = status
         finally:
-            self._lock.unlink(missing_ok=True)
+            self._lock.release()
         return status
 
     def __enter__(self) -> StoreWriter:
@@ -351,7 +417,12 @@ class StoreWriter:
             self.close(STATUS_INTERRUPTED, error=f"{exc_type.__name__}: {exc}"[:500])
 
 
-def _remove_store(path: Path) -> None:
+def _zarr_target(path: Path | Remote) -> Path | str:
+    """What zarr and xarray open: the local path, or the URL (they resolve it with fsspec)."""
+    return str(path) if isinstance(path, Remote) else path
+
+
+def _remove_store(path: Path | Remote) -> None:
     """Delete an old LayerScope store for --overwrite, and nothing else.
 
     ``--out ~ --overwrite`` must not wipe a home directory: only a directory holding a
@@ -359,6 +430,15 @@ def _remove_store(path: Path) -> None:
     """
     if not is_store(path):
         raise StoreError(f"{path} exists and is not a LayerScope store; refusing to overwrite it, choose another --out")
+    if isinstance(path, Remote):
+        # no rename on object storage: mark it interrupted first, so a delete killed half
+        # way leaves a store that says it is not complete (and may be overwritten again)
+        marker = path / "zarr.json"
+        meta = json.loads(marker.read_text())
+        meta.setdefault("attributes", {}).update(status=STATUS_INTERRUPTED, error="being replaced (--overwrite)")
+        marker.write_text(json.dumps(meta))
+        path.remove_tree()
+        return
     # rename first: a process killed while deleting leaves a hidden sibling, never a
     # half-deleted directory under the store's name that later runs refuse to touch
     doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
@@ -411,10 +491,10 @@ def write_metrics(path: str | os.PathLike, metrics: Any, **attrs: Any) -> None:
     """Write (or replace) the metric variables of a store, keeping its attrs; under the store's lock."""
     import zarr
 
-    path = Path(path)
+    path = location(path)
     lock = _acquire_lock(path)
     try:
-        group = zarr.open_group(path, mode="r+")
+        group = zarr.open_group(_zarr_target(path), mode="r+")
         kept = dict(group.attrs)
         for name in metrics.data_vars:
             if name in group:
@@ -424,38 +504,40 @@ def write_metrics(path: str | os.PathLike, metrics: Any, **attrs: Any) -> None:
         metrics = metrics.copy()
         metrics.attrs = _jsonable({**kept, **attrs})
         metrics.chunk({dim: -1 for dim in metrics.dims if dim in ("step", "layer")}).to_zarr(
-            path, mode="a", consolidated=False
+            _zarr_target(path), mode="a", consolidated=False
         )
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
-def recording_was_killed(path: str | os.PathLike, attrs: dict[str, Any]) -> bool:
+def recording_was_killed(path: str | os.PathLike | Remote, attrs: dict[str, Any]) -> bool:
     """A store still marked ``recording`` whose writer holds no live lock was killed mid-run."""
     if attrs.get("status") != STATUS_RECORDING:
         return False
-    lock = _lock_path(Path(path))
+    lock = _lock_path(location(path))
     if not lock.exists():
         return True
     try:
         owner = json.loads(lock.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return True
-    return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+    return _owner_gone(lock, owner if isinstance(owner, dict) else {})
 
 
-def open_run(path: str | os.PathLike) -> Any:
+def open_run(path: str | os.PathLike | Remote) -> Any:
     """Open a recorded run as a lazy (dask-backed) :class:`xarray.Dataset`.
+
+    ``path`` is a directory or an fsspec URL (``file://``, ``memory://``, ``s3://``, ...).
 
     Raises:
         StoreError: the path is not a LayerScope store or has an incompatible format.
     """
     import xarray as xr
 
-    path = Path(path)
+    path = location(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"{path} is not a Zarr store; pass the directory written by `layerscope record`")
-    dataset = xr.open_zarr(path, consolidated=False)
+    dataset = xr.open_zarr(_zarr_target(path), consolidated=False)
     fmt = str(dataset.attrs.get("format", ""))
     if fmt.split("/")[0] != STORE_FORMAT.split("/")[0] or fmt.split("/")[-1] != STORE_FORMAT.split("/")[-1]:
         raise StoreError(

@@ -105,10 +105,14 @@ def read_prompts(path: str | os.PathLike) -> list[PromptEntry]:
     any model loads or any store is created.
     """
     from layerscope.keywords import check_keywords_in_prompt, parse_keywords
+    from layerscope.locations import location
     from layerscope.outputs import read_jsonl_objects
 
     fix = "write one JSON object per line with image, prompt and keywords"
-    base = Path(path).parent
+    where = location(path, "PROMPTS")
+    if not isinstance(where, Path):
+        raise SweepError(f"PROMPTS {path}: the prompt file and its images must be local files (stores may be URLs)")
+    base = where.parent
     entries: list[PromptEntry] = []
     seen: dict[str, int] = {}
     lines = read_jsonl_objects(path, "PROMPTS", fix, SweepError, allowed=_KNOWN_KEYS, required=("image", "prompt"))
@@ -171,14 +175,16 @@ class StoreState:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def store_state(path: Path) -> StoreState:
+def store_state(path: Any) -> StoreState:
     """Status of a planned store without opening its arrays (cheap for big sweeps).
 
     A store still marked ``recording`` whose writer is gone (no live lock) is ``killed``,
     so an index read after a ``kill -9`` does not claim that a run is under way.
     """
+    from layerscope.locations import location
     from layerscope.store import recording_was_killed
 
+    path = location(path)
     meta = path / "zarr.json"
     if not meta.is_file():
         return StoreState("missing" if not path.exists() else "unreadable")
@@ -242,7 +248,9 @@ def sweep_index(out_dir: str | os.PathLike) -> dict[str, Any]:
     Works while a sweep is running or after it was killed: statuses come from the stores
     themselves, not from a file some process may not have rewritten yet.
     """
-    out_dir = Path(out_dir)
+    from layerscope.locations import location
+
+    out_dir = location(out_dir, "sweep directory")
     plan_path = out_dir / PLAN_FILE
     from layerscope.outputs import read_json_object
 
@@ -267,7 +275,7 @@ def sweep_index(out_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def write_plan(out_dir: Path, prompts: Path, seeds: list[int], runs: list[SweepRun], options: dict[str, Any]) -> None:
+def write_plan(out_dir: Any, prompts: Path, seeds: list[int], runs: list[SweepRun], options: dict[str, Any]) -> None:
     """Write the plan once (atomic; every process writes the same bytes)."""
     from layerscope.outputs import write_text_atomic
 
@@ -293,7 +301,7 @@ def write_plan(out_dir: Path, prompts: Path, seeds: list[int], runs: list[SweepR
     write_text_atomic(out_dir / PLAN_FILE, json.dumps(plan, indent=2), option="--out-dir")
 
 
-def write_index(out_dir: Path) -> dict[str, Any]:
+def write_index(out_dir: Any) -> dict[str, Any]:
     """Rewrite ``index.json`` from the stores (atomic, so readers never see half a file)."""
     from layerscope.outputs import write_text_atomic
 
@@ -319,12 +327,12 @@ class SweepOptions:
 @dataclass
 class _Job:
     run: SweepRun
-    store: Path
+    store: Any  # Path, or a layerscope.locations.Remote for a URL --out-dir
     config: Any  # RecordConfig
     skip: bool
 
 
-def _plan_jobs(runs: list[SweepRun], out_dir: Path, resume: bool, make_config, run_attrs) -> list[_Job]:
+def _plan_jobs(runs: list[SweepRun], out_dir: Any, resume: bool, make_config, run_attrs) -> list[_Job]:
     """Check every run of this process before any model loads: configs, targets, resumability."""
     from layerscope.store import check_store_target
 

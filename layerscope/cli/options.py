@@ -273,13 +273,17 @@ def load_intervention(args: argparse.Namespace):
 def rank_inputs(paths: list[str], allow_partial: bool) -> list[str]:
     """Stores named directly, or the stores of sweep directories (complete ones; with
     ``--allow-partial`` also interrupted and killed ones, for their whole steps)."""
+    from layerscope.locations import LocationError, is_url, location
     from layerscope.store import is_store
     from layerscope.sweep import PLAN_FILE, sweep_index
 
     stores: list[str] = []
     usable = {"complete", "interrupted", "killed"} if allow_partial else {"complete"}
     for given in paths:
-        path = Path(given)
+        try:
+            path = location(given, "STORES")  # a directory, or an fsspec URL
+        except LocationError as error:
+            raise UsageError(str(error)) from None
         if path.is_dir() and not is_store(path) and (path / PLAN_FILE).is_file():
             runs = sweep_index(path)["runs"]
             chosen = [run for run in runs if run["status"] in usable]
@@ -291,7 +295,7 @@ def rank_inputs(paths: list[str], allow_partial: bool) -> list[str]:
                 raise UsageError(f"{path}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
             stores.extend(str(path / run["store"]) for run in chosen)
         else:
-            stores.append(given)
+            stores.append(str(path) if is_url(given) else given)
     return stores
 
 

@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Record visual-keyword similarity maps of every block and denoising step. "
         "With no --image/--prompt/--keywords the packaged example is used.",
     )
-    p.add_argument("--out", required=True, help="store to write, e.g. runs/demo.zarr")
+    p.add_argument(
+        "--out", required=True, help="store to write, e.g. runs/demo.zarr or an fsspec URL (s3://b/demo.zarr)"
+    )
     p.add_argument("--image", help="reference image (PNG/JPEG); default: the packaged example")
     p.add_argument("--prompt", help="text prompt; default: the packaged example prompt")
     p.add_argument("--keywords", help="comma-separated words of the prompt to probe, e.g. 'circle,square'")

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "prompts", help="JSONL prompt file, e.g. the prompts.jsonl that `layerscope testbed prompts --out DIR` writes"
     )
-    p.add_argument("--out-dir", required=True, help="directory for the stores, sweep.json and index.json")
+    p.add_argument("--out-dir", required=True, help="directory or fsspec URL for the stores, sweep.json, index.json")
     p.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0-4 or 0,3,7 (default 0)")
     p.add_argument(
         "--no-resume",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from layerscope.errors import LayerScopeError
+from layerscope.locations import location
 from layerscope.report import figures
 
 MAX_VIDEO_WIDTH = 320
@@ -268,7 +269,7 @@ def render(
             continue
         if isinstance(item, (str, os.PathLike)):
             datasets.append(layerscope.open_run(item))
-            names.append(Path(item).name)
+            names.append(location(item).name)
         else:
             datasets.append(item)
             names.append(str(item.attrs.get("model_id", "run")))
@@ -320,12 +321,12 @@ def render_sweep(sweep_dir: str | os.PathLike, *, rank_kwargs: dict[str, Any] | 
     from layerscope.sweep import sweep_index
 
     index = sweep_index(sweep_dir)
-    stores = [Path(sweep_dir) / run["store"] for run in index["runs"] if run["status"] == "complete"]
+    stores = [location(sweep_dir) / run["store"] for run in index["runs"] if run["status"] == "complete"]
     if not stores:
         raise ReportError(f"{sweep_dir}: the sweep has no complete store yet; run `layerscope sweep` to finish it")
     ranking = rank_stores(stores, **(rank_kwargs or {}))
     agreement = instrument_agreement(ranking)
-    name = Path(sweep_dir).resolve().name
+    name = location(sweep_dir).resolve().name
     curves = figure_uri(figures.layer_curves([ranking], [f"{ranking.n_runs} runs"], weak_layers=ranking.weak_layers))
     template = _environment().get_template("sweep.html.j2")
     return template.render(
@@ -343,7 +344,8 @@ def render_sweep(sweep_dir: str | os.PathLike, *, rank_kwargs: dict[str, Any] | 
 def is_sweep_dir(path: str | os.PathLike) -> bool:
     from layerscope.sweep import PLAN_FILE
 
-    return Path(path).is_dir() and (Path(path) / PLAN_FILE).is_file()
+    where = location(path)
+    return where.is_dir() and (where / PLAN_FILE).is_file()
 
 
 def write(
@@ -351,7 +353,7 @@ def write(
     out: str | os.PathLike,
     compare: str | os.PathLike | Any | None = None,
     **kwargs: Any,
-) -> Path:
+) -> Any:
     """Render and write atomically (a half-written report never replaces a good one)."""
     from layerscope.outputs import check_output_path, write_text_atomic
 
