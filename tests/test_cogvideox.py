@@ -300,6 +300,7 @@ def test_cogvideox_cli_end_to_end(tmp_path, capsys):
         assert not (tmp_path / f"{name}.zarr").exists()
 
 
+@pytest.mark.slow
 def test_cogvideox_bench_generates_through_the_adapter(tmp_path):
     """`layerscope bench` drives the CogVideoX pipeline (batched CFG) and writes its videos."""
     import imageio.v3 as iio

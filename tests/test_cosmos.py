@@ -280,6 +280,7 @@ def test_cosmos_cli_end_to_end_and_focal_guidance_refusal(cosmos, tmp_path, caps
     assert not guided.exists()
 
 
+@pytest.mark.slow
 def test_cosmos_bench_generates_through_the_adapter(cosmos, tmp_path):
     """`layerscope bench` on the Cosmos pipeline: CFG reaches it (two calls per step), videos come back."""
     import imageio.v3 as iio

@@ -310,6 +310,7 @@ def test_hunyuan15_cli_end_to_end(hy15_dir, tmp_path, capsys):
         assert not bad.exists()
 
 
+@pytest.mark.slow
 def test_hunyuan15_bench_generates_through_the_adapter(hy15_dir, tmp_path):
     import imageio.v3 as iio
 

@@ -269,6 +269,7 @@ def test_ltx_cli_end_to_end_and_focal_guidance_refusal(tmp_path, capsys):
     assert not guided.exists()
 
 
+@pytest.mark.slow
 def test_ltx_bench_generates_through_the_adapter(tmp_path):
     """`layerscope bench` on the LTX-Video pipeline: CFG and the 128-token prompt reach it, videos come back."""
     import imageio.v3 as iio

@@ -61,6 +61,7 @@ SLOW = {
     "CogVideoX-5B-I2V",
     "SkyReels-V2-I2V-14B-540P",
     "LTX-2-19B",
+    "HunyuanVideo-1.5-I2V-480p",
 }
 
 

@@ -312,6 +312,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "--scheduler tcp://127.0.0.1:9: cannot connect" in err[0]
 
 
+@pytest.mark.slow
 def test_local_cluster_analysis_equals_local(tmp_path):
     distributed = pytest.importorskip("distributed")
     from layerscope_testbed.synthetic import write_synthetic_run

@@ -257,6 +257,7 @@ def test_skyreels_cli_end_to_end(skyreels_dir, tmp_path):
     assert "blocks.7" in (tmp_path / "compare.html").read_text()
 
 
+@pytest.mark.slow
 def test_skyreels_bench_generates_through_the_adapter(skyreels_dir, tmp_path):
     import imageio.v3 as iio
 

@@ -287,6 +287,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, prompts):
     assert "0 to record" in result.stdout and sweep_index(tmp_path / "one")["counts"] == {"complete": 1}
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_on_cpu(tmp_path, prompts):
     out = tmp_path / "sweep"
     # accelerate's --cpu multi-process mode needs MPI; its torch.distributed launcher
