@@ -31,6 +31,7 @@ def loop_dir(tmp_path_factory, model_dir):
     return out
 
 
+@pytest.mark.slow
 def test_focal_guidance_loop_writes_two_complete_stores_and_a_report(loop_dir):
     base = layerscope.open_run(loop_dir / "baseline.zarr")
     guided = layerscope.open_run(loop_dir / "focal_guidance.zarr")
@@ -43,6 +44,7 @@ def test_focal_guidance_loop_writes_two_complete_stores_and_a_report(loop_dir):
     assert "LayerScope comparison" in html and 'id="delta"' in html
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs(loop_dir):
     import nbformat
     from nbclient import NotebookClient

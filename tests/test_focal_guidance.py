@@ -259,6 +259,7 @@ def test_models_are_unchanged_after_a_run(tiny_pipe, example, model_dir, tmp_pat
     assert not tiny_pipe.transformer._diffusers_hook.hooks
 
 
+@pytest.mark.slow
 def test_lambda_cache_zero_equals_fsg_only_and_no_self_credit(tiny_pipe, example, model_dir, recorded_run, tmp_path):
     base = layerscope.open_run(recorded_run[0])
     runs = {}

@@ -42,7 +42,7 @@ def memory_prefix():
         MEMORY.rm(f"/{root}", recursive=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def three_recordings(tmp_path_factory, model_dir):
     """The same seed recorded to a local path, to ``memory://`` and to a ``file://`` URL."""
     import os
@@ -63,7 +63,9 @@ def three_recordings(tmp_path_factory, model_dir):
     MEMORY.rm("/" + prefix.split("://", 1)[1], recursive=True)
 
 
-def test_record_to_memory_and_file_urls_matches_a_local_recording(three_recordings):
+def test_record_to_memory_and_file_urls_matches_a_local_recording_and_ranks_the_same(
+    three_recordings, tmp_path, memory_prefix
+):
     work, local, memory, file_url = three_recordings
     assert not (work / "file:").exists(), "a file:// URL must not create a folder named 'file:'"
     assert is_store(work / "url.zarr") and location(file_url) == work / "url.zarr"
@@ -77,10 +79,7 @@ def test_record_to_memory_and_file_urls_matches_a_local_recording(three_recordin
         np.testing.assert_array_equal(ds["video"].values, reference["video"].values)
         assert np.isfinite(ds["similarity"].values).all()
     assert not MEMORY.exists("/" + memory.split("://", 1)[1] + ".lock")  # released at close
-
-
-def test_rank_and_report_read_a_memory_store(three_recordings, tmp_path, memory_prefix):
-    _, local, memory, _ = three_recordings
+    # rank and report read a memory store as they read a local one
     # copies: rank writes its metrics back into the store it reads
     copy = f"{memory_prefix}/copy.zarr"
     MEMORY.copy("/" + memory.split("://", 1)[1], "/" + copy.split("://", 1)[1], recursive=True)

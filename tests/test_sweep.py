@@ -222,6 +222,7 @@ def test_a_failed_run_is_one_line_and_the_sweep_goes_on(tmp_path, prompts, monke
     assert sweep_index(out)["counts"] == {"complete": 3}
 
 
+@pytest.mark.slow
 def test_resume_refuses_stores_made_from_another_image_or_model(tmp_path, prompts, capsys):
     from PIL import Image
 
