@@ -25,8 +25,10 @@ demo: $(STAMP)
 
 # Two pytest workers, one torch thread each: on 2 cores two 2-thread torch processes
 # oversubscribe (a 4-step recording: 1.9 s alone at 1 thread, 23 s beside another job).
+# --dist loadgroup: a model family's test module (xdist_group) runs on one worker, which
+# builds its tiny pipelines once instead of once per worker.
 export NO_MKDOCS_2_WARNING := 1
-PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q --durations=15
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=15
 
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh || echo "chromium unavailable: browser tests will be skipped"

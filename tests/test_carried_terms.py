@@ -21,6 +21,9 @@ from layerscope.adapters.registry import resolve_adapter
 from layerscope.interventions import IntrinsicInputs, RunInputs
 from layerscope.probes import ProbeConfig, apply_probes
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("carried")
+
 
 def _cos_maps(values: torch.Tensor, rows: list[list[int]], visual: torch.Tensor, grid) -> torch.Tensor:
     keys = torch.stack([values[r].float().mean(0) for r in rows])

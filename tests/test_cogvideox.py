@@ -15,6 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("cogvideox")
+
+
 PROMPT = "the red circle moves to the left"
 KEYWORDS = ["red", "circle"]
 SIZE = dict(height=64, width=64, num_frames=9, num_inference_steps=2)

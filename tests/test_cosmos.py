@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from family_checks import cosine_maps, record_with_hooks
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("cosmos")
+
+
 PROMPT = "the red circle moves to the left."
 SIZE = dict(height=64, width=80, num_frames=9, num_inference_steps=2)
 GRID = (3, 4, 5)  # 9 frames -> 3 latent frames; 64 / 16 -> 4, 80 / 16 -> 5

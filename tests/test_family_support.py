@@ -15,6 +15,10 @@ from safetensors.torch import load_file
 
 from layerscope.cli import main
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("family-support")
+
+
 SIZE = ["--frames", "5", "--height", "64", "--width", "64", "--quiet", "--steps", "2", "--no-fg"]
 
 

@@ -111,6 +111,7 @@ def test_focal_guidance_is_installed_for_every_sample_and_removed(tmp_path):
     assert calls[0]["grid"] == (2, 8, 8)
 
 
+@pytest.mark.slow
 def test_finetuned_model_records_with_focal_guidance(tmp_path):
     out = tmp_path / "fg"
     record = _finetune(out, "--layers", "2-3", "--steps", "2")

@@ -13,6 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("hunyuan15")
+
+
 PROMPT = "the red circle moves to the left"
 GLYPH_PROMPT = 'the red circle shows the word "hi"'
 SIZE = dict(height=128, width=128, num_frames=5, num_inference_steps=2)

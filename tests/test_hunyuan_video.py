@@ -14,6 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("hunyuan")
+
+
 PROMPT = "the red circle moves to the left"
 SIZE = dict(height=64, width=64, num_frames=9, num_inference_steps=2)
 
@@ -310,8 +314,16 @@ def test_hunyuan_fg_with_zero_strengths_equals_baseline(hunyuan, tmp_path):
     assert not np.array_equal(base.video, strong.video)
 
 
-@pytest.mark.parametrize("condition", ["token_replace", "latent_concat"])
-@pytest.mark.parametrize("guidance", ["embedded", "true-cfg"])
+@pytest.mark.parametrize(
+    "guidance, condition",
+    [
+        ("true-cfg", "token_replace"),
+        ("embedded", "latent_concat"),
+        # the other two pairings add no code path (condition and guidance are independent)
+        pytest.param("embedded", "token_replace", marks=pytest.mark.slow),
+        pytest.param("true-cfg", "latent_concat", marks=pytest.mark.slow),
+    ],
+)
 def test_hunyuan_cli_end_to_end(tmp_path, capsys, condition, guidance):
     """build-tiny -> record -> rank --stream single -> record --intervene -> report --compare."""
     import json

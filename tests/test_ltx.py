@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from family_checks import capture_attn2, cosine_maps, record_with_hooks
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ltx")
+
+
 PROMPT = "the red circle moves to the left."
 SIZE = dict(height=160, width=160, num_frames=9, num_inference_steps=2)
 GRID = (2, 5, 5)  # 9 frames -> 2 latent frames; 160 / 32 -> 5

@@ -17,6 +17,10 @@ import pytest
 import torch
 from family_checks import capture_attn2, cosine_maps, record_with_hooks
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ltx2")
+
+
 PROMPT = "the red circle moves to the left."
 #: by hand: <bos> the ▁red ▁circle ▁moves ▁to ▁the ▁left .
 PIECES = ["<bos>", "the", "▁red", "▁circle", "▁moves", "▁to", "▁the", "▁left", "."]

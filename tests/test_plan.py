@@ -25,6 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from layerscope.planning import PlanOptions, make_plan
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("plan")
+
+
 PUBLISHED = Path(__file__).parent / "data" / "published_configs.json"
 
 

@@ -155,6 +155,7 @@ def test_interrupted_run_keeps_written_steps_readable(tiny_pipe, example, tmp_pa
     assert not (tmp_path / "cut.zarr.lock").exists()
 
 
+@pytest.mark.slow
 def test_hooks_are_removed_after_a_run(tiny_pipe, example, tmp_path):
     before = _plain_run(tiny_pipe, example)
     record(tiny_pipe, tmp_path / "r.zarr", progress=False, **example)

@@ -15,6 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+#: one worker builds this module's tiny pipelines once (make test runs xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("skyreels")
+
+
 PROMPT = "the red circle moves to the left"
 SIZE = dict(height=128, width=128, num_frames=5, num_inference_steps=2)
 SIZE_ARGS = ["--height", "128", "--width", "128", "--frames", "5", "--steps", "2", "--quiet"]
