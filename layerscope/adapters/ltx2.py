@@ -227,30 +227,20 @@ class LTX2Adapter(LTXVideoAdapter):
         return self.pipe(**arguments)
 
     def describe(self) -> dict[str, Any]:
-        config = self.pipe.transformer.config
-        p_t, p = self._patch()
-        return {
-            "adapter": self.name,
-            "pipeline_class": type(self.pipe).__name__,
-            "transformer_class": type(self.pipe.transformer).__name__,
-            "num_layers": self.num_layers(),
-            "inner_dim": int(config.num_attention_heads * config.attention_head_dim),
-            "heads": int(config.num_attention_heads),
-            "patch_size": [p_t, p, p],
-            "vae_compression": [
-                int(self.pipe.vae_temporal_compression_ratio),
-                int(self.pipe.vae_spatial_compression_ratio),
-                int(self.pipe.vae_spatial_compression_ratio),
-            ],
-            "text_tokens": LTX2_TEXT_TOKENS,
-            "text_rows": "connector rows: prompt tokens first (<bos> = 0), learned registers after"
+        """LTX-Video's facts, with LTX-2's text rows, visual state, audio and guidance."""
+        rows = (
+            "connector rows: prompt tokens first (<bos> = 0), learned registers after"
             if self._has_registers()
-            else "connector rows at their left-padded positions (no registers)",
+            else "connector rows at their left-padded positions (no registers)"
+        )
+        return {
+            **super().describe(),
+            "text_tokens": LTX2_TEXT_TOKENS,
+            "text_rows": rows,
             "visual_state": "video hidden state entering attn2 (norm2 output, as the block passes it)",
             "audio_stream": "not recorded (audio self/text/audio-video attention have no spatial grid)",
             "cfg_layout": "one call per step, batch rows [uncond; cond]; STG and modality guidance off",
             "image_crf": self.image_crf(),
-            "experts": 1,
         }
 
     # -- planning from configs (``layerscope plan``) -------------------------------------

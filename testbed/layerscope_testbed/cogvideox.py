@@ -49,28 +49,15 @@ def build_tiny_pipeline(version: str = "1.0", seed: int = 0) -> Any:
         CogVideoXImageToVideoPipeline,
         CogVideoXTransformer3DModel,
     )
-    from transformers import T5Config, T5EncoderModel
 
     from layerscope_testbed import _build_tokenizer
+    from layerscope_testbed.tiny_families import tiny_t5_encoder
 
     if version not in VERSIONS:
         raise ValueError(f"CogVideoX version {version!r}; choose one of {', '.join(VERSIONS)}")
     tokenizer = _build_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=_T5_DIM,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = tiny_t5_encoder(tokenizer, _T5_DIM)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 16, 16),  # 4 blocks: spatial stride 8

@@ -75,27 +75,13 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         CosmosTransformer3DModel,
         FlowMatchEulerDiscreteScheduler,
     )
-    from transformers import T5Config, T5EncoderModel
 
     from layerscope_testbed import _build_tokenizer
+    from layerscope_testbed.tiny_families import tiny_t5_encoder
 
     tokenizer = _build_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=_TEXT_DIM,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = tiny_t5_encoder(tokenizer, _TEXT_DIM)
     torch.manual_seed(seed + 2)
     # the Wan2.1 VAE's strides (what the published pipeline loads): 2^3 = 8 px, 2^2 = 4 frames per latent
     vae = AutoencoderKLWan(

@@ -65,6 +65,19 @@ def write_tiny_pipeline(out: str | os.PathLike, pipe: Any, info: dict[str, Any],
     return target
 
 
+def tiny_t5_encoder(tokenizer: Any, width: int) -> Any:
+    """A 2-layer ``T5EncoderModel`` of ``width`` over the testbed's offline tokenizer: the text
+    encoder of the tiny LTX-Video, CogVideoX and Cosmos pipelines (seed torch before calling)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return T5EncoderModel(config)
+
+
 def build_wan(out: Path, seed: int, condition_type: str | None) -> Path:
     """The random tiny Wan2.1-I2V pipeline (``--model random``'s architecture)."""
     from layerscope_testbed import ensure_default_model
